@@ -1,0 +1,11 @@
+"""The whole pipeline end to end, as a Ray job.
+
+    ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/flights.yaml
+"""
+
+import sys
+
+from mlscale.stages import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("pipeline"))

@@ -1,0 +1,11 @@
+"""Fit features, train with Ray Train, register and evaluate the bundle, as a Ray job.
+
+    ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/flights.yaml
+"""
+
+import sys
+
+from mlscale.stages import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("train"))

@@ -1,0 +1,124 @@
+"""The Ray Serve application: an HTTP ingress that validates records against the bundle's input schema, and a
+batched model deployment that predicts through the same Bundle code as batch scoring.
+"""
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from mlscale.data.schema import ColumnSpec, request_model
+from mlscale.registry.store import load_bundle
+
+api = FastAPI(title="mlscale model service")
+
+
+@serve.deployment(max_ongoing_requests=64)
+class BundleModel:
+    """Holds one bundle; concurrent requests are merged into one forward pass by @serve.batch."""
+
+    def __init__(self, model_uri: str, tracking_uri: str | None, max_batch_size: int,
+                 batch_wait_timeout_s: float) -> None:
+        self.bundle = load_bundle(model_uri, tracking_uri)
+        self.predict_batch.set_max_batch_size(max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, requests: list[list[dict[str, Any]]]) -> list[list[float]]:
+        flat = [record for request in requests for record in request]
+        probabilities = self.bundle.predict_records(flat).tolist()
+        out, start = [], 0
+        for request in requests:
+            out.append(probabilities[start:start + len(request)])
+            start += len(request)
+        return out
+
+    async def __call__(self, records: list[dict[str, Any]]) -> list[float]:
+        return await self.predict_batch(records)
+
+
+def _error(status: int, detail: list[dict[str, Any]]) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail})
+
+
+@serve.deployment(max_ongoing_requests=128)
+@serve.ingress(api)
+class Ingress:
+    """POST /predict with one record or a list of records; GET /schema; GET /health."""
+
+    def __init__(self, model: DeploymentHandle, input_schema: list[dict[str, Any]], model_info: dict[str, Any],
+                 max_records: int) -> None:
+        self.model = model
+        self.schema = [ColumnSpec(**spec) for spec in input_schema]
+        record = request_model(self.schema, "FlightRecord")
+        self.one = TypeAdapter(record)
+        self.many = TypeAdapter(list[record])
+        self.model_info = model_info
+        self.max_records = max_records
+
+    @api.post("/predict")
+    async def predict(self, request: Request) -> Any:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return _error(400, [{"loc": ["body"], "msg": f"body is not valid JSON: {error}"}])
+        if isinstance(body, dict) and "records" in body:
+            body = body["records"]
+        single = isinstance(body, dict)
+        if not single and not isinstance(body, list):
+            return _error(422, [{"loc": ["body"], "msg": "expected a record (object) or a list of records"}])
+        if not single and not 1 <= len(body) <= self.max_records:
+            msg = f"expected 1 to {self.max_records} records, got {len(body)}"
+            return _error(422, [{"loc": ["body"], "msg": msg}])
+        try:
+            records = [self.one.validate_python(body)] if single else self.many.validate_python(body)
+        except ValidationError as error:
+            detail = [
+                {"loc": ["body", *item["loc"]], "field": str(item["loc"][-1]) if item["loc"] else None,
+                 "msg": item["msg"], "input": item.get("input")}
+                for item in error.errors(include_url=False)
+            ]
+            return _error(422, json.loads(json.dumps(detail, default=str)))
+        probabilities = await self.model.remote([record.model_dump() for record in records])
+        return {"predictions": probabilities, "model": self.model_info}
+
+    @api.get("/schema")
+    async def schema(self) -> dict[str, Any]:
+        return {"input_schema": [spec.model_dump() for spec in self.schema], "model": self.model_info}
+
+    @api.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+
+def build_app(model_uri: str, tracking_uri: str | None, *, num_replicas: int = 1, max_batch_size: int = 64,
+              batch_wait_timeout_s: float = 0.005, max_records: int = 10_000) -> serve.Application:
+    """The application graph for one registered bundle."""
+    bundle = load_bundle(model_uri, tracking_uri)
+    model = BundleModel.options(num_replicas=num_replicas).bind(
+        model_uri, tracking_uri, max_batch_size, batch_wait_timeout_s
+    )
+    info = {"uri": model_uri, **bundle.lineage}
+    return Ingress.bind(model, [spec.model_dump() for spec in bundle.input_schema], info, max_records)
+
+
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """Serve application builder for config files (`serve deploy`, KubeRay RayService).
+
+    args: model_uri (default models:/flights-late-arrival@champion), tracking_uri (default $MLFLOW_TRACKING_URI),
+    and optionally num_replicas, max_batch_size, batch_wait_timeout_s, max_records.
+    """
+    import os
+
+    return build_app(
+        args.get("model_uri", "models:/flights-late-arrival@champion"),
+        args.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"),
+        num_replicas=int(args.get("num_replicas", 1)),
+        max_batch_size=int(args.get("max_batch_size", 64)),
+        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
+        max_records=int(args.get("max_records", 10_000)),
+    )

@@ -1,0 +1,29 @@
+"""Deploy a registered bundle with Ray Serve on the configured host and port."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from mlscale.config import PipelineConfig
+from mlscale.serve.app import build_app
+
+
+def endpoint_url(config: PipelineConfig) -> str:
+    prefix = config.serve.route_prefix.rstrip("/")
+    return f"http://{config.serve.host}:{config.serve.port}{prefix}/predict"
+
+
+def deploy(config: PipelineConfig, model_uri: str) -> str:
+    """Start Serve (idempotent) and run the app for model_uri; returns the predict URL."""
+    settings = config.serve
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    app = build_app(
+        model_uri,
+        config.tracking_uri,
+        num_replicas=settings.num_replicas,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_timeout_s=settings.batch_wait_timeout_s,
+        max_records=settings.max_records_per_request,
+    )
+    serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
+    return endpoint_url(config)

@@ -1,0 +1,98 @@
+"""Each stage as one call that returns a printable summary: what jobs/ scripts and the CLI both run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mlscale.config import ConfigError, PipelineConfig, load_config, parse_overrides
+from mlscale.data.prepare import load_prepared, prepare
+from mlscale.pipeline import run_pipeline, served_vs_batch, start, train_stage
+from mlscale.serve.deploy import deploy
+
+
+def prepare_summary(config: PipelineConfig) -> dict[str, Any]:
+    start(config)
+    prepared = prepare(config)
+    return {
+        "rows_read": prepared.rows_read,
+        **{f"{name}_rows": count for name, count in prepared.counts.items()},
+        "prepared_path": prepared.path,
+        "quarantine_reasons": prepared.quarantine_reasons,
+    }
+
+
+def train_summary(config: PipelineConfig) -> dict[str, Any]:
+    start(config)
+    trained = train_stage(config, run_name=config.train.run_name)
+    return {
+        "model_uri": trained.model_uri,
+        "model_version": trained.version,
+        "mlflow_run_id": trained.run_id,
+        **{k: v for k, v in trained.best_val_metrics.items() if k.startswith("val_")},
+        **trained.test_metrics,
+    }
+
+
+def deploy_summary(config: PipelineConfig, model_uri: str | None = None, check: bool = True) -> dict[str, Any]:
+    start(config)
+    model_uri = model_uri or f"models:/{config.tracking.registered_model}@{config.tracking.alias}"
+    endpoint = deploy(config, model_uri)
+    summary: dict[str, Any] = {"model_uri": model_uri, "endpoint": endpoint}
+    if check:
+        result = served_vs_batch(config, load_prepared(config), model_uri, endpoint)
+        summary.update(served_vs_batch_rows=result.rows, served_vs_batch_max_abs_diff=result.max_abs_diff)
+    return summary
+
+
+def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
+    result = run_pipeline(config)
+    report = config.storage.root_path / "reports" / f"{config.name}-pipeline.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(result.to_json())
+    return {**result.summary(), "report": str(report)}
+
+
+STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
+    "prepare": prepare_summary,
+    "train": train_summary,
+    "deploy": deploy_summary,
+    "pipeline": pipeline_summary,
+}
+
+
+def print_summary(title: str, summary: dict[str, Any], console: Console | None = None) -> None:
+    """A two-column table for people, then one JSON line for machines (job logs are parsed by tests)."""
+    console = console or Console()
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        shown = f"{value:.6g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value
+        table.add_row(key, str(shown))
+    console.print(table)
+    print("MLSCALE_SUMMARY " + json.dumps(summary, default=str), flush=True)
+
+
+def job_main(stage: str, argv: list[str] | None = None) -> int:
+    """Entry point of the jobs/ scripts: parse --config and --set, run one stage, print its summary."""
+    parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"Run the mlscale {stage} stage.")
+    parser.add_argument("--config", required=True, help="pipeline config YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument("--summary-json", help="also write the summary to this file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, parse_overrides(args.set))
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    summary = STAGES[stage](config)
+    print_summary(f"mlscale {stage}", summary)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0

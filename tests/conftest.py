@@ -1,0 +1,115 @@
+"""Shared fixtures: one real local Ray cluster (`ray start --head`) for the whole session, joined by the test
+process, the jobs and the notebook alike, and one small pipeline run that many tests inspect."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+os.environ.update(
+    RAY_USAGE_STATS_ENABLED="0",
+    RAY_AUTH_MODE="token",
+    RAY_DATA_DISABLE_PROGRESS_BARS="1",
+    MLFLOW_ALLOW_FILE_STORE="true",
+    TQDM_DISABLE="1",
+)
+os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    gcs_address: str
+    dashboard_url: str
+    serve_port: int
+
+
+def _ray(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real single-node cluster started with `ray start --head`, with the dashboard (Jobs API) on loopback."""
+    port, dashboard_port = free_port(), free_port()
+    env = {**os.environ}
+    started = _ray(
+        "start", "--head", f"--port={port}", "--num-cpus=4", "--object-store-memory=2000000000",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+        "--disable-usage-stats", env=env,
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", free_port())
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        _ray("stop", "--force", env=env)
+
+
+@pytest.fixture(scope="session")
+def ray_session(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """The test process joined to the session's cluster (one Ray instance for all integration tests)."""
+    import ray
+
+    os.environ["MLSCALE_SERVE_PORT"] = str(local_cluster.serve_port)
+    ray.init(address=local_cluster.gcs_address, log_to_driver=False)
+    yield local_cluster
+
+
+@pytest.fixture(scope="session")
+def small_config_factory(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory):
+    """Configs for the small flights pipeline, each with its own storage and tracking store."""
+    from mlscale.config import load_config
+
+    def make(name: str, **overrides):
+        root = tmp_path_factory.mktemp(name)
+        values = {
+            "ray.address": local_cluster.gcs_address,
+            "storage.root": str(root),
+            "serve.port": local_cluster.serve_port,
+            "serve.app_name": name,
+            "serve.route_prefix": f"/{name}",
+            **overrides,
+        }
+        return load_config(REPO / "jobs" / "configs" / "flights-small.yaml", values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pipeline_result(ray_session: LocalCluster, small_config_factory):
+    """The whole pipeline once, on a 10% sample: prepare, train (2 Ray Train workers), register, deploy, compare."""
+    from mlscale.pipeline import run_pipeline
+
+    config = small_config_factory("pytest")
+    return config, run_pipeline(config)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_mlruns() -> Iterator[None]:
+    """MLflow must never fall back to ./mlruns in the working directory."""
+    before = (REPO / "mlruns").exists()
+    yield
+    if not before and (REPO / "mlruns").exists():
+        shutil.rmtree(REPO / "mlruns", ignore_errors=True)
+        pytest.fail("a test wrote ./mlruns: artifacts went to the default location instead of the configured store")

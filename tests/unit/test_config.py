@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from mlscale.config import ConfigError, PipelineConfig, load_config, parse_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_a_complete_pipeline():
+    config = load_config()
+    assert config.train.num_workers == 2
+    assert set(config.split.train).isdisjoint(config.split.test)
+    assert config.tracking_uri.startswith("sqlite:///")
+
+
+@pytest.mark.parametrize("name", ["flights.yaml", "flights-small.yaml"])
+def test_example_configs_load(name):
+    config = load_config(REPO / "jobs" / "configs" / name)
+    assert isinstance(config, PipelineConfig)
+
+
+def test_bad_value_names_field_and_value(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "train.epochs" in str(error.value)
+    assert "got 0" in str(error.value)
+
+
+def test_unknown_key_is_rejected(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match="train.epoch"):
+        load_config(path)
+
+
+def test_overlapping_splits_are_rejected():
+    with pytest.raises(ConfigError, match="both contain 9"):
+        load_config(None, {"split.val": [9, 10]})
+
+
+def test_env_expansion(tmp_path, monkeypatch):
+    path = tmp_path / "env.yaml"
+    path.write_text("storage:\n  root: ${MLSCALE_TEST_ROOT:-/default}\ntracking:\n  uri: ${MLSCALE_TEST_URI}\n")
+    monkeypatch.setenv("MLSCALE_TEST_URI", "http://127.0.0.1:5000")
+    config = load_config(path)
+    assert config.storage.root == "/default"
+    assert config.tracking_uri == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLSCALE_TEST_URI")
+    with pytest.raises(ConfigError, match="MLSCALE_TEST_URI is not set"):
+        load_config(path)
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_overrides_parse_json_values():
+    assert parse_overrides(["train.epochs=2", "train.hidden=[8, 4]", "name=x"]) == {
+        "train.epochs": 2, "train.hidden": [8, 4], "name": "x",
+    }
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["train.epochs"])
+
+
+def test_fingerprint_tracks_results_not_serving():
+    base = load_config()
+    assert base.fingerprint() == load_config(None, {"serve.port": 9999}).fingerprint()
+    assert base.fingerprint() != load_config(None, {"train.lr": 0.01}).fingerprint()
