@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,16 +27,29 @@ def _config(path: Path | None, overrides: list[str] | None) -> PipelineConfig:
         raise typer.Exit(2) from None
 
 
-def _run(stage: str, config: PipelineConfig, **kwargs: Any) -> None:
+BlockOption = Annotated[
+    bool, typer.Option("--block", help="Keep serving until Ctrl-C (an embedded Ray stops when this command ends).")
+]
+
+
+def _run(stage: str, config: PipelineConfig, block: bool = False, **kwargs: Any) -> None:
     from mlscale.stages import STAGES, print_summary
 
-    print_summary(f"mlscale {stage}", STAGES[stage](config, **kwargs))
+    summary = STAGES[stage](config, **kwargs)
+    print_summary(f"mlscale {stage}", summary)
+    if block:
+        typer.echo(f"serving at {summary['endpoint']} (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command()
-def run(config: ConfigOption = None, set_: SetOption = None) -> None:
+def run(config: ConfigOption = None, set_: SetOption = None, block: BlockOption = False) -> None:
     """Run the whole pipeline: prepare, train, register, deploy, and check served == batch predictions."""
-    _run("pipeline", _config(config, set_))
+    _run("pipeline", _config(config, set_), block)
 
 
 @app.command()
@@ -56,9 +70,10 @@ def serve(
     set_: SetOption = None,
     model_uri: Annotated[str | None, typer.Option(help="Default: models:/<registered_model>@<alias>.")] = None,
     check: Annotated[bool, typer.Option(help="Compare served with batch predictions on held-out rows.")] = True,
+    block: BlockOption = False,
 ) -> None:
-    """Deploy a registered bundle with Ray Serve (it keeps running on the cluster)."""
-    _run("deploy", _config(config, set_), model_uri=model_uri, check=check)
+    """Deploy a registered bundle with Ray Serve (on a cluster it keeps running after this command)."""
+    _run("deploy", _config(config, set_), block, model_uri=model_uri, check=check)
 
 
 @app.command()

@@ -130,6 +130,8 @@ class ServeConfig(_Section):
     app_name: str = "mlscale"
     route_prefix: str = "/"
     num_replicas: int = Field(1, ge=1)
+    model_cpus: float = Field(0.5, gt=0, description="CPUs reserved per model replica.")
+    ingress_cpus: float = Field(0.25, gt=0, description="CPUs reserved per HTTP ingress replica.")
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_records_per_request: int = Field(10_000, ge=1)

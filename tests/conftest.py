@@ -50,7 +50,7 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     port, dashboard_port = free_port(), free_port()
     env = {**os.environ}
     started = _ray(
-        "start", "--head", f"--port={port}", "--num-cpus=4", "--object-store-memory=2000000000",
+        "start", "--head", f"--port={port}", "--num-cpus=6", "--object-store-memory=2000000000",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         "--disable-usage-stats", env=env,
     )

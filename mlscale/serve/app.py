@@ -96,14 +96,16 @@ class Ingress:
 
 
 def build_app(model_uri: str, tracking_uri: str | None, *, num_replicas: int = 1, max_batch_size: int = 64,
-              batch_wait_timeout_s: float = 0.005, max_records: int = 10_000) -> serve.Application:
+              batch_wait_timeout_s: float = 0.005, max_records: int = 10_000, model_cpus: float = 0.5,
+              ingress_cpus: float = 0.25) -> serve.Application:
     """The application graph for one registered bundle."""
     bundle = load_bundle(model_uri, tracking_uri)
-    model = BundleModel.options(num_replicas=num_replicas).bind(
+    model = BundleModel.options(num_replicas=num_replicas, ray_actor_options={"num_cpus": model_cpus}).bind(
         model_uri, tracking_uri, max_batch_size, batch_wait_timeout_s
     )
     info = {"uri": model_uri, **bundle.lineage}
-    return Ingress.bind(model, [spec.model_dump() for spec in bundle.input_schema], info, max_records)
+    ingress = Ingress.options(ray_actor_options={"num_cpus": ingress_cpus})
+    return ingress.bind(model, [spec.model_dump() for spec in bundle.input_schema], info, max_records)
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:

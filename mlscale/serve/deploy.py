@@ -24,6 +24,8 @@ def deploy(config: PipelineConfig, model_uri: str) -> str:
         max_batch_size=settings.max_batch_size,
         batch_wait_timeout_s=settings.batch_wait_timeout_s,
         max_records=settings.max_records_per_request,
+        model_cpus=settings.model_cpus,
+        ingress_cpus=settings.ingress_cpus,
     )
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
     return endpoint_url(config)

@@ -1,0 +1,70 @@
+"""The pipeline run once on a sample; its outputs checked where they live: MLflow, the bundle, the endpoint."""
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from mlscale.evaluate import score
+from mlscale.registry.store import load_bundle
+
+pytestmark = pytest.mark.integration
+
+
+def test_model_beats_chance_clearly(pipeline_result):
+    _, result = pipeline_result
+    assert result.trained.test_metrics["test_auc"] > 0.75
+    assert result.trained.best_val_metrics["val_auc"] > 0.75
+    assert len(result.trained.history) == 2
+
+
+def test_served_equals_batch_for_held_out_flights(pipeline_result):
+    _, result = pipeline_result
+    assert result.check.rows >= 100
+    assert result.check.max_abs_diff <= 1e-6
+    assert len(result.check.served) == len(result.check.batch) == result.check.rows
+
+
+def test_mlflow_run_has_params_curve_and_lineage(pipeline_result):
+    config, result = pipeline_result
+    client = MlflowClient(config.tracking_uri)
+    run = client.get_run(result.trained.run_id)
+    assert run.data.params["train.num_workers"] == "2"
+    assert run.data.metrics["test_auc"] == pytest.approx(result.trained.test_metrics["test_auc"])
+    curve = client.get_metric_history(run.info.run_id, "val_auc")
+    assert [m.step for m in curve] == [1, 2]
+    assert {"mlscale.data_fingerprint", "mlscale.config_hash", "mlscale.code_version"} <= set(run.data.tags)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/training_curve.png" in artifacts
+
+
+def test_champion_alias_points_at_the_registered_bundle(pipeline_result):
+    config, result = pipeline_result
+    client = MlflowClient(config.tracking_uri)
+    version = client.get_model_version_by_alias(config.tracking.registered_model, "champion")
+    assert str(version.version) == result.trained.version
+    assert version.tags["config_hash"] == config.fingerprint()
+    assert float(version.tags["test_auc"]) == pytest.approx(result.trained.test_metrics["test_auc"], abs=1e-6)
+    bundle = load_bundle(result.trained.model_uri, config.tracking_uri)
+    assert bundle.lineage["run_id"] == result.trained.run_id
+    assert bundle.profile["rows"] == result.prepared.counts["train"]
+    assert {s.name for s in bundle.input_schema} == set(bundle.features.input_columns)
+
+
+def test_batch_scoring_equals_local_bundle_prediction(pipeline_result):
+    config, result = pipeline_result
+    bundle = load_bundle(result.trained.model_uri, config.tracking_uri)
+    rows = score(result.prepared.read("test").limit(200), result.trained.model_uri, config.tracking_uri).take_all()
+    local = bundle.predict_records(rows)
+    np.testing.assert_allclose(local, [r["probability"] for r in rows], rtol=0, atol=1e-6)
+
+
+def test_pyfunc_flavour_loads_and_agrees(pipeline_result):
+    import mlflow.pyfunc
+
+    config, result = pipeline_result
+    mlflow.set_tracking_uri(config.tracking_uri)
+    model = mlflow.pyfunc.load_model(result.trained.model_uri)
+    frame = result.prepared.read("test").limit(50).to_pandas()
+    bundle = load_bundle(result.trained.model_uri, config.tracking_uri)
+    np.testing.assert_allclose(model.predict(frame).to_numpy(), bundle.predict_records(frame.to_dict("records")),
+                               atol=1e-6)

@@ -1,0 +1,79 @@
+"""Real HTTP requests to the deployed service: good records get probabilities, bad ones a 4xx naming the field."""
+
+import pytest
+import requests
+
+from mlscale.pipeline import json_value
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def service(pipeline_result):
+    config, result = pipeline_result
+    rows = result.prepared.read("test").limit(5).take_all()
+    records = [{k: json_value(v) for k, v in row.items()} for row in rows]
+    return result.endpoint, records
+
+
+def test_one_record_and_many(service):
+    endpoint, records = service
+    one = requests.post(endpoint, json=records[0], timeout=30)
+    assert one.status_code == 200, one.text
+    assert len(one.json()["predictions"]) == 1
+    many = requests.post(endpoint, json=records, timeout=30)
+    assert len(many.json()["predictions"]) == len(records)
+    assert all(0.0 < p < 1.0 for p in many.json()["predictions"])
+    wrapped = requests.post(endpoint, json={"records": records}, timeout=30)
+    assert wrapped.json()["predictions"] == many.json()["predictions"]
+    assert many.json()["model"]["uri"].endswith("@champion")
+
+
+def test_missing_optional_weather_is_fine(service):
+    endpoint, records = service
+    record = {k: v for k, v in records[0].items() if k not in ("temp", "visib", "precip")}
+    assert requests.post(endpoint, json=record, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"dep_delay": "late"}, "dep_delay"),
+        ({"month": 13}, "month"),
+        ({"origin": "BOS"}, "origin"),
+        ({"carrier": None}, "carrier"),
+        ({"distance": -5}, "distance"),
+        ({"dest": "new york"}, "dest"),
+    ],
+)
+def test_malformed_record_is_422_naming_the_field(service, change, field):
+    endpoint, records = service
+    bad = {**records[1], **change}
+    response = requests.post(endpoint, json=[records[0], bad], timeout=30)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert [d["field"] for d in detail] == [field]
+    assert detail[0]["loc"][:2] == ["body", 1]
+
+
+def test_missing_required_field_is_422(service):
+    endpoint, records = service
+    record = {k: v for k, v in records[0].items() if k != "sched_dep_time"}
+    response = requests.post(endpoint, json=record, timeout=30)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "sched_dep_time"
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"42", b"[]", b"\xff\xfe"])
+def test_bodies_that_are_not_records_are_4xx(service, body):
+    endpoint, _ = service
+    response = requests.post(endpoint, data=body, headers={"content-type": "application/json"}, timeout=30)
+    assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
+
+
+def test_schema_and_health(service):
+    endpoint, _ = service
+    base = endpoint.rsplit("/", 1)[0]
+    assert requests.get(f"{base}/health", timeout=30).json() == {"status": "ok"}
+    names = {spec["name"] for spec in requests.get(f"{base}/schema", timeout=30).json()["input_schema"]}
+    assert {"dep_delay", "carrier", "origin", "dest", "sched_dep_time"} <= names

@@ -1,0 +1,106 @@
+"""The cluster definition is one cluster: valid against the schemas and consistent across launcher and KubeRay."""
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = REPO / "cluster"
+KUBERAY_SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0"
+SHARED_ENV = {"MLSCALE_STORAGE": "/mnt/mlscale", "MLFLOW_TRACKING_URI": "http://mlflow.mlscale.internal:5000"}
+
+
+def load(name):
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def test_launcher_yaml_matches_rays_own_schema():
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(load("ray-cluster.yaml"), schema)
+
+
+def test_launcher_keeps_dashboard_behind_token_auth():
+    config = load("ray-cluster.yaml")
+    head = " ".join(config["head_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token" in head
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in head
+    assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"] if "ray start" in c)
+
+
+def _crd_spec_schema(name):
+    crd = yaml.safe_load((KUBERAY_SCHEMAS / name).read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return _relax(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
+def _relax(node):
+    """OpenAPI int-or-string fields accept both; x-kubernetes-* keys are extensions."""
+    if isinstance(node, dict):
+        node = {k: _relax(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+        if node.get("format") == "int-or-string" or node.get("anyOf"):
+            node.pop("type", None)
+        return node
+    if isinstance(node, list):
+        return [_relax(v) for v in node]
+    return node
+
+
+@pytest.mark.skipif(not KUBERAY_SCHEMAS.exists(), reason="../shared/schemas is not beside this checkout")
+@pytest.mark.parametrize(("manifest", "crd", "kind"), [
+    ("kuberay/raycluster.yaml", "ray.io_rayclusters.yaml", "RayCluster"),
+    ("kuberay/rayjob.yaml", "ray.io_rayjobs.yaml", "RayJob"),
+    ("kuberay/rayservice.yaml", "ray.io_rayservices.yaml", "RayService"),
+])
+def test_kuberay_manifests_match_the_crds(manifest, crd, kind):
+    document = load(manifest)
+    assert document["apiVersion"] == "ray.io/v1" and document["kind"] == kind
+    jsonschema.validate(document["spec"], _crd_spec_schema(crd))
+
+
+def _images_and_env(text):
+    images = set(re.findall(r"mlscale/mlscale:[\w.\-]+", text))
+    env = dict(re.findall(r"(MLSCALE_STORAGE|MLFLOW_TRACKING_URI)[=:]\s*[\"']?([^\"'\s,}]+)", text))
+    env |= {m[0]: m[1] for m in re.findall(r"name: (MLSCALE_STORAGE|MLFLOW_TRACKING_URI), value: \"?([^\"}\s]+)", text)}
+    return images, env
+
+
+@pytest.mark.parametrize("name", ["ray-cluster.yaml", "Dockerfile", "kuberay/raycluster.yaml",
+                                  "kuberay/rayjob.yaml", "kuberay/rayservice.yaml"])
+def test_one_image_one_ray_version_one_env(name):
+    text = (CLUSTER / name).read_text()
+    images, env = _images_and_env(text)
+    for key, value in env.items():
+        assert SHARED_ENV[key] == value, (name, key, value)
+    if name == "kuberay/rayjob.yaml":  # runs on the RayCluster it selects, so it names no image of its own
+        assert env == SHARED_ENV
+        return
+    assert images, f"{name} names no mlscale image"
+    for image in images:
+        assert f"ray{ray.__version__}" in image, image
+    assert ray.__version__ in text
+
+
+def test_rayservice_runs_the_raycluster_spec():
+    cluster = load("kuberay/raycluster.yaml")["spec"]
+    service = load("kuberay/rayservice.yaml")["spec"]
+    assert service["rayClusterConfig"] == cluster
+    assert cluster["authOptions"]["mode"] == "token"
+    serve_config = yaml.safe_load(service["serveConfigV2"])
+    app = serve_config["applications"][0]
+    assert app["import_path"] == "mlscale.serve.app:app_builder"
+    assert app["args"]["tracking_uri"] == SHARED_ENV["MLFLOW_TRACKING_URI"]
+
+
+def test_rayjob_targets_the_defined_cluster_and_a_real_job():
+    job = load("kuberay/rayjob.yaml")["spec"]
+    assert job["clusterSelector"]["ray.io/cluster"] == load("kuberay/raycluster.yaml")["metadata"]["name"]
+    script = job["entrypoint"].split()[1]
+    assert (REPO / script).exists()
+    config = job["entrypoint"].split("--config ")[1].split()[0]
+    assert (REPO / config).exists()
