@@ -62,7 +62,9 @@ def start(config: PipelineConfig) -> None:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"num_cpus": max(needed, 4)})})
     ensure_ray(config.ray)
     config.storage.root_path.mkdir(parents=True, exist_ok=True)
-    use_tracking(config.tracking_uri, config.tracking.experiment, config.storage.root_path / "mlartifacts")
+    local_store = config.tracking.uri is None or config.tracking_uri.startswith(("sqlite:", "file:"))
+    artifacts = config.storage.root_path / "mlartifacts" if local_store else None  # a server keeps its own
+    use_tracking(config.tracking_uri, config.tracking.experiment, artifacts)
 
 
 def _flat_params(config: PipelineConfig) -> dict[str, str]:
