@@ -84,6 +84,9 @@ def predict(
     model_uri: Annotated[str | None, typer.Option(help="Default: models:/<registered_model>@<alias>.")] = None,
 ) -> None:
     """Predict for raw records with a registered bundle, locally, through the same code as serving."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from mlscale.data.schema import request_model
     from mlscale.registry.store import load_bundle
 
     settings = _config(config, set_)
@@ -94,7 +97,14 @@ def predict(
     records = [records] if isinstance(records, dict) else records
     uri = model_uri or f"models:/{settings.tracking.registered_model}@{settings.tracking.alias}"
     bundle = load_bundle(uri, settings.tracking_uri)
-    probabilities = bundle.predict_records(records).tolist()
+    try:  # the same rules as the HTTP service: a bad record is named, never guessed at
+        validated = TypeAdapter(list[request_model(bundle.input_schema)]).validate_python(records)
+    except ValidationError as error:
+        for item in error.errors(include_url=False):
+            where = ".".join(str(part) for part in item["loc"])
+            typer.secho(f"record {where}: {item['msg']} (got {item.get('input')!r})", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    probabilities = bundle.predict_records([record.model_dump() for record in validated]).tolist()
     typer.echo(json.dumps({"model_uri": uri, "predictions": probabilities}))
 
 

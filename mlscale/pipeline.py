@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,7 @@ def start(config: PipelineConfig) -> None:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"num_cpus": max(needed, 4)})})
     ensure_ray(config.ray)
     config.storage.root_path.mkdir(parents=True, exist_ok=True)
-    local_store = config.tracking.uri is None or config.tracking_uri.startswith(("sqlite:", "file:"))
+    local_store = config.tracking_uri.startswith(("sqlite:", "file:"))
     artifacts = config.storage.root_path / "mlartifacts" if local_store else None  # a server keeps its own
     use_tracking(config.tracking_uri, config.tracking.experiment, artifacts)
 
@@ -189,6 +191,7 @@ class PipelineResult:
     trained: TrainedModel
     endpoint: str
     check: ServingCheck
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         counts = self.prepared.counts
@@ -207,17 +210,33 @@ class PipelineResult:
         }
 
     def to_json(self) -> str:
-        return json.dumps({"summary": self.summary(), "history": self.trained.history,
+        return json.dumps({"summary": self.summary(), "stage_seconds": self.seconds, "history": self.trained.history,
                            "quarantine_reasons": self.prepared.quarantine_reasons,
                            "test_metrics": self.trained.test_metrics, "counts": asdict(self.prepared)["counts"]},
                           indent=2)
 
 
+@contextmanager
+def stage(name: str, seconds: dict[str, float]) -> Iterator[None]:
+    """Announce a stage and record how long it took (long work shows where it is)."""
+    print(f"[mlscale] {name} ...", flush=True)
+    began = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - began, 1)
+    print(f"[mlscale] {name} done in {seconds[name]:.1f} s", flush=True)
+
+
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """The whole flights pipeline on whatever cluster `start` connected to."""
-    start(config)
-    prepared = prepare(config)
-    trained = train_stage(config, prepared)
-    endpoint = deploy(config, trained.model_uri)
-    check = served_vs_batch(config, prepared, trained.model_uri, endpoint)
-    return PipelineResult(prepared=prepared, trained=trained, endpoint=endpoint, check=check)
+    seconds: dict[str, float] = {}
+    with stage("start", seconds):
+        start(config)
+    with stage("prepare", seconds):
+        prepared = prepare(config)
+    with stage("train", seconds):
+        trained = train_stage(config, prepared)
+    with stage("deploy", seconds):
+        endpoint = deploy(config, trained.model_uri)
+    with stage("served vs batch", seconds):
+        check = served_vs_batch(config, prepared, trained.model_uri, endpoint)
+    return PipelineResult(prepared=prepared, trained=trained, endpoint=endpoint, check=check, seconds=seconds)

@@ -86,6 +86,7 @@ def small_config_factory(local_cluster: LocalCluster, tmp_path_factory: pytest.T
         values = {
             "ray.address": local_cluster.gcs_address,
             "storage.root": str(root),
+            "tracking.uri": None,  # the sqlite store under storage.root, whatever MLFLOW_TRACKING_URI says
             "serve.port": local_cluster.serve_port,
             "serve.app_name": name,
             "serve.route_prefix": f"/{name}",

@@ -1,5 +1,6 @@
 """The registry against a real `mlflow server` on loopback with a SQL backend and proxied artifacts."""
 
+import os
 import subprocess
 import sys
 import time
@@ -38,9 +39,18 @@ def mlflow_server(tmp_path_factory):
     else:
         process.kill()
         pytest.fail("mlflow server did not come up within 120 s")
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     yield url, root
     process.terminate()
     process.wait(30)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; later tests must not inherit a stopped server.
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+    mlflow.set_tracking_uri(previous or "")
 
 
 def test_register_alias_load_predict_through_the_server(mlflow_server):

@@ -1,5 +1,7 @@
 """The pipeline run once on a sample; its outputs checked where they live: MLflow, the bundle, the endpoint."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -68,3 +70,39 @@ def test_pyfunc_flavour_loads_and_agrees(pipeline_result):
     bundle = load_bundle(result.trained.model_uri, config.tracking_uri)
     np.testing.assert_allclose(model.predict(frame).to_numpy(), bundle.predict_records(frame.to_dict("records")),
                                atol=1e-6)
+
+
+def test_cli_predict_uses_the_registered_champion(pipeline_result, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlscale.cli import app
+    from mlscale.pipeline import json_value
+
+    config, result = pipeline_result
+    rows = result.prepared.read("test").limit(3).take_all()
+    records = [{k: json_value(v) for k, v in row.items()} for row in rows]
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(records))
+    small = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "flights-small.yaml"
+    outcome = CliRunner().invoke(app, ["predict", str(path), "--config", str(small),
+                                       "--set", f"storage.root={config.storage.root}"])
+    assert outcome.exit_code == 0, outcome.output
+    printed = json.loads(outcome.output.strip().splitlines()[-1])
+    expected = load_bundle(result.trained.model_uri, config.tracking_uri).predict_records(records)
+    np.testing.assert_allclose(printed["predictions"], expected, atol=1e-12)
+    assert printed["model_uri"] == "models:/flights-small-late-arrival@champion"
+
+    records[1]["month"] = 13
+    path.write_text(json.dumps(records))
+    outcome = CliRunner().invoke(app, ["predict", str(path), "--config", str(small),
+                                       "--set", f"storage.root={config.storage.root}"])
+    assert outcome.exit_code == 2
+    assert "record 1.month" in outcome.output and "13" in outcome.output
+
+
+def test_stage_timings_are_recorded(pipeline_result):
+    _, result = pipeline_result
+    assert list(result.seconds) == ["start", "prepare", "train", "deploy", "served vs batch"]
+    print("stage seconds:", result.seconds)
