@@ -5,7 +5,6 @@ The spec is also what architecture search varies: family, widths, dropout, embed
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -58,6 +57,3 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(f"network spec family {family!r} is unknown; known: {sorted(FAMILIES)}")
     return FAMILIES[family](spec)
 
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

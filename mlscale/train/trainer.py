@@ -39,9 +39,7 @@ def run_training(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.
     """Fit with Ray Train; rerunning with the same run_name resumes from its latest checkpoint."""
     settings = config.train
     run_name = run_name or f"{config.name}-{uuid.uuid4().hex[:8]}"
-    resources = {"CPU": settings.cpus_per_worker}
-    if settings.use_gpu:
-        resources["GPU"] = 1
+    resources = {"CPU": settings.cpus_per_worker}  # use_gpu adds one GPU per worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
