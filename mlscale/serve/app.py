@@ -3,6 +3,7 @@ batched model deployment that predicts through the same Bundle code as batch sco
 """
 
 import json
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from mlscale.config import ServeConfig
 from mlscale.data.schema import ColumnSpec, request_model
 from mlscale.registry.store import load_bundle
 
@@ -95,32 +97,26 @@ class Ingress:
         return {"status": "ok"}
 
 
-def build_app(model_uri: str, tracking_uri: str | None, *, num_replicas: int = 1, max_batch_size: int = 64,
-              batch_wait_timeout_s: float = 0.005, max_records: int = 10_000, model_cpus: float = 0.5,
-              ingress_cpus: float = 0.25) -> serve.Application:
-    """The application graph for one registered bundle."""
+def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig) -> serve.Application:
+    """The application graph for one registered bundle, sized by the serve section of the config."""
     bundle = load_bundle(model_uri, tracking_uri)
-    model = BundleModel.options(num_replicas=num_replicas, ray_actor_options={"num_cpus": model_cpus}).bind(
-        model_uri, tracking_uri, max_batch_size, batch_wait_timeout_s
-    )
+    model = BundleModel.options(
+        num_replicas=settings.num_replicas, ray_actor_options={"num_cpus": settings.model_cpus}
+    ).bind(model_uri, tracking_uri, settings.max_batch_size, settings.batch_wait_timeout_s)
     info = {"uri": model_uri, **bundle.lineage}
-    ingress = Ingress.options(ray_actor_options={"num_cpus": ingress_cpus})
-    return ingress.bind(model, [spec.model_dump() for spec in bundle.input_schema], info, max_records)
+    ingress = Ingress.options(ray_actor_options={"num_cpus": settings.ingress_cpus})
+    return ingress.bind(
+        model, [spec.model_dump() for spec in bundle.input_schema], info, settings.max_records_per_request
+    )
 
 
-def app_builder(args: dict[str, str]) -> serve.Application:
+def app_builder(args: dict[str, Any]) -> serve.Application:
     """Serve application builder for config files (`serve deploy`, KubeRay RayService).
 
     args: model_uri (default models:/flights-late-arrival@champion), tracking_uri (default $MLFLOW_TRACKING_URI),
-    and optionally num_replicas, max_batch_size, batch_wait_timeout_s, max_records.
+    and any field of the config's serve section (num_replicas, max_batch_size, model_cpus, ...), validated the same way.
     """
-    import os
-
-    return build_app(
-        args.get("model_uri", "models:/flights-late-arrival@champion"),
-        args.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"),
-        num_replicas=int(args.get("num_replicas", 1)),
-        max_batch_size=int(args.get("max_batch_size", 64)),
-        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
-        max_records=int(args.get("max_records", 10_000)),
-    )
+    args = dict(args)
+    model_uri = args.pop("model_uri", "models:/flights-late-arrival@champion")
+    tracking_uri = args.pop("tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    return build_app(model_uri, tracking_uri, ServeConfig.model_validate(args))

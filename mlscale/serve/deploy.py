@@ -17,15 +17,6 @@ def deploy(config: PipelineConfig, model_uri: str) -> str:
     """Start Serve (idempotent) and run the app for model_uri; returns the predict URL."""
     settings = config.serve
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    app = build_app(
-        model_uri,
-        config.tracking_uri,
-        num_replicas=settings.num_replicas,
-        max_batch_size=settings.max_batch_size,
-        batch_wait_timeout_s=settings.batch_wait_timeout_s,
-        max_records=settings.max_records_per_request,
-        model_cpus=settings.model_cpus,
-        ingress_cpus=settings.ingress_cpus,
-    )
+    app = build_app(model_uri, config.tracking_uri, settings)
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
     return endpoint_url(config)

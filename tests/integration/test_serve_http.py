@@ -77,3 +77,16 @@ def test_schema_and_health(service):
     assert requests.get(f"{base}/health", timeout=30).json() == {"status": "ok"}
     names = {spec["name"] for spec in requests.get(f"{base}/schema", timeout=30).json()["input_schema"]}
     assert {"dep_delay", "carrier", "origin", "dest", "sched_dep_time"} <= names
+
+
+def test_app_builder_for_config_files(pipeline_result):
+    from pydantic import ValidationError
+    from ray import serve
+
+    from mlscale.serve.app import app_builder
+
+    config, result = pipeline_result
+    args = {"model_uri": result.trained.model_uri, "tracking_uri": config.tracking_uri, "num_replicas": 2}
+    assert isinstance(app_builder(args), serve.Application)
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        app_builder({**args, "max_batch_size": 0})
