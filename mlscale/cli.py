@@ -33,9 +33,13 @@ BlockOption = Annotated[
 
 
 def _run(stage: str, config: PipelineConfig, block: bool = False, **kwargs: Any) -> None:
-    from mlscale.stages import STAGES, print_summary
+    from mlscale.stages import DATA_ERRORS, STAGES, print_summary
 
-    summary = STAGES[stage](config, **kwargs)
+    try:
+        summary = STAGES[stage](config, **kwargs)
+    except DATA_ERRORS as error:
+        typer.secho(f"mlscale {stage} failed: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     print_summary(f"mlscale {stage}", summary)
     if block:
         typer.echo(f"serving at {summary['endpoint']} (Ctrl-C to stop)")

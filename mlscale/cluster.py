@@ -13,10 +13,27 @@ import ray.data
 
 from mlscale.config import RayConfig
 
+PROCESS_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Arrow's default jemalloc pool keeps freed pages, so a long-lived Ray worker grows with the data it has read;
+    # the system allocator gives them back and keeps worker memory flat (the cluster definitions set it too).
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+    "MALLOC_ARENA_MAX": "2",  # and glibc keeps one arena per thread unless capped: Arrow's reader threads add up
+    # Each parquet read is planned by a pool of footer-reading actors, one process each, 32 by default (tuned for
+    # object-store latency on big clusters). On a laptop or CI box they cost more start-up and memory than they save.
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2",
+}
+
+
+def set_process_env() -> None:
+    """Environment that workers of an embedded Ray inherit (a value already set wins); must run before ray.init."""
+    for name, value in PROCESS_ENV.items():
+        os.environ.setdefault(name, value)
+
 
 def ensure_ray(config: RayConfig) -> dict[str, float]:
     """Initialize Ray once per process; returns the cluster's resources."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    set_process_env()
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
         if address:
@@ -28,6 +45,15 @@ def ensure_ray(config: RayConfig) -> dict[str, float]:
                 include_dashboard=config.include_dashboard,
                 log_to_driver=True,
             )
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") != "1"
+    configure_data(config)
     return ray.cluster_resources()
+
+
+def configure_data(config: RayConfig) -> None:
+    """Ray Data settings that keep memory flat as data grows: small read units and blocks, so a reader never holds
+    more than a few tens of MB whatever the dataset size (Ray's default packs 128 MiB of parquet per read task)."""
+    os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(config.read_unit_bytes)  # read when a read is planned
+    context = ray.data.DataContext.get_current()
+    context.target_max_block_size = config.target_max_block_size
+    context.raise_original_map_exception = True  # a SchemaError from a batch stays a SchemaError for the caller
+    context.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") != "1"

@@ -34,6 +34,10 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of the embedded Ray (None: Ray decides).")
     object_store_memory: int | None = Field(None, ge=78_643_200)
     include_dashboard: bool = Field(True, description="Ray Train's placement-group cleanup needs the state API.")
+    read_unit_bytes: int = Field(
+        8 * 2**20, ge=2**20, description="Parquet bytes one Ray Data read task takes: bounds each reader's memory."
+    )
+    target_max_block_size: int = Field(16 * 2**20, ge=2**20, description="Ray Data's cap on one block's size.")
 
 
 class StorageConfig(_Section):
@@ -51,16 +55,72 @@ class TrackingConfig(_Section):
     alias: str = "champion"
 
 
+class ObjectStoreConfig(_Section):
+    """S3-compatible object storage. Credentials are read from environment variables, never from the config
+    (configs are logged to MLflow as run parameters)."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://minio:9000; None: AWS (or AWS_ENDPOINT_URL).")
+    region: str | None = Field(None, description="None: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.")
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    anonymous: bool = False
+
+
+class SyntheticConfig(_Section):
+    """The deterministic synthetic flights source: any number of rows, generated lazily in parallel."""
+
+    rows: int = Field(1_000_000, ge=1)
+    seed: int = 0
+    blocks: int | None = Field(None, ge=1, description="Read tasks; None: one per ~64k rows.")
+    bad_fraction: float = Field(0.01, ge=0.0, le=1.0, description="Rows given one injected defect each.")
+
+
 class DataConfig(_Section):
-    source: Literal["flights"] = "flights"
+    source: Literal["flights", "parquet", "csv", "synthetic"] = "flights"
+    path: str | None = Field(None, description="Folder or file for parquet/csv: a local path or s3://bucket/prefix.")
+    object_store: ObjectStoreConfig = Field(default_factory=ObjectStoreConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     sample_fraction: float = Field(1.0, gt=0.0, le=1.0, description="Deterministic hash sample of the source.")
     label: str = "arr_delay"
     label_threshold: float = Field(15.0, description="Label is 1 when the label column is >= this value.")
     time_column: str = "month"
     schema_: list[ColumnSpec] | None = Field(None, alias="schema", description="None: the source's own schema.")
-    read_blocks: int = Field(8, ge=1, description="How many files the source is cut into for parallel reads.")
+    read_blocks: int = Field(8, ge=1, description="How many files the flights source is cut into for parallel reads.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataConfig:
+        if self.source in ("parquet", "csv") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+
+class CheckRule(_Section):
+    """A cross-column rule: a boolean expression over columns, e.g. `distance / air_time * 60 <= 700`."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    expr: str
+
+
+class ValidationConfig(_Section):
+    """Expectations on the whole dataset, on top of the per-column rules in the schema."""
+
+    unique: list[str] | None = Field(None, description="Columns forming a key no two rows may share.")
+    max_duplicate_keys: int = Field(100_000, ge=0, description="More duplicate keys than this fails the job.")
+    checks: list[CheckRule] = Field(default_factory=list)
+    min_rows: int = Field(1, ge=0)
+    max_rows: int | None = Field(None, ge=1)
+    max_quarantine_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="Fail the job when a larger fraction of the rows is quarantined."
+    )
+    examples_per_rule: int = Field(3, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ValidationConfig:
+        if self.max_rows is not None and self.max_rows < self.min_rows:
+            raise ValueError(f"validation.max_rows ({self.max_rows}) is below validation.min_rows ({self.min_rows})")
+        return self
 
 
 class SplitConfig(_Section):
@@ -82,15 +142,63 @@ class SplitConfig(_Section):
         return self
 
 
+class NumericFeature(_Section):
+    """A numeric column: clip -> signed log1p -> scale; missing values get the mean and an indicator column."""
+
+    column: str
+    clip: tuple[float, float] | None = Field(None, description="[low, high] applied before everything else.")
+    log1p: bool = Field(False, description="sign(x) * log(1 + |x|), for heavy tails (delays, distances).")
+    scale: Literal["standard", "minmax", "none"] = "standard"
+    buckets: int | None = Field(None, ge=2, le=1024, description="Also a quantile bucket id, embedded.")
+
+    @model_validator(mode="after")
+    def _ordered_clip(self) -> NumericFeature:
+        if self.clip is not None and self.clip[0] > self.clip[1]:
+            raise ValueError(f"clip low {self.clip[0]} is above clip high {self.clip[1]} for {self.column!r}")
+        return self
+
+
+class CategoricalFeature(_Section):
+    """A string column: a top-k vocabulary with an out-of-vocabulary bucket, or hashing for high cardinality."""
+
+    column: str
+    hash_buckets: int | None = Field(None, ge=2, description="Hash into this many buckets instead of a vocabulary.")
+    min_count: int | None = Field(None, ge=1, description="None: features.min_category_count.")
+    max_categories: int | None = Field(None, ge=1, description="None: features.max_categories.")
+
+
+class CrossFeature(_Section):
+    """Values of several columns combined, hashed into buckets (e.g. origin x dest = the route)."""
+
+    columns: list[str] = Field(..., min_length=2)
+    hash_buckets: int = Field(1024, ge=2)
+
+    @property
+    def name(self) -> str:
+        return "_x_".join(self.columns)
+
+
+def _shorthand(value: Any) -> Any:
+    """`numeric: [distance]` means `numeric: [{column: distance}]`."""
+    if isinstance(value, list):
+        return [{"column": item} if isinstance(item, str) else item for item in value]
+    return value
+
+
 class FeaturesConfig(_Section):
-    numeric: list[str] = Field(
+    numeric: list[NumericFeature] = Field(
         default_factory=lambda: [
-            "dep_delay", "distance", "temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib",
+            NumericFeature(column=name) for name in
+            ("dep_delay", "distance", "temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib")
         ]
     )
-    categorical: list[str] = Field(default_factory=lambda: ["carrier", "origin", "dest"])
+    categorical: list[CategoricalFeature] = Field(
+        default_factory=lambda: [CategoricalFeature(column=name) for name in ("carrier", "origin", "dest")]
+    )
+    crosses: list[CrossFeature] = Field(default_factory=list)
     min_category_count: int = Field(20, ge=1, description="Rarer categories share the out-of-vocabulary bucket.")
     max_categories: int = Field(200, ge=1)
+    sketch_size: int = Field(512, ge=16, le=65_536, description="Quantile sketch capacity per level (accuracy).")
     hhmm_columns: list[str] = Field(
         default_factory=lambda: ["sched_dep_time", "sched_arr_time"],
         description="HHMM clock times, encoded as cyclical time of day.",
@@ -98,6 +206,17 @@ class FeaturesConfig(_Section):
     date_columns: tuple[str, str, str] | None = Field(
         ("year", "month", "day"), description="Columns giving a calendar date: day of week and season features."
     )
+
+    _expand_numeric = field_validator("numeric", mode="before")(classmethod(lambda cls, v: _shorthand(v)))
+    _expand_categorical = field_validator("categorical", mode="before")(classmethod(lambda cls, v: _shorthand(v)))
+
+    @property
+    def raw_columns(self) -> list[str]:
+        """Every input column the features read, in a stable order without repeats."""
+        names = [f.column for f in self.numeric] + [f.column for f in self.categorical]
+        names += [c for cross in self.crosses for c in cross.columns] + list(self.hhmm_columns)
+        names += list(self.date_columns or [])
+        return list(dict.fromkeys(names))
 
 
 class TrainConfig(_Section):
@@ -145,6 +264,7 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

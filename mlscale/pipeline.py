@@ -7,6 +7,7 @@ code. Stages run as separate jobs find each other's outputs through storage (pre
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,16 +18,16 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import ray.data
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from mlscale.cluster import ensure_ray
 from mlscale.config import PipelineConfig
-from mlscale.data.prepare import PreparedData, load_prepared, prepare, schema_for
+from mlscale.data.prepare import REPORT_FILE, PreparedData, load_prepared, prepare, schema_for
+from mlscale.data.validation import ValidationFailed, ValidationReport
 from mlscale.evaluate import PREDICTION_COLUMN, evaluate, score
-from mlscale.features.featureset import FeatureSet, FittedFeatures, transform_batch
+from mlscale.features.cache import FeatureCache
 from mlscale.models.networks import mlp_spec
 from mlscale.plots import training_curve
 from mlscale.registry.bundle import Bundle
@@ -83,13 +84,36 @@ def _flat_params(config: PipelineConfig) -> dict[str, str]:
     return flat
 
 
-def featurize(dataset: ray.data.Dataset, features: FittedFeatures, config: PipelineConfig) -> ray.data.Dataset:
-    return dataset.map_batches(
-        transform_batch,
-        fn_kwargs={"features": features, "label": config.data.label, "threshold": config.data.label_threshold},
-        batch_format="pyarrow",
-        batch_size=4096,
-    )
+def _log_validation(config: PipelineConfig, report: ValidationReport, where: Path, status: str) -> None:
+    """The prepare stage's MLflow run: the ValidationReport as an artifact and its counts as metrics."""
+    with mlflow.start_run(run_name=f"{config.name}-prepare") as run:
+        mlflow.set_tags({"mlscale.stage": "prepare", "mlscale.config_hash": config.fingerprint(),
+                         "mlscale.validation_passed": str(report.passed).lower()})
+        mlflow.log_metrics({"rows_read": float(report.rows_read), "rows_quarantined": float(report.rows_quarantined),
+                            "quarantine_fraction": report.quarantine_fraction,
+                            **{f"rule_failed.{rule}": float(n) for rule, n in _metric_safe(report).items()}})
+        mlflow.log_artifact(str(where), "data")
+    if status != "FINISHED":
+        MlflowClient().set_terminated(run.info.run_id, status)
+
+
+def _metric_safe(report: ValidationReport) -> dict[str, int]:
+    """MLflow metric names allow letters, digits, _ - . / and space: rule ids like unique(a,b) are rewritten."""
+    return {re.sub(r"[^A-Za-z0-9_\-./ ]", "_", rule): n for rule, n in report.counts_by_rule().items()}
+
+
+def prepare_stage(config: PipelineConfig) -> PreparedData:
+    """Prepare (or reuse the cached preparation), print the validation report and record it in MLflow."""
+    try:
+        prepared = prepare(config)
+    except ValidationFailed as failure:
+        rejected = config.storage.root_path / "prepared" / f"{config.name}.rejected" / REPORT_FILE
+        _log_validation(config, failure.report, rejected, "FAILED")
+        raise
+    print(prepared.report().render() + (" (cached)" if prepared.cached else ""), flush=True)
+    if not prepared.cached:
+        _log_validation(config, prepared.report(), prepared.report_path, "FINISHED")
+    return prepared
 
 
 def _log_history(run_id: str, history: list[dict[str, float]]) -> None:
@@ -106,7 +130,10 @@ def train_stage(config: PipelineConfig, prepared: PreparedData | None = None,
                 run_name: str | None = None) -> TrainedModel:
     """Fit features on train, train with Ray Train, register the bundle, evaluate it on test, alias it."""
     prepared = prepared or load_prepared(config)
-    features = FeatureSet(config.features).fit(prepared.read("train"))
+    cache = FeatureCache.for_run(config, prepared)
+    features, features_cached = cache.fitted(config, prepared)
+    train, train_cached = cache.transformed(config, prepared, features, "train")
+    val, _ = cache.transformed(config, prepared, features, "val")
     spec = mlp_spec(len(features.numeric_names), features.cardinalities, config.train.hidden, config.train.dropout)
     columns = set(features.input_columns)
     input_schema = [column for column in schema_for(config) if column.name in columns]
@@ -121,11 +148,11 @@ def train_stage(config: PipelineConfig, prepared: PreparedData | None = None,
         mlflow.log_params(_flat_params(config))
         mlflow.set_tags({f"mlscale.{k}": v for k, v in lineage.items()})
         mlflow.log_dict(json.loads(prepared.to_json()), "data/prepared.json")
+        mlflow.log_artifact(str(prepared.report_path), "data")
+        mlflow.set_tags({"mlscale.feature_cache": cache.key,
+                         "mlscale.feature_cache_hit": str(features_cached and train_cached).lower()})
         mlflow.log_metrics({f"data_{k}_rows": float(v) for k, v in prepared.counts.items()})
-        outcome = run_training(
-            config, featurize(prepared.read("train"), features, config),
-            featurize(prepared.read("val"), features, config), spec, run_name,
-        )
+        outcome = run_training(config, train, val, spec, run_name)
         _log_history(run.info.run_id, outcome.history)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(training_curve(outcome.history, Path(tmp) / "training_curve.png",
@@ -232,7 +259,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     with stage("start", seconds):
         start(config)
     with stage("prepare", seconds):
-        prepared = prepare(config)
+        prepared = prepare_stage(config)
     with stage("train", seconds):
         trained = train_stage(config, prepared)
     with stage("deploy", seconds):

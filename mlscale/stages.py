@@ -13,19 +13,24 @@ from rich.console import Console
 from rich.table import Table
 
 from mlscale.config import ConfigError, PipelineConfig, load_config, parse_overrides
-from mlscale.data.prepare import load_prepared, prepare
-from mlscale.pipeline import run_pipeline, served_vs_batch, start, train_stage
+from mlscale.data.prepare import load_prepared
+from mlscale.data.schema import SchemaError
+from mlscale.data.sources import SourceError
+from mlscale.data.validation import ValidationFailed
+from mlscale.pipeline import prepare_stage, run_pipeline, served_vs_batch, start, train_stage
 from mlscale.serve.deploy import deploy
 
 
 def prepare_summary(config: PipelineConfig) -> dict[str, Any]:
     start(config)
-    prepared = prepare(config)
+    prepared = prepare_stage(config)
     return {
+        "cached": prepared.cached,
         "rows_read": prepared.rows_read,
         **{f"{name}_rows": count for name, count in prepared.counts.items()},
         "prepared_path": prepared.path,
         "quarantine_reasons": prepared.quarantine_reasons,
+        "validation_report": str(prepared.report_path),
     }
 
 
@@ -60,6 +65,8 @@ def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
     return {**result.summary(), "report": str(report)}
 
 
+DATA_ERRORS = (ValidationFailed, SourceError, SchemaError)  # the message is the whole story; no traceback needed
+
 STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
     "prepare": prepare_summary,
     "train": train_summary,
@@ -91,7 +98,11 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    summary = STAGES[stage](config)
+    try:
+        summary = STAGES[stage](config)
+    except DATA_ERRORS as error:
+        print(f"mlscale {stage} failed: {error}", file=sys.stderr)
+        return 1
     print_summary(f"mlscale {stage}", summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))

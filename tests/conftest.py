@@ -24,6 +24,9 @@ os.environ.update(
     MLFLOW_ALLOW_FILE_STORE="true",
     TQDM_DISABLE="1",
 )
+from mlscale.cluster import PROCESS_ENV  # noqa: E402 - the session cluster gets what an embedded Ray gets
+
+os.environ.update(PROCESS_ENV)
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
@@ -73,6 +76,10 @@ def ray_session(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
 
     os.environ["MLSCALE_SERVE_PORT"] = str(local_cluster.serve_port)
     ray.init(address=local_cluster.gcs_address, log_to_driver=False)
+    from mlscale.cluster import configure_data
+    from mlscale.config import RayConfig
+
+    configure_data(RayConfig())  # what ensure_ray does for a pipeline run
     yield local_cluster
 
 

@@ -1,28 +1,50 @@
-"""The prepare stage: source -> validate (quarantine with a reason) -> time split -> parquet, in one streaming pass.
+"""The prepare stage: source -> validate (quarantine with the rules broken) -> time split -> parquet, streaming.
 
 Every input row lands in exactly one partition of the output (train, val, test, quarantine, or unused when its
-time falls in no split), and the counts are checked to reconcile with the rows read.
+time falls in no split); the counts are checked against an independent count of the source. The output is
+written to a staging folder and committed by rename only when validation passes; otherwise it is kept aside as
+`<name>.rejected` with its report, and the job fails with the report. A rerun with the same source, config and
+code reuses the committed output.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray.data
 
+from mlscale.caching import cache_key, code_hash
 from mlscale.config import PipelineConfig
-from mlscale.data.flights import FLIGHTS_SCHEMA, read_flights, source_fingerprint
-from mlscale.data.schema import REASON_COLUMN, ColumnSpec, conform, quarantine_reasons
+from mlscale.data.flights import FLIGHTS_SCHEMA
+from mlscale.data.schema import ColumnSpec
+from mlscale.data.sources import read_source
 from mlscale.data.storage import atomic_directory
+from mlscale.data.validation import (
+    REASON_COLUMN,
+    RULES_COLUMN,
+    Rule,
+    ValidationFailed,
+    ValidationReport,
+    build_rules,
+    conform_rows,
+    key_strings,
+    require_columns,
+    rule_partials,
+    validate_batch,
+)
 
 SPLIT_COLUMN = "split"
 PARTITIONS = ("train", "val", "test", "quarantine", "unused")
+REPORT_FILE = "_validation_report.json"
 
 
 @dataclass
@@ -34,6 +56,8 @@ class PreparedData:
     counts: dict[str, int]
     data_fingerprint: str
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    cache_key: str = ""
+    cached: bool = False
 
     def split_path(self, name: str) -> str:
         return str(Path(self.path) / f"{SPLIT_COLUMN}={name}")
@@ -45,8 +69,15 @@ class PreparedData:
     def valid_rows(self) -> int:
         return sum(self.counts[name] for name in PARTITIONS if name != "quarantine")
 
+    @property
+    def report_path(self) -> Path:
+        return Path(self.path) / REPORT_FILE
+
+    def report(self) -> ValidationReport:
+        return ValidationReport.from_dict(json.loads(self.report_path.read_text()))
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "cached"}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> PreparedData:
@@ -61,58 +92,113 @@ def split_lookup(config: PipelineConfig) -> dict[int, str]:
     return {value: name for name in ("train", "val", "test") for value in getattr(config.split, name)}
 
 
-def validate_and_split(batch: pa.Table, specs: list[ColumnSpec], time_column: str,
+def validate_and_split(batch: pa.Table, specs: list[ColumnSpec], rules: list[Rule], time_column: str,
                        splits: dict[int, str]) -> pa.Table:
-    """Add the quarantine reason and the split each row belongs to."""
-    table = conform(batch, specs)
-    reasons = quarantine_reasons(table, specs)
+    """map_batches body: the rules each row breaks, and the split it belongs to (quarantine if it broke any)."""
+    table = validate_batch(batch, specs, rules)
     time = table.column(time_column).fill_null(-1).to_numpy()
     assigned = np.full(table.num_rows, "unused", dtype=object)
     for value, name in splits.items():
         assigned[time == value] = name
-    assigned[reasons.is_valid().to_numpy(zero_copy_only=False)] = "quarantine"
-    return table.append_column(REASON_COLUMN, reasons).append_column(SPLIT_COLUMN, pa.array(assigned, pa.string()))
+    assigned[table.column(RULES_COLUMN).is_valid().to_numpy(zero_copy_only=False)] = "quarantine"
+    return table.append_column(SPLIT_COLUMN, pa.array(assigned, pa.string()))
+
+
+def _keys_batch(batch: pa.Table, specs: list[ColumnSpec], key: list[str]) -> pa.Table:
+    require_columns(batch, specs)  # this pass reads first: it reports schema breaks for every column
+    table, _ = conform_rows(batch, [spec for spec in specs if spec.name in key])
+    keys = key_strings(table, key)
+    return pa.table({"key": pc.drop_null(keys)})
+
+
+def _repeated(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.greater(batch.column("count()"), 1))
+
+
+def find_duplicate_keys(dataset: ray.data.Dataset, specs: list[ColumnSpec], key: list[str],
+                        limit: int) -> list[str]:
+    """Keys held by more than one row: a distributed group-by, bounded by `limit` (+1 to tell it was exceeded)."""
+    keys = dataset.map_batches(_keys_batch, fn_kwargs={"specs": specs, "key": key}, batch_format="pyarrow",
+                               batch_size=None)
+    repeated = keys.groupby("key").count().map_batches(_repeated, batch_format="pyarrow", batch_size=None)
+    return [row["key"] for row in repeated.take(limit + 1)]
 
 
 def count_rows(path: Path) -> int:
     return pads.dataset(path, format="parquet").count_rows() if path.exists() else 0
 
 
-def summarize_reasons(path: Path) -> dict[str, int]:
-    """How many quarantined rows broke each rule (a row may break several)."""
-    if not path.exists():
-        return {}
-    counts: Counter[str] = Counter()
-    for batch in pads.dataset(path, format="parquet").to_batches(columns=[REASON_COLUMN]):
-        for text in batch.column(0).to_pylist():
-            counts.update(part.split(" (value")[0] for part in text.split("; "))
-    return dict(counts.most_common())
+def _rule_counts(quarantine: Path, examples: int) -> list[dict[str, Any]]:
+    """Per-rule counts and examples over the quarantined rows, as a streaming Ray Data aggregation."""
+    if not quarantine.exists():
+        return []
+    partials = ray.data.read_parquet(str(quarantine), columns=[RULES_COLUMN, REASON_COLUMN]).map_batches(
+        rule_partials, fn_kwargs={"examples": examples}, batch_format="pyarrow", batch_size=None
+    )
+    return [json.loads(row["partial"]) for row in partials.iter_rows()]
 
 
-def prepare(config: PipelineConfig) -> PreparedData:
+def prepare_key(config: PipelineConfig, source_fingerprint: str) -> str:
+    settings = config.model_dump(mode="json", include={"data", "split", "validation"})
+    return cache_key(source_fingerprint, settings, code_hash("data", "config.py"))
+
+
+def _cached(config: PipelineConfig, key: str) -> PreparedData | None:
+    manifest = config.storage.root_path / "prepared" / f"{config.name}.json"
+    if not manifest.exists():
+        return None
+    prepared = PreparedData.from_json(manifest.read_text())
+    if prepared.cache_key != key or not prepared.report_path.exists():
+        return None
+    prepared.cached = True
+    return prepared
+
+
+def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
     """Read, validate, split and write the source; returns where everything went and the reconciled counts."""
     root = config.storage.root_path
-    source = read_flights(root / "cache", config.data.read_blocks, config.data.sample_fraction)
-    rows_read = source.count()
-    target = root / "prepared" / config.name
     specs = schema_for(config)
-    validated = source.map_batches(
-        validate_and_split,
-        fn_kwargs={"specs": specs, "time_column": config.data.time_column, "splits": split_lookup(config)},
-        batch_format="pyarrow",
-        batch_size=None,
-    )
-    with atomic_directory(target) as staging:
-        validated.write_parquet(str(staging), partition_cols=[SPLIT_COLUMN])
-    counts = {name: count_rows(target / f"{SPLIT_COLUMN}={name}") for name in PARTITIONS}
-    if sum(counts.values()) != rows_read:
-        raise RuntimeError(f"row counts do not reconcile: read {rows_read}, wrote {counts}")
+    source = read_source(config.data, specs, root / "cache")
+    key = prepare_key(config, source.fingerprint)
+    if not force and (hit := _cached(config, key)) is not None:
+        return hit
+    settings = config.validation
+    target = root / "prepared" / config.name
+    with source.diagnosed():
+        duplicates = (find_duplicate_keys(source.dataset, specs, settings.unique, settings.max_duplicate_keys)
+                      if settings.unique else [])
+        rows_read = source.expected_rows if source.expected_rows is not None else source.dataset.count()
+        rules = build_rules(specs, settings, duplicates)
+        validated = source.dataset.map_batches(
+            validate_and_split,
+            fn_kwargs={"specs": specs, "rules": rules, "time_column": config.data.time_column,
+                       "splits": split_lookup(config)},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
+        with atomic_directory(target) as staging:
+            validated.write_parquet(str(staging), partition_cols=[SPLIT_COLUMN])
+            counts = {name: count_rows(staging / f"{SPLIT_COLUMN}={name}") for name in PARTITIONS}
+            if sum(counts.values()) != rows_read:
+                raise RuntimeError(f"row counts do not reconcile: read {rows_read}, wrote {counts}")
+            report = ValidationReport.build(
+                source=source.description, rows_read=rows_read, rows_quarantined=counts["quarantine"], rules=rules,
+                partials=_rule_counts(staging / f"{SPLIT_COLUMN}=quarantine", settings.examples_per_rule),
+                config=settings, dataset_checks={"duplicate_keys": len(duplicates)} if settings.unique else {},
+            )
+            report.save(staging / REPORT_FILE)
+            if not report.passed:
+                rejected = target.with_name(f"{target.name}.rejected")
+                shutil.rmtree(rejected, ignore_errors=True)
+                os.replace(staging, rejected)
+                raise ValidationFailed(report, str(rejected))
     prepared = PreparedData(
         path=str(target),
         rows_read=rows_read,
         counts=counts,
-        data_fingerprint=f"{source_fingerprint()}-{config.data.sample_fraction:g}",
-        quarantine_reasons=summarize_reasons(target / f"{SPLIT_COLUMN}=quarantine"),
+        data_fingerprint=source.fingerprint,
+        quarantine_reasons=report.counts_by_rule(),
+        cache_key=key,
     )
     (target.parent / f"{config.name}.json").write_text(prepared.to_json())
     return prepared

@@ -1,7 +1,11 @@
 """FeatureSet: fit on the training split with one streaming pass, then apply the same code to batches and requests.
 
-The fitted state is plain JSON (means, scales, vocabularies), so it travels inside the model bundle and the
-serving replica rebuilds exactly the transform that training used: no pickles, no train/serve skew.
+Transforms: numeric columns are clipped, optionally signed-log1p'd, then standardized or min-max scaled, with
+missing values imputed by the mean plus an indicator column, and optionally quantile-bucketized (approximate
+quantiles from a mergeable sketch); categorical columns get a top-k vocabulary with an out-of-vocabulary bucket, or
+stable hashing for high-cardinality ids; crosses hash several columns together; HHMM clock times and calendar
+dates become cyclical encodings. The fitted state is plain JSON (ordered lists, versioned, fingerprinted), so it
+travels inside the model bundle and a serving replica rebuilds exactly the transform that training used.
 """
 
 from __future__ import annotations
@@ -17,22 +21,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from mlscale.config import FeaturesConfig
-from mlscale.features.stats import TableStats
+from mlscale.config import FeaturesConfig, NumericFeature
+from mlscale.features.hashing import bucket_ids
+from mlscale.features.sketch import QuantileSketch
+from mlscale.features.stats import CategoryStats, NumericStats, TableStats
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 ColumnLike = np.ndarray | pa.Array | pa.ChunkedArray | list
+
+
+def _arrow(values: ColumnLike) -> pa.Array | pa.ChunkedArray:
+    return values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, from_pandas=True)
 
 
 def _floats(values: ColumnLike) -> np.ndarray:
     """Any column (numpy, Arrow, list with None) as float64 with NaN for missing."""
-    array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, from_pandas=True)
-    return pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return pc.cast(_arrow(values), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
 
 
 def _strings(values: ColumnLike) -> pa.Array | pa.ChunkedArray:
-    array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, from_pandas=True)
-    return pc.cast(array, pa.string())
+    return pc.cast(_arrow(values), pa.string())
 
 
 def _cyclical(values: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray]:
@@ -40,8 +48,32 @@ def _cyclical(values: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray
     return np.sin(angle), np.cos(angle)
 
 
-def _batch_stats(batch: pa.Table, numeric: list[str], categorical: list[str]) -> dict[str, list[str]]:
-    return {"stats": [json.dumps(TableStats.of(batch, numeric, categorical).to_dict())]}
+def preprocess(values: np.ndarray, clip: list[float] | tuple[float, float] | None, log1p: bool) -> np.ndarray:
+    """The stateless part of a numeric transform: clip, then sign(x) * log(1 + |x|)."""
+    if clip is not None:
+        values = np.clip(values, clip[0], clip[1])
+    if log1p:
+        values = np.sign(values) * np.log1p(np.abs(values))
+    return values
+
+
+def batch_stats(table: pa.Table, config: FeaturesConfig) -> TableStats:
+    """The statistics one batch contributes to the fit; merged across batches with TableStats.merge."""
+    numeric, profile, sketches = {}, {}, {}
+    for feature in config.numeric:
+        raw = _floats(table.column(feature.column))
+        profile[feature.column] = NumericStats.of(raw)
+        values = preprocess(raw, feature.clip, feature.log1p)
+        numeric[feature.column] = profile[feature.column] if values is raw else NumericStats.of(values)
+        if feature.buckets:
+            sketches[feature.column] = QuantileSketch(k=config.sketch_size).update(values)
+    categorical = {f.column: CategoryStats.of(table.column(f.column)) for f in config.categorical if not f.hash_buckets}
+    return TableStats(numeric=numeric, categorical=categorical, profile=profile, sketches=sketches,
+                      rows=table.num_rows)
+
+
+def _batch_stats(batch: pa.Table, config: FeaturesConfig) -> dict[str, list[str]]:
+    return {"stats": [json.dumps(batch_stats(batch, config).to_dict())]}
 
 
 @dataclass(frozen=True)
@@ -54,10 +86,10 @@ class FittedFeatures:
     def numeric_names(self) -> list[str]:
         """Names of the columns of x_num, in order."""
         names: list[str] = []
-        for stats in self.state["numeric"]:
-            names.append(stats["name"])
-            if stats["indicator"]:
-                names.append(f"{stats['name']}_missing")
+        for spec in self.state["numeric"]:
+            names.append(spec["name"])
+            if spec["indicator"]:
+                names.append(f"{spec['name']}_missing")
         for name in self.state["hhmm"]:
             names += [f"{name}_sin", f"{name}_cos"]
         if self.state["date"]:
@@ -65,15 +97,25 @@ class FittedFeatures:
         return names
 
     @property
+    def categorical_names(self) -> list[str]:
+        """Names of the columns of x_cat, in order: categorical, bucketized numeric, crosses."""
+        return ([spec["name"] for spec in self.state["categorical"]]
+                + [f"{spec['name']}_bucket" for spec in self.state["buckets"]]
+                + [spec["name"] for spec in self.state["crosses"]])
+
+    @property
     def cardinalities(self) -> list[int]:
-        """Embedding table sizes for x_cat, index 0 being the out-of-vocabulary bucket."""
-        return [len(spec["vocab"]) + 1 for spec in self.state["categorical"]]
+        """Embedding table sizes for x_cat; index 0 is the out-of-vocabulary / missing bucket."""
+        sizes = [(spec["hash_buckets"] or len(spec["vocab"])) + 1 for spec in self.state["categorical"]]
+        sizes += [len(spec["edges"]) + 2 for spec in self.state["buckets"]]
+        return sizes + [spec["hash_buckets"] + 1 for spec in self.state["crosses"]]
 
     @property
     def input_columns(self) -> list[str]:
-        date = list(self.state["date"] or [])
-        named = [spec["name"] for spec in self.state["numeric"] + self.state["categorical"]]
-        return named + list(self.state["hhmm"]) + date
+        names = [spec["name"] for spec in self.state["numeric"] + self.state["categorical"]]
+        names += [column for spec in self.state["crosses"] for column in spec["columns"]]
+        names += list(self.state["hhmm"]) + list(self.state["date"] or [])
+        return list(dict.fromkeys(names))
 
     @property
     def fingerprint(self) -> str:
@@ -82,37 +124,37 @@ class FittedFeatures:
     def transform(self, columns: Mapping[str, ColumnLike]) -> dict[str, np.ndarray]:
         """Raw columns -> {"x_num": float32 [n, d], "x_cat": int64 [n, k]}; the same code for batches and requests."""
         numeric: list[np.ndarray] = []
-        for stats in self.state["numeric"]:
-            values = _floats(columns[stats["name"]])
+        categorical: list[np.ndarray] = []
+        processed: dict[str, np.ndarray] = {}
+        for spec in self.state["numeric"]:
+            values = preprocess(_floats(columns[spec["name"]]), spec["clip"], spec["log1p"])
+            processed[spec["name"]] = values
             missing = np.isnan(values)
-            scaled = (values - stats["mean"]) / stats["scale"]
-            numeric.append(np.where(missing, 0.0, scaled))
-            if stats["indicator"]:
+            scaled = (values - spec["center"]) / spec["divisor"]
+            numeric.append(np.where(missing, (spec["impute"] - spec["center"]) / spec["divisor"], scaled))
+            if spec["indicator"]:
                 numeric.append(missing.astype(np.float64))
         for name in self.state["hhmm"]:
             hhmm = _floats(columns[name])
             minutes = np.floor(hhmm / 100.0) * 60.0 + np.mod(hhmm, 100.0)
             numeric.extend(np.nan_to_num(part) for part in _cyclical(minutes, 1440.0))
         if self.state["date"]:
-            year, month, day = (np.nan_to_num(_floats(columns[c]), nan=1.0).astype(np.int64)
-                                for c in self.state["date"])
-            dates = (
-                (year - 1970).astype("datetime64[Y]") + (month - 1).astype("timedelta64[M]")
-            ).astype("datetime64[D]") + (day - 1).astype("timedelta64[D]")
-            days = dates.astype(np.int64)
-            year_start = (year - 1970).astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64)
-            numeric.extend(_cyclical(((days + 3) % 7).astype(np.float64), 7.0))
-            numeric.extend(_cyclical((days - year_start).astype(np.float64), 365.25))
-        categorical = []
+            numeric.extend(_date_parts(*(columns[c] for c in self.state["date"])))
         for spec in self.state["categorical"]:
-            index = pc.index_in(_strings(columns[spec["name"]]), value_set=pa.array(spec["vocab"], type=pa.string()))
-            categorical.append(_floats(index) + 1.0)
+            if spec["hash_buckets"]:
+                categorical.append(bucket_ids([_strings(columns[spec["name"]])], spec["hash_buckets"]))
+            else:
+                index = pc.index_in(_strings(columns[spec["name"]]), value_set=pa.array(spec["vocab"], pa.string()))
+                categorical.append(np.nan_to_num(_floats(index) + 1.0, nan=0.0).astype(np.int64))
+        for spec in self.state["buckets"]:
+            values = processed[spec["name"]]
+            bucket = np.searchsorted(np.asarray(spec["edges"], dtype=np.float64), values, side="right") + 1
+            categorical.append(np.where(np.isnan(values), 0, bucket).astype(np.int64))
+        for spec in self.state["crosses"]:
+            categorical.append(bucket_ids([_strings(columns[c]) for c in spec["columns"]], spec["hash_buckets"]))
         n_rows = len(numeric[0]) if numeric else len(categorical[0])
         x_num = np.stack(numeric, axis=1).astype(np.float32) if numeric else np.zeros((n_rows, 0), np.float32)
-        x_cat = (
-            np.nan_to_num(np.stack(categorical, axis=1), nan=0.0).astype(np.int64)
-            if categorical else np.zeros((n_rows, 0), np.int64)
-        )
+        x_cat = np.stack(categorical, axis=1).astype(np.int64) if categorical else np.zeros((n_rows, 0), np.int64)
         return {"x_num": x_num, "x_cat": x_cat}
 
     def profile(self) -> dict[str, Any]:
@@ -131,6 +173,26 @@ class FittedFeatures:
         return cls(state)
 
 
+def _date_parts(year: ColumnLike, month: ColumnLike, day: ColumnLike) -> list[np.ndarray]:
+    """Day of week and day of year, each as a point on a circle (Sunday is next to Monday, Dec 31 to Jan 1)."""
+    year_, month_, day_ = (np.nan_to_num(_floats(c), nan=1.0).astype(np.int64) for c in (year, month, day))
+    year_start = (year_ - 1970).astype("datetime64[Y]").astype("datetime64[D]")
+    dates = ((year_ - 1970).astype("datetime64[Y]") + (month_ - 1).astype("timedelta64[M]")).astype("datetime64[D]")
+    days = (dates + (day_ - 1).astype("timedelta64[D]")).astype(np.int64)
+    return [*_cyclical(((days + 3) % 7).astype(np.float64), 7.0),
+            *_cyclical((days - year_start.astype(np.int64)).astype(np.float64), 365.25)]
+
+
+def _scaling(feature: NumericFeature, stats: NumericStats) -> tuple[float, float]:
+    """(center, divisor) so that (x - center) / divisor is the scaled value; constant columns keep divisor 1."""
+    if feature.scale == "standard":
+        return stats.mean, stats.std if stats.std > 0 else 1.0
+    if feature.scale == "minmax":
+        span = stats.max - stats.min if stats.count else 0.0
+        return (stats.min if stats.count else 0.0), span if span > 0 else 1.0
+    return 0.0, 1.0
+
+
 class FeatureSet:
     """What to compute from which columns; fit() learns the statistics from the training data."""
 
@@ -139,48 +201,58 @@ class FeatureSet:
 
     def fit_stats(self, stats: TableStats) -> FittedFeatures:
         config = self.config
-        numeric = []
-        for name in config.numeric:
-            column = stats.numeric[name]
+        numeric, buckets = [], []
+        for feature in config.numeric:
+            column = stats.numeric[feature.column]
+            center, divisor = _scaling(feature, column)
             numeric.append({
-                "name": name,
-                "mean": column.mean,
-                "scale": column.std if column.std > 0 else 1.0,
-                "indicator": column.nulls > 0,
+                "name": feature.column, "clip": list(feature.clip) if feature.clip else None, "log1p": feature.log1p,
+                "scale": feature.scale, "center": center, "divisor": divisor,
+                "impute": column.mean, "indicator": column.nulls > 0,
             })
+            if feature.buckets:
+                edges = stats.sketches[feature.column].quantiles(np.arange(1, feature.buckets) / feature.buckets)
+                buckets.append({"name": feature.column, "edges": np.unique(edges[~np.isnan(edges)]).tolist()})
         categorical = []
-        for name in config.categorical:
-            frequent = [(value, count) for value, count in stats.categorical[name].counts.items()
-                        if count >= config.min_category_count]
+        for feature in config.categorical:
+            if feature.hash_buckets:
+                categorical.append({"name": feature.column, "hash_buckets": feature.hash_buckets, "vocab": []})
+                continue
+            min_count = feature.min_count or config.min_category_count
+            frequent = [(value, count) for value, count in stats.categorical[feature.column].counts.items()
+                        if count >= min_count]
             frequent.sort(key=lambda item: (-item[1], item[0]))
-            categorical.append({"name": name, "vocab": [value for value, _ in frequent[: config.max_categories]]})
+            limit = feature.max_categories or config.max_categories
+            categorical.append({"name": feature.column, "hash_buckets": None,
+                                "vocab": [value for value, _ in frequent[:limit]]})
+        rows = max(stats.rows, 1)
         state = {
             "version": STATE_VERSION,
             "rows": stats.rows,
             "numeric": numeric,
+            "buckets": buckets,
             "categorical": categorical,
+            "crosses": [{"name": c.name, "columns": list(c.columns), "hash_buckets": c.hash_buckets}
+                        for c in config.crosses],
             "hhmm": list(config.hhmm_columns),
             "date": list(config.date_columns) if config.date_columns else None,
             "profile_numeric": {
                 name: {"count": s.count, "null_fraction": s.null_fraction, "mean": s.mean, "std": s.std,
                        "min": s.min, "max": s.max}
-                for name, s in stats.numeric.items()
+                for name, s in stats.profile.items()
             },
             "profile_categorical": {
-                name: {"null_fraction": s.nulls / max(stats.rows, 1),
-                       "frequencies": {k: v / max(stats.rows, 1) for k, v in s.counts.most_common(50)}}
+                name: {"null_fraction": s.nulls / rows,
+                       "frequencies": {k: v / rows for k, v in s.counts.most_common(50)}}
                 for name, s in stats.categorical.items()
             },
         }
         return FittedFeatures(state)
 
     def fit(self, dataset: ray.data.Dataset) -> FittedFeatures:
-        """One streaming pass: per-batch statistics in parallel, merged on the driver (bounded by cardinality)."""
-        partials = dataset.map_batches(
-            _batch_stats,
-            fn_kwargs={"numeric": self.config.numeric, "categorical": self.config.categorical},
-            batch_format="pyarrow",
-            batch_size=None,
+        """One streaming pass: per-batch statistics in parallel, merged on the driver (bounded memory)."""
+        partials = dataset.select_columns(self.config.raw_columns).map_batches(  # parquet reads only these
+            _batch_stats, fn_kwargs={"config": self.config}, batch_format="pyarrow", batch_size=None,
         )
         merged: TableStats | None = None
         for row in partials.iter_rows():

@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlscale.features.sketch import QuantileSketch
+
 
 @dataclass
 class NumericStats:
@@ -25,8 +27,9 @@ class NumericStats:
     max: float = -math.inf
 
     @classmethod
-    def of(cls, column: pa.ChunkedArray | pa.Array) -> NumericStats:
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    def of(cls, column: pa.ChunkedArray | pa.Array | np.ndarray) -> NumericStats:
+        values = column if isinstance(column, np.ndarray) else \
+            pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
         present = values[~np.isnan(values)]
         if present.size == 0:
             return cls(nulls=int(values.size))
@@ -85,24 +88,21 @@ class CategoryStats:
 
 @dataclass
 class TableStats:
-    """Statistics for the numeric and categorical columns of one dataset, mergeable across batches."""
+    """Mergeable statistics of one dataset: the feature values (after clip/log), the raw columns (the profile
+    monitoring compares against), category counts and quantile sketches."""
 
     numeric: dict[str, NumericStats]
     categorical: dict[str, CategoryStats]
+    profile: dict[str, NumericStats] = field(default_factory=dict)
+    sketches: dict[str, QuantileSketch] = field(default_factory=dict)
     rows: int = 0
-
-    @classmethod
-    def of(cls, table: pa.Table, numeric: list[str], categorical: list[str]) -> TableStats:
-        return cls(
-            numeric={name: NumericStats.of(table.column(name)) for name in numeric},
-            categorical={name: CategoryStats.of(table.column(name)) for name in categorical},
-            rows=table.num_rows,
-        )
 
     def merge(self, other: TableStats) -> TableStats:
         return TableStats(
             numeric={k: v.merge(other.numeric[k]) for k, v in self.numeric.items()},
             categorical={k: v.merge(other.categorical[k]) for k, v in self.categorical.items()},
+            profile={k: v.merge(other.profile[k]) for k, v in self.profile.items()},
+            sketches={k: v.merge(other.sketches[k]) for k, v in self.sketches.items()},
             rows=self.rows + other.rows,
         )
 
@@ -110,7 +110,9 @@ class TableStats:
         return {
             "rows": self.rows,
             "numeric": {k: vars(v) for k, v in self.numeric.items()},
+            "profile": {k: vars(v) for k, v in self.profile.items()},
             "categorical": {k: {"counts": dict(v.counts), "nulls": v.nulls} for k, v in self.categorical.items()},
+            "sketches": {k: v.to_dict() for k, v in self.sketches.items()},
         }
 
     @classmethod
@@ -118,5 +120,7 @@ class TableStats:
         return cls(
             numeric={k: NumericStats(**v) for k, v in data["numeric"].items()},
             categorical={k: CategoryStats(Counter(v["counts"]), v["nulls"]) for k, v in data["categorical"].items()},
+            profile={k: NumericStats(**v) for k, v in data["profile"].items()},
+            sketches={k: QuantileSketch.from_dict(v) for k, v in data["sketches"].items()},
             rows=data["rows"],
         )

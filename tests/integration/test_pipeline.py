@@ -1,5 +1,6 @@
 """The pipeline run once on a sample; its outputs checked where they live: MLflow, the bundle, the endpoint."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,23 @@ def test_mlflow_run_has_params_curve_and_lineage(pipeline_result):
     assert {"mlscale.data_fingerprint", "mlscale.config_hash", "mlscale.code_version"} <= set(run.data.tags)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/training_curve.png" in artifacts
+    assert "data/_validation_report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "data")}
+
+
+def test_prepare_stage_logs_the_validation_report_to_mlflow(pipeline_result, tmp_path):
+    config, result = pipeline_result
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], "tags.`mlscale.stage` = 'prepare'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["mlscale.validation_passed"] == "true"
+    assert run.data.metrics["rows_read"] == result.prepared.rows_read
+    assert run.data.metrics["rows_quarantined"] == result.prepared.counts["quarantine"]
+    unlabelled = result.prepared.quarantine_reasons["arr_delay.not_null"]
+    assert run.data.metrics["rule_failed.arr_delay.not_null"] == unlabelled
+    local = client.download_artifacts(run.info.run_id, "data/_validation_report.json", str(tmp_path))
+    assert json.loads(Path(local).read_text())["rows_read"] == result.prepared.rows_read
 
 
 def test_champion_alias_points_at_the_registered_bundle(pipeline_result):

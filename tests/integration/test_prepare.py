@@ -7,7 +7,7 @@ import pytest
 
 from mlscale.data.flights import NULL_VALUES, package_data_dir, sample_mask
 from mlscale.data.prepare import PARTITIONS, load_prepared, prepare
-from mlscale.data.schema import REASON_COLUMN
+from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +34,8 @@ def test_quarantine_holds_exactly_the_rows_without_a_label(full):
     _, prepared = full
     quarantine = read_partition(prepared, "quarantine")
     assert quarantine.num_rows == prepared.counts["quarantine"] > 0
-    assert quarantine.column(REASON_COLUMN).null_count == 0
-    assert prepared.quarantine_reasons["arr_delay: null"] == quarantine.column("arr_delay").null_count
+    assert quarantine.column(REASON_COLUMN).null_count == 0 and quarantine.column(RULES_COLUMN).null_count == 0
+    assert prepared.quarantine_reasons["arr_delay.not_null"] == quarantine.column("arr_delay").null_count
     raw = pacsv.read_csv(pa.BufferReader(_flights_csv()), convert_options=pacsv.ConvertOptions(null_values=NULL_VALUES))
     assert quarantine.num_rows >= raw.column("arr_delay").null_count  # cancelled or diverted: no label
 
@@ -58,6 +58,17 @@ def test_valid_partitions_are_clean_and_split_by_month(full):
 def test_manifest_lets_later_jobs_find_the_data(full):
     config, prepared = full
     assert load_prepared(config) == prepared
+
+
+def test_the_real_data_passes_every_declared_rule_but_the_label(full):
+    """The flights config's key uniqueness and cross-column checks hold on all 336,776 real rows."""
+    config, prepared = full
+    report = prepared.report()
+    assert report.passed and report.dataset_checks == {"duplicate_keys": 0}
+    assert set(prepared.quarantine_reasons) == {"arr_delay.not_null", "dep_delay.not_null"}
+    checked = {result.rule for result in report.rules}
+    assert {"check.plausible_speed", "check.time_parts", f"unique({','.join(config.validation.unique)})"} <= checked
+    assert prepare(config).cached  # same source, config and code: the committed output is reused
 
 
 def test_sample_is_the_same_hash_sample(ray_session, small_config_factory):

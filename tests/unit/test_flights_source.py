@@ -64,3 +64,20 @@ def test_schema_covers_flight_and_weather_columns():
     assert set(WEATHER_COLUMNS) <= names
     assert {"arr_delay", "dep_delay", "carrier", "origin", "dest"} <= names
     assert not pc.any(pc.equal(pa.array([s.name for s in FLIGHTS_SCHEMA]), "time_hour")).as_py()
+
+
+def test_synthetic_rows_do_not_depend_on_how_they_are_batched():
+    import numpy as np
+
+    from mlscale.data.synthetic import generate_table
+
+    whole = generate_table(np.arange(3_000), seed=3, bad_fraction=0.05)
+    parts = [generate_table(np.arange(a, b), seed=3, bad_fraction=0.05) for a, b in ((0, 1_234), (1_234, 3_000))]
+    import pyarrow as pa
+
+    assert pa.concat_tables(parts).equals(whole)
+    assert not generate_table(np.arange(3_000), seed=4).equals(whole)
+    assert whole.column("arr_delay").null_count > 0 and whole.column("wind_gust").null_count > 1_000
+    carriers = whole.column("carrier").value_counts().to_pylist()
+    counts = sorted(item["counts"] for item in carriers)
+    assert counts[-1] > 10 * counts[len(counts) // 2 - 1]  # skewed, with a long tail of rare values

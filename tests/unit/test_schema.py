@@ -2,7 +2,18 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from mlscale.data.schema import ColumnSpec, SchemaError, conform, quarantine_reasons, request_model
+from mlscale.config import ValidationConfig
+from mlscale.data.expressions import ExpressionError, columns_of, evaluate
+from mlscale.data.schema import ColumnSpec, SchemaError, request_model
+from mlscale.data.validation import (
+    REASON_COLUMN,
+    RULES_COLUMN,
+    ValidationReport,
+    build_rules,
+    conform_rows,
+    rule_partials,
+    validate_batch,
+)
 
 SPECS = [
     ColumnSpec(name="month", dtype="int", nullable=False, min=1, max=12),
@@ -10,6 +21,7 @@ SPECS = [
     ColumnSpec(name="dest", dtype="str", nullable=True, pattern="[A-Z]{3}"),
     ColumnSpec(name="delay", dtype="float", min=-60, max=600),
 ]
+CHECKS = ValidationConfig(checks=[{"name": "delay_below_month_cap", "expr": "delay <= month * 100"}])
 
 
 def table(rows):
@@ -25,25 +37,76 @@ def test_each_rule_is_reported_with_its_value():
         {"month": 2, "origin": "BOS", "dest": "IAH", "delay": 3.0},     # not allowed
         {"month": 2, "origin": "JFK", "dest": "iah", "delay": -61.0},   # pattern and below min
         {"month": 2, "origin": "JFK", "dest": None, "delay": None},     # nullable columns may be null
+        {"month": 1, "origin": "JFK", "dest": "IAH", "delay": 150.0},   # cross-column check
     ]
-    reasons = quarantine_reasons(conform(table(rows), SPECS), SPECS).to_pylist()
-    assert reasons[0] is None and reasons[5] is None
-    assert reasons[1] == "month: null (value None)"
-    assert reasons[2] == "month: above maximum 12 (value 13)"
-    assert reasons[3] == "origin: not in allowed set (value 'BOS')"
-    assert "dest: does not match /[A-Z]{3}/ (value 'iah')" in reasons[4]
-    assert "delay: below minimum -60 (value -61.0)" in reasons[4]
+    out = validate_batch(table(rows), SPECS, build_rules(SPECS, CHECKS))
+    rules, reasons = out.column(RULES_COLUMN).to_pylist(), out.column(REASON_COLUMN).to_pylist()
+    assert rules[0] is None and reasons[0] is None and rules[5] is None
+    assert rules[1] == ["month.not_null"] and reasons[1] == "month.not_null: month is not null (month=None)"
+    assert rules[2] == ["month.max"] and reasons[2] == "month.max: month <= 12 (month=13)"
+    assert rules[3] == ["origin.allowed"] and "origin='BOS'" in reasons[3]
+    assert rules[4] == ["dest.pattern", "delay.min"] and "delay=-61" in reasons[4]
+    assert rules[6] == ["check.delay_below_month_cap"] and "delay=150, month=1" in reasons[6]
 
 
-def test_missing_column_is_a_schema_break():
-    with pytest.raises(SchemaError, match=r"missing declared column\(s\) \['delay'\]"):
-        conform(table([{"month": 1, "origin": "EWR", "dest": "IAH", "delay": 1.0}]).drop_columns(["delay"]), SPECS)
+def test_wrong_typed_values_are_bad_rows_not_a_crash():
+    raw = pa.table({"month": ["1", "x", " 3 ", None], "origin": ["EWR"] * 4, "dest": ["IAH"] * 4,
+                    "delay": ["1.5", "2e1", "abc", ""]})
+    out = validate_batch(raw, SPECS, build_rules(SPECS, ValidationConfig()))
+    assert out.column("month").to_pylist() == [1, None, 3, None]
+    assert out.column("delay").to_pylist() == [1.5, 20.0, None, None]
+    rules = out.column(RULES_COLUMN).to_pylist()
+    assert rules[0] is None
+    assert rules[1] == ["month.type", "month.not_null"]
+    assert rules[2] == ["delay.type"] and "delay='abc'" in out.column(REASON_COLUMN)[2].as_py()
+    assert rules[3] == ["delay.type", "month.not_null"]
+
+
+def test_missing_column_is_a_schema_break_naming_the_file():
+    bad = table([{"month": 1, "origin": "EWR", "dest": "IAH", "delay": 1.0}]).drop_columns(["delay"])
+    bad = bad.append_column("path", pa.array(["s3://bucket/flights/part-7.parquet"]))
+    with pytest.raises(SchemaError, match=r"part-7.parquet: missing declared column\(s\) \['delay'\]"):
+        conform_rows(bad, SPECS)
 
 
 def test_uncastable_column_names_column_and_type():
-    bad = pa.table({"month": ["x"], "origin": ["EWR"], "dest": ["IAH"], "delay": [1.0]})
-    with pytest.raises(SchemaError, match="column 'month' has type string"):
-        conform(bad, SPECS)
+    bad = pa.table({"month": [[1]], "origin": ["EWR"], "dest": ["IAH"], "delay": [1.0]})
+    with pytest.raises(SchemaError, match="column 'month' has type list<item: int64>"):
+        conform_rows(bad, SPECS)
+
+
+def test_check_on_unknown_column_is_refused():
+    with pytest.raises(SchemaError, match=r"undeclared column\(s\) \['speed'\]"):
+        build_rules(SPECS, ValidationConfig(checks=[{"name": "fast", "expr": "speed < 700"}]))
+
+
+def test_expressions_are_vectorized_null_aware_and_safe():
+    data = pa.table({"a": [1, 2, None, 4], "b": [2.0, 2.0, 1.0, None]})
+    assert evaluate("a < b", data).to_pylist() == [True, False, None, None]
+    assert evaluate("abs(a - b) <= 0 or a > 3", data).to_pylist() == [False, True, None, True]
+    assert evaluate("a / 2 == 0.5", data).to_pylist()[0] is True  # no integer division
+    assert columns_of("a * 2 < b and not a == b") == ["a", "b"]
+    for bad in ("__import__('os').system('true')", "a.real > 1", "[a] == b", "a <"):
+        with pytest.raises(ExpressionError):
+            evaluate(bad, data)
+
+
+def test_report_sums_partials_and_applies_threshold():
+    rows = [{"month": 13, "origin": "EWR", "dest": "IAH", "delay": 1.0}] * 3 + \
+           [{"month": 2, "origin": "EWR", "dest": "IAH", "delay": 1.0}] * 97
+    rules = build_rules(SPECS, ValidationConfig())
+    out = validate_batch(table(rows), SPECS, rules)
+    bad = out.filter(out.column(RULES_COLUMN).is_valid())
+    import json
+    partials = [json.loads(rule_partials(part, 2)["partial"][0]) for part in (bad.slice(0, 1), bad.slice(1))]
+    lenient = ValidationReport.build("t", 100, 3, rules, partials, ValidationConfig(max_quarantine_fraction=0.05), {})
+    assert lenient.passed and lenient.counts_by_rule() == {"month.max": 3}
+    assert len(lenient.rules[[r.rule for r in lenient.rules].index("month.max")].examples) == 3  # examples_per_rule
+    strict = ValidationReport.build("t", 100, 3, rules, partials, ValidationConfig(max_quarantine_fraction=0.01), {})
+    assert not strict.passed and "3.00%" in strict.render() and "month.max" in strict.render()
+    assert ValidationReport.from_dict(json.loads(json.dumps(strict.to_dict()))).failures == strict.failures
+    tiny = ValidationReport.build("t", 100, 0, rules, [], ValidationConfig(min_rows=1000), {})
+    assert "below validation.min_rows" in tiny.failures[0]
 
 
 def test_request_model_accepts_what_validation_accepts():

@@ -1,0 +1,303 @@
+"""Scale proof for the data stages: validate -> fit -> transform -> write parquet, streaming, memory flat.
+
+Runs the synthetic flights source at 1x, 4x and 16x a base size through mlscale's prepare stage (validation with
+quarantine, time split, parquet) and its feature stage (streaming fit, then transform of the train split to
+parquet), on an embedded Ray whose object store is far smaller than the largest run. A sampler thread records the
+memory (PSS, so shared object-store pages count once) of every Ray process. In the same run, a single-process
+baseline does the same work on the same rows with pyarrow/numpy and no Ray: it calls the same vectorized kernels
+(generate, validate, stats, transform), so the ratio isolates what distributing the work costs per core.
+
+    python benchmarks/data_pipeline.py            # 1x = 400k rows (~10 min budget on 2 cores)
+    python benchmarks/data_pipeline.py --base-rows 100000 --object-store-mb 80   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+from mlscale.cluster import configure_data, set_process_env  # noqa: E402
+from mlscale.config import PipelineConfig, RayConfig, load_config  # noqa: E402
+from mlscale.data.prepare import SPLIT_COLUMN, prepare, schema_for, split_lookup, validate_and_split  # noqa: E402
+from mlscale.data.synthetic import ROWS_PER_BLOCK, generate_table  # noqa: E402
+from mlscale.data.validation import build_rules  # noqa: E402
+from mlscale.features.cache import FeatureCache  # noqa: E402
+from mlscale.features.featureset import FeatureSet, batch_stats, transform_batch  # noqa: E402
+from mlscale.features.stats import TableStats  # noqa: E402
+
+SCALES = (1, 4, 16)
+RESULTS = REPO / "benchmarks" / "results"
+
+
+class MemorySampler:
+    """Sums the PSS of this process and all its descendants (the embedded Ray: raylet, GCS, workers)."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def total_pss() -> int:
+        root = psutil.Process()
+        total = 0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                total += process.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
+    def __enter__(self) -> MemorySampler:
+        self._began = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter() - self._began, self.total_pss()))
+            self._stop.wait(self.interval_s)
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return max(value for _, value in self.samples)
+
+
+def spilled_bytes() -> int:
+    """Bytes spilled from the object store since this Ray started (Ray's memory summary)."""
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(stats_only=True)
+    match = re.search(r"Spilled ([\d.]+) MiB", text)
+    return int(float(match.group(1)) * 2**20) if match else 0
+
+
+@dataclass
+class Run:
+    name: str
+    rows: int
+    seconds: float
+    cores: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int = 0
+    spilled_bytes: int = 0
+    train_rows: int = 0
+    memory_trace: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+    @property
+    def rows_per_s_per_core(self) -> float:
+        return self.rows_per_s / self.cores
+
+
+def config_for(rows: int, root: Path, name: str) -> PipelineConfig:
+    return load_config(REPO / "jobs" / "configs" / "flights.yaml", {
+        "name": name, "storage.root": str(root), "tracking.uri": None,
+        "data.source": "synthetic", "data.synthetic.rows": rows, "data.synthetic.seed": 11,
+        "data.synthetic.bad_fraction": 0.01, "validation.unique": None,
+    })
+
+
+def run_mlscale(rows: int, label: str, root: Path, cores: int) -> Run:
+    config = config_for(rows, root, f"scale-{rows}")
+    stages: dict[str, float] = {}
+    with MemorySampler() as memory:
+        began = time.perf_counter()
+        prepared = prepare(config, force=True)
+        stages["validate+split+write"] = time.perf_counter() - began
+        cache = FeatureCache.for_run(config, prepared)
+        mark = time.perf_counter()
+        features, _ = cache.fitted(config, prepared)
+        stages["fit"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        cache.transformed(config, prepared, features, "train")
+        stages["transform+write"] = time.perf_counter() - mark
+        seconds = time.perf_counter() - began
+    return Run(f"mlscale {label}", rows, seconds, cores, stages, memory.peak,
+               spilled_bytes(), prepared.counts["train"], memory.samples)
+
+
+def run_baseline(rows: int, label: str, root: Path) -> Run:
+    """The same work in one process: generate, validate+split, write; fit; transform train, write."""
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    config = config_for(rows, root, "baseline")
+    specs = schema_for(config)
+    rules = build_rules(specs, config.validation)
+    splits = split_lookup(config)
+    out = root / "baseline"
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "prepared").mkdir(parents=True)
+    stages: dict[str, float] = {}
+    with MemorySampler() as memory:
+        began = time.perf_counter()
+        writers: dict[str, pq.ParquetWriter] = {}
+        for start in range(0, rows, ROWS_PER_BLOCK):
+            ids = np.arange(start, min(start + ROWS_PER_BLOCK, rows))
+            table = generate_table(ids, config.data.synthetic.seed, config.data.synthetic.bad_fraction)
+            checked = validate_and_split(table, specs, rules, config.data.time_column, splits)
+            for name in pc.unique(checked.column(SPLIT_COLUMN)).to_pylist():
+                part = checked.filter(pc.equal(checked.column(SPLIT_COLUMN), name)).drop_columns([SPLIT_COLUMN])
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(out / "prepared" / f"{name}.parquet", part.schema)
+                writers[name].write_table(part)
+        for writer in writers.values():
+            writer.close()
+        stages["validate+split+write"] = time.perf_counter() - began
+        mark = time.perf_counter()
+        train = pq.ParquetFile(out / "prepared" / "train.parquet")
+        merged: TableStats | None = None
+        for batch in train.iter_batches(batch_size=ROWS_PER_BLOCK, columns=config.features.raw_columns):
+            stats = batch_stats(pa.Table.from_batches([batch]), config.features)
+            merged = stats if merged is None else merged.merge(stats)
+        assert merged is not None
+        features = FeatureSet(config.features).fit_stats(merged)
+        stages["fit"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        writer = None
+        used = list(dict.fromkeys([*features.input_columns, config.data.label]))
+        for batch in train.iter_batches(batch_size=ROWS_PER_BLOCK, columns=used):
+            tensors = transform_batch(pa.Table.from_batches([batch]), features, config.data.label,
+                                      config.data.label_threshold)
+            table = pa.table({
+                "x_num": pa.FixedSizeListArray.from_arrays(tensors["x_num"].ravel(), tensors["x_num"].shape[1]),
+                "x_cat": pa.FixedSizeListArray.from_arrays(tensors["x_cat"].ravel(), tensors["x_cat"].shape[1]),
+                "label": tensors["label"],
+            })
+            writer = writer or pq.ParquetWriter(out / "train-features.parquet", table.schema)
+            writer.write_table(table)
+        assert writer is not None
+        writer.close()
+        stages["transform+write"] = time.perf_counter() - mark
+        seconds = time.perf_counter() - began
+    return Run(f"baseline {label}", rows, seconds, 1, stages, memory.peak, 0, train.metadata.num_rows,
+               memory.samples)
+
+
+def bytes_per_row() -> float:
+    sample = generate_table(np.arange(100_000), seed=11, bad_fraction=0.01)
+    return sample.nbytes / sample.num_rows
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        times, values = zip(*run.memory_trace, strict=True)
+        axis.plot(times, np.asarray(values) / 2**20, label=f"{run.name} ({run.rows:,} rows)")
+    axis.set_xlabel("seconds")
+    axis.set_ylabel("PSS of all processes (MiB)")
+    axis.set_title("data pipeline memory: flat as the data grows")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-rows", type=int, default=400_000)
+    parser.add_argument("--object-store-mb", type=int, default=100)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    import ray
+
+    set_process_env()
+    row_bytes = bytes_per_row()
+    root = Path(tempfile.mkdtemp(prefix="mlscale-bench-"))
+    try:
+        runs = []
+        for scale in SCALES:  # a fresh Ray per size, so each peak is that size's own, not leftovers of the last
+            ray.init(num_cpus=args.cpus, object_store_memory=args.object_store_mb * 2**20, include_dashboard=False,
+                     logging_level="ERROR", log_to_driver=False)
+            configure_data(RayConfig())
+            try:
+                runs.append(run_mlscale(args.base_rows * scale, f"{scale}x", root, args.cpus))
+            finally:
+                ray.shutdown()
+            print(f"  {runs[-1].name}: {runs[-1].seconds:.1f} s", flush=True)
+        baseline = run_baseline(args.base_rows * SCALES[-1], f"{SCALES[-1]}x", root)
+        print(f"  {baseline.name}: {baseline.seconds:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    largest = runs[-1]
+    memory_ratio = largest.peak_memory_bytes / runs[0].peak_memory_bytes
+    throughput_ratio = largest.rows_per_s_per_core / baseline.rows_per_s_per_core
+    terabyte_rows = 1e12 / row_bytes
+    cluster_cores = 16 * 16
+    projected_s = terabyte_rows / (largest.rows_per_s_per_core * cluster_cores)
+    limiting = max(largest.stage_seconds, key=largest.stage_seconds.get)
+    result = {
+        "memory_ratio_16x": memory_ratio,
+        "throughput_ratio_vs_baseline": throughput_ratio,
+        "rows_per_s_per_core": largest.rows_per_s_per_core,
+        "baseline_rows_per_s_per_core": baseline.rows_per_s_per_core,
+        "object_store_memory_bytes": args.object_store_mb * 2**20,
+        "largest_run_bytes": largest.rows * row_bytes,
+        "largest_run_vs_object_store": largest.rows * row_bytes / (args.object_store_mb * 2**20),
+        "bytes_per_row_arrow": row_bytes,
+        "projection_1tb_16x16_cores_s": projected_s,
+        "projection_limiting_stage": limiting,
+        "runs": [{k: v for k, v in {**run.__dict__, "rows_per_s": run.rows_per_s,
+                                     "rows_per_s_per_core": run.rows_per_s_per_core}.items()
+                  if k != "memory_trace"} for run in [*runs, baseline]],
+        "machine": {"cpus": args.cpus, "platform": platform.platform(), "python": platform.python_version()},
+        "date": date.today().isoformat(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "data_pipeline.json").write_text(json.dumps(result, indent=2))
+    plot([*runs, baseline], RESULTS / "data_pipeline_memory.png")
+
+    header = f"{'run':<16}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'rows/s/core':>13}{'peak MiB':>10}{'spill MiB':>11}"
+    print(header)
+    for run in [*runs, baseline]:
+        print(f"{run.name:<16}{run.rows:>12,}{run.seconds:>10.1f}{run.rows_per_s:>12,.0f}"
+              f"{run.rows_per_s_per_core:>13,.0f}{run.peak_memory_bytes / 2**20:>10.0f}"
+              f"{run.spilled_bytes / 2**20:>11.1f}")
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in largest.stage_seconds.items())
+    print(f"16x stages: {stages}; largest run = {result['largest_run_vs_object_store']:.1f}x the object store")
+    print(f"1 TB ({terabyte_rows:,.0f} rows) on 16 nodes x 16 cores: ~{projected_s / 60:.0f} min, "
+          f"limited by {limiting}")
+    print(f"memory 16x/1x: {memory_ratio:.2f} (target <= 1.25)")
+    print(f"throughput per core, mlscale / single-process baseline: {throughput_ratio:.2f}x (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

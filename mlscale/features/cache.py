@@ -1,0 +1,69 @@
+"""Fitted feature state and transformed splits, cached by fingerprint (data + feature config + code).
+
+A rerun with the same prepared data, the same feature settings and the same feature code reuses both the fitted
+state and the transformed parquet; changing any of them gives a new key, so a stale cache is never read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray.data
+
+from mlscale.caching import cache_key, code_hash
+from mlscale.config import PipelineConfig
+from mlscale.data.prepare import PreparedData
+from mlscale.data.storage import atomic_directory
+from mlscale.features.featureset import FeatureSet, FittedFeatures, transform_batch
+
+STATE_FILE = "state.json"
+DONE_FILE = "_SUCCESS"
+
+
+@dataclass
+class FeatureCache:
+    """Where one (data, features config, code) combination keeps its fitted state and transformed splits."""
+
+    directory: Path
+    key: str
+
+    @classmethod
+    def for_run(cls, config: PipelineConfig, prepared: PreparedData) -> FeatureCache:
+        key = cache_key(prepared.cache_key or prepared.data_fingerprint, prepared.counts,
+                        config.features.model_dump(mode="json"), config.data.label, config.data.label_threshold,
+                        code_hash("features"))
+        return cls(config.storage.root_path / "cache" / "features" / key, key)
+
+    def fitted(self, config: PipelineConfig, prepared: PreparedData) -> tuple[FittedFeatures, bool]:
+        """(fitted features, whether they came from the cache)."""
+        path = self.directory / STATE_FILE
+        if path.exists():
+            return FittedFeatures.from_json(path.read_text()), True
+        features = FeatureSet(config.features).fit(prepared.read("train"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".tmp")
+        staging.write_text(features.to_json())
+        staging.replace(path)
+        return features, False
+
+    def transformed(self, config: PipelineConfig, prepared: PreparedData, features: FittedFeatures,
+                    split: str) -> tuple[ray.data.Dataset, bool]:
+        """(the split as x_num/x_cat/label tensors read from parquet, whether it came from the cache)."""
+        target = self.directory / split
+        cached = (target / DONE_FILE).exists()
+        if not cached:
+            with atomic_directory(target) as staging:
+                featurize(prepared.read(split), features, config).write_parquet(str(staging))
+                (staging / DONE_FILE).write_text("")
+        return ray.data.read_parquet(str(target)), cached
+
+
+def featurize(dataset: ray.data.Dataset, features: FittedFeatures, config: PipelineConfig) -> ray.data.Dataset:
+    columns = list(dict.fromkeys([*features.input_columns, config.data.label]))
+    return dataset.select_columns(columns).map_batches(  # projected: parquet decodes only what is used
+        transform_batch,
+        fn_kwargs={"features": features, "label": config.data.label, "threshold": config.data.label_threshold},
+        batch_format="pyarrow",
+        batch_size=None,  # whole blocks: the transform is vectorized, and small output blocks make small files
+    )

@@ -1,0 +1,180 @@
+"""Sources and validation for real: S3 through a moto server on loopback, local CSV/parquet with every kind of bad
+row, broken files, the failure threshold, and caching of prepared data and features."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from mlscale.data.flights import FLIGHTS_SCHEMA
+from mlscale.data.prepare import PARTITIONS, prepare
+from mlscale.data.schema import SchemaError
+from mlscale.data.sources import SourceError
+from mlscale.data.synthetic import DEFECTS, generate_table
+from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN, ValidationFailed
+from mlscale.features.cache import FeatureCache
+from tests.conftest import VENV_BIN, free_port
+from tests.expected_rules import expected_rule_counts
+
+pytestmark = pytest.mark.integration
+
+KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
+CHECKS = [{"name": "plausible_speed", "expr": "distance / air_time * 60 <= 750"},
+          {"name": "time_parts", "expr": "hour * 100 + minute == sched_dep_time"}]
+ROWS = 20_000
+DEFECT_RULES = {"null_carrier": "carrier.not_null", "dep_delay_range": "dep_delay.max",
+                "origin_not_allowed": "origin.allowed", "carrier_pattern": "carrier.pattern",
+                "implausible_speed": "check.plausible_speed", "duplicate_key": f"unique({','.join(KEY)})",
+                "time_parts": "check.time_parts"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real S3-protocol server (moto's standalone mode) on loopback, with a bucket."""
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(endpoint, timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
+    saved = {name: os.environ.get(name) for name in keys}
+    os.environ.update(keys)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="lake")
+    yield endpoint
+    server.terminate()
+    server.wait(10)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def synthetic_rows(n=ROWS, bad_fraction=0.02):
+    return generate_table(np.arange(n), seed=7, bad_fraction=bad_fraction)
+
+
+def validation(**overrides):
+    return {"validation.unique": KEY, "validation.checks": CHECKS, **overrides}
+
+
+def assert_reconciles(prepared, table, config):
+    """Every row in exactly one partition; per-rule counts equal an independent pandas computation."""
+    assert prepared.rows_read == table.num_rows
+    assert sum(prepared.counts.values()) == table.num_rows
+    expected = expected_rule_counts(table.to_pandas(), FLIGHTS_SCHEMA, config.validation)
+    assert prepared.counts["quarantine"] == expected.pop("_any")
+    assert prepared.quarantine_reasons == expected
+    quarantine = pads.dataset(prepared.split_path("quarantine"), format="parquet").to_table()
+    assert quarantine.column(RULES_COLUMN).null_count == 0 and quarantine.column(REASON_COLUMN).null_count == 0
+
+
+def test_s3_parquet_with_hive_partitions_and_every_kind_of_bad_row(ray_session, small_config_factory, s3_endpoint):
+    table = synthetic_rows()
+    filesystem = pafs.S3FileSystem(endpoint_override=s3_endpoint.removeprefix("http://"), scheme="http",
+                                   access_key="testing", secret_key="testing-secret", region="us-east-1")
+    pq.write_to_dataset(table, "lake/flights", partition_cols=["month"], filesystem=filesystem)
+    config = small_config_factory("s3-source", **{
+        "data.source": "parquet", "data.path": "s3://lake/flights",
+        "data.object_store.endpoint_url": s3_endpoint, **validation()})
+    prepared = prepare(config)
+    assert_reconciles(prepared, table, config)
+    seen = set(prepared.quarantine_reasons)
+    assert {DEFECT_RULES[kind] for kind in DEFECTS} <= seen  # one rule per injected kind, all caught
+    report = prepared.report()
+    assert report.passed and report.dataset_checks["duplicate_keys"] > 0
+    assert prepared.data_fingerprint.startswith("parquet-")
+    assert set(pads.dataset(prepared.split_path("train"), format="parquet", partitioning="hive")
+               .to_table().column("month").unique().to_pylist()) == set(config.split.train)
+
+
+def test_csv_with_wrong_typed_values_quarantines_them(ray_session, small_config_factory, tmp_path):
+    table = synthetic_rows(5_000)
+    pacsv.write_csv(table.slice(0, 2_500), tmp_path / "a.csv")
+    text = (tmp_path / "a.csv").read_text().splitlines()
+    header = text[0].split(",")
+    bad_line = text[1].split(",")
+    bad_line[header.index('"dep_delay"')] = '"soon"'
+    bad_line[header.index('"distance"')] = '"far"'
+    (tmp_path / "a.csv").write_text("\n".join([text[0], ",".join(bad_line), *text[2:]]) + "\n")
+    pacsv.write_csv(table.slice(2_500), tmp_path / "b.csv")
+    config = small_config_factory("csv-source", **{"data.source": "csv", "data.path": str(tmp_path)})
+    prepared = prepare(config)
+    assert prepared.rows_read == 5_000 and sum(prepared.counts.values()) == 5_000
+    assert prepared.quarantine_reasons["dep_delay.type"] == 1 and prepared.quarantine_reasons["distance.type"] == 1
+    example = next(r for r in prepared.report().rules if r.rule == "dep_delay.type").examples[0]
+    assert "dep_delay='soon'" in example
+
+
+def test_broken_inputs_fail_with_the_file_named(ray_session, small_config_factory, tmp_path):
+    missing = small_config_factory("missing", **{"data.source": "parquet", "data.path": str(tmp_path / "nope")})
+    with pytest.raises(SourceError, match="source path not found: .*nope"):
+        prepare(missing)
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    pq.write_table(synthetic_rows(1_000), folder / "good.parquet")
+    (folder / "broken.parquet").write_bytes(b"PAR1 this is not really parquet")
+    corrupt = small_config_factory("corrupt", **{"data.source": "parquet", "data.path": str(folder)})
+    with pytest.raises(SourceError, match=r"broken\.parquet: .*(magic|footer|Parquet)"):
+        prepare(corrupt)
+    assert not (corrupt.storage.root_path / "prepared" / "corrupt").exists()  # nothing half-written
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    pq.write_table(synthetic_rows(1_000).drop_columns(["dep_delay", "carrier"]), wrong / "old-export.parquet")
+    columns = small_config_factory("wrong-columns", **{"data.source": "parquet", "data.path": str(wrong)})
+    missing = r"old-export\.parquet: missing declared column\(s\) \['dep_delay', 'carrier'\]"
+    with pytest.raises(SchemaError, match=missing):
+        prepare(columns)
+    assert not (columns.storage.root_path / "prepared" / "wrong-columns").exists()
+
+
+def test_too_many_bad_rows_fail_with_the_report_and_keep_nothing_committed(ray_session, small_config_factory):
+    config = small_config_factory("threshold", **{
+        "data.source": "synthetic", "data.synthetic.rows": 10_000, "data.synthetic.bad_fraction": 0.05,
+        "validation.max_quarantine_fraction": 0.01})
+    with pytest.raises(ValidationFailed) as failure:
+        prepare(config)
+    message = str(failure.value)
+    assert "validation FAILED" in message and "> validation.max_quarantine_fraction (1.00%)" in message
+    assert "dep_delay.max" in message and "rejected" in message
+    target = config.storage.root_path / "prepared" / config.name
+    assert not target.exists() and not (target.parent / f"{config.name}.json").exists()
+    rejected = target.with_name(f"{config.name}.rejected")
+    assert (rejected / "_validation_report.json").exists() and (rejected / "split=quarantine").exists()
+
+
+def test_prepared_data_and_features_are_cached_by_fingerprint(ray_session, small_config_factory):
+    config = small_config_factory("cache", **{"data.source": "synthetic", "data.synthetic.rows": 8_000,
+                                             "data.synthetic.bad_fraction": 0.0})
+    first = prepare(config)
+    again = prepare(config)
+    assert not first.cached and again.cached and again.cache_key == first.cache_key
+    assert set(first.counts) == set(PARTITIONS)
+    changed = config.model_copy(update={"split": config.split.model_copy(update={"test": [12], "val": [10]})})
+    assert not prepare(changed).cached  # another config: recomputed, and the manifest moves with it
+    assert not prepare(config).cached
+    cache = FeatureCache.for_run(config, prepare(config))
+    features, hit = cache.fitted(config, prepare(config))
+    train, train_hit = cache.transformed(config, prepare(config), features, "train")
+    assert not hit and not train_hit and train.count() == prepare(config).counts["train"]
+    again_features, hit = cache.fitted(config, prepare(config))
+    _, train_hit = cache.transformed(config, prepare(config), features, "train")
+    assert hit and train_hit and again_features.fingerprint == features.fingerprint
+    wider = config.model_copy(update={"features": config.features.model_copy(update={"max_categories": 5})})
+    assert FeatureCache.for_run(wider, prepare(config)).key != cache.key
