@@ -148,7 +148,8 @@ def train_stage(config: PipelineConfig, prepared: PreparedData | None = None,
         mlflow.log_params(_flat_params(config))
         mlflow.set_tags({f"mlscale.{k}": v for k, v in lineage.items()})
         mlflow.log_dict(json.loads(prepared.to_json()), "data/prepared.json")
-        mlflow.log_artifact(str(prepared.report_path), "data")
+        if prepared.report_path.exists():  # absent only in data prepared by an older mlscale
+            mlflow.log_artifact(str(prepared.report_path), "data")
         mlflow.set_tags({"mlscale.feature_cache": cache.key,
                          "mlscale.feature_cache_hit": str(features_cached and train_cached).lower()})
         mlflow.log_metrics({f"data_{k}_rows": float(v) for k, v in prepared.counts.items()})
