@@ -104,6 +104,20 @@ def test_s3_parquet_with_hive_partitions_and_every_kind_of_bad_row(ray_session, 
                .to_table().column("month").unique().to_pylist()) == set(config.split.train)
 
 
+def test_s3_csv_reads_through_the_same_filesystem(ray_session, small_config_factory, s3_endpoint):
+    table = synthetic_rows(3_000, bad_fraction=0.0)
+    filesystem = pafs.S3FileSystem(endpoint_override=s3_endpoint.removeprefix("http://"), scheme="http",
+                                   access_key="testing", secret_key="testing-secret", region="us-east-1")
+    for index, start in enumerate((0, 1_500)):
+        with filesystem.open_output_stream(f"lake/csv/part-{index}.csv") as stream:
+            pacsv.write_csv(table.slice(start, 1_500), stream)
+    config = small_config_factory("s3-csv", **{
+        "data.source": "csv", "data.path": "s3://lake/csv", "data.object_store.endpoint_url": s3_endpoint})
+    prepared = prepare(config)
+    assert prepared.rows_read == 3_000 and sum(prepared.counts.values()) == 3_000
+    assert prepared.data_fingerprint.startswith("csv-")
+
+
 def test_csv_with_wrong_typed_values_quarantines_them(ray_session, small_config_factory, tmp_path):
     table = synthetic_rows(5_000)
     pacsv.write_csv(table.slice(0, 2_500), tmp_path / "a.csv")
