@@ -24,7 +24,7 @@ from mlflow.entities import Metric
 
 from mlscale.cluster import ensure_ray
 from mlscale.config import PipelineConfig
-from mlscale.data.prepare import REPORT_FILE, PreparedData, load_prepared, prepare, schema_for
+from mlscale.data.prepare import PreparedData, load_prepared, prepare, schema_for
 from mlscale.data.validation import ValidationFailed, ValidationReport
 from mlscale.evaluate import PREDICTION_COLUMN, evaluate, score
 from mlscale.features.cache import FeatureCache
@@ -107,12 +107,12 @@ def prepare_stage(config: PipelineConfig) -> PreparedData:
     try:
         prepared = prepare(config)
     except ValidationFailed as failure:
-        rejected = config.storage.root_path / "prepared" / f"{config.name}.rejected" / REPORT_FILE
-        _log_validation(config, failure.report, rejected, "FAILED")
+        _log_validation(config, failure.report, failure.report_path, "FAILED")
         raise
-    print(prepared.report().render() + (" (cached)" if prepared.cached else ""), flush=True)
+    report = prepared.report()
+    print(report.render() + (" (cached)" if prepared.cached else ""), flush=True)
     if not prepared.cached:
-        _log_validation(config, prepared.report(), prepared.report_path, "FINISHED")
+        _log_validation(config, report, prepared.report_path, "FINISHED")
     return prepared
 
 

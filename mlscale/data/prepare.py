@@ -143,11 +143,20 @@ def prepare_key(config: PipelineConfig, source_fingerprint: str) -> str:
     return cache_key(source_fingerprint, settings, code_hash("data", "config.py"))
 
 
+def prepared_dir(config: PipelineConfig) -> Path:
+    return config.storage.root_path / "prepared" / config.name
+
+
+def manifest_path(config: PipelineConfig) -> Path:
+    """The record of the last committed preparation: how later jobs and reruns find it."""
+    return config.storage.root_path / "prepared" / f"{config.name}.json"
+
+
 def _cached(config: PipelineConfig, key: str) -> PreparedData | None:
-    manifest = config.storage.root_path / "prepared" / f"{config.name}.json"
-    if not manifest.exists():
+    try:
+        prepared = load_prepared(config)
+    except FileNotFoundError:
         return None
-    prepared = PreparedData.from_json(manifest.read_text())
     if prepared.cache_key != key or not prepared.report_path.exists():
         return None
     prepared.cached = True
@@ -163,7 +172,7 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
     if not force and (hit := _cached(config, key)) is not None:
         return hit
     settings = config.validation
-    target = root / "prepared" / config.name
+    target = prepared_dir(config)
     with source.diagnosed():
         duplicates = (find_duplicate_keys(source.dataset, specs, settings.unique, settings.max_duplicate_keys)
                       if settings.unique else [])
@@ -191,7 +200,7 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
                 rejected = target.with_name(f"{target.name}.rejected")
                 shutil.rmtree(rejected, ignore_errors=True)
                 os.replace(staging, rejected)
-                raise ValidationFailed(report, str(rejected))
+                raise ValidationFailed(report, rejected / REPORT_FILE)
     prepared = PreparedData(
         path=str(target),
         rows_read=rows_read,
@@ -200,13 +209,13 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
         quarantine_reasons=report.counts_by_rule(),
         cache_key=key,
     )
-    (target.parent / f"{config.name}.json").write_text(prepared.to_json())
+    manifest_path(config).write_text(prepared.to_json())
     return prepared
 
 
 def load_prepared(config: PipelineConfig) -> PreparedData:
     """The last prepare run's result for this pipeline, for stages run as separate jobs."""
-    manifest = config.storage.root_path / "prepared" / f"{config.name}.json"
+    manifest = manifest_path(config)
     if not manifest.exists():
         raise FileNotFoundError(f"no prepared data at {manifest}: run the prepare stage first (jobs/prepare.py)")
     return PreparedData.from_json(manifest.read_text())

@@ -304,6 +304,7 @@ class ValidationReport:
 class ValidationFailed(RuntimeError):
     """The data broke the validation thresholds; the message is the readable report."""
 
-    def __init__(self, report: ValidationReport, where: str) -> None:
-        super().__init__(f"{report.render()}\nfull report and quarantined rows kept at {where}")
+    def __init__(self, report: ValidationReport, report_path: Path) -> None:
+        super().__init__(f"{report.render()}\nfull report and quarantined rows kept at {report_path.parent}")
         self.report = report
+        self.report_path = report_path

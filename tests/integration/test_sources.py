@@ -10,15 +10,15 @@ import time
 import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import requests
 
+from mlscale.config import ObjectStoreConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
 from mlscale.data.prepare import PARTITIONS, prepare
 from mlscale.data.schema import SchemaError
-from mlscale.data.sources import SourceError
+from mlscale.data.sources import SourceError, object_store
 from mlscale.data.synthetic import DEFECTS, generate_table
 from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN, ValidationFailed
 from mlscale.features.cache import FeatureCache
@@ -87,8 +87,7 @@ def assert_reconciles(prepared, table, config):
 
 def test_s3_parquet_with_hive_partitions_and_every_kind_of_bad_row(ray_session, small_config_factory, s3_endpoint):
     table = synthetic_rows()
-    filesystem = pafs.S3FileSystem(endpoint_override=s3_endpoint.removeprefix("http://"), scheme="http",
-                                   access_key="testing", secret_key="testing-secret", region="us-east-1")
+    filesystem = object_store(ObjectStoreConfig(endpoint_url=s3_endpoint))  # credentials from the env
     pq.write_to_dataset(table, "lake/flights", partition_cols=["month"], filesystem=filesystem)
     config = small_config_factory("s3-source", **{
         "data.source": "parquet", "data.path": "s3://lake/flights",
@@ -106,8 +105,7 @@ def test_s3_parquet_with_hive_partitions_and_every_kind_of_bad_row(ray_session, 
 
 def test_s3_csv_reads_through_the_same_filesystem(ray_session, small_config_factory, s3_endpoint):
     table = synthetic_rows(3_000, bad_fraction=0.0)
-    filesystem = pafs.S3FileSystem(endpoint_override=s3_endpoint.removeprefix("http://"), scheme="http",
-                                   access_key="testing", secret_key="testing-secret", region="us-east-1")
+    filesystem = object_store(ObjectStoreConfig(endpoint_url=s3_endpoint))  # credentials from the env
     for index, start in enumerate((0, 1_500)):
         with filesystem.open_output_stream(f"lake/csv/part-{index}.csv") as stream:
             pacsv.write_csv(table.slice(start, 1_500), stream)
