@@ -112,5 +112,143 @@ def predict(
     typer.echo(json.dumps({"model_uri": uri, "predictions": probabilities}))
 
 
+registry = typer.Typer(help="The model registry: versions, aliases (champion, challenger), compare, promote.",
+                       no_args_is_help=True)
+app.add_typer(registry, name="registry")
+NameOption = Annotated[str | None, typer.Option("--name", help="Default: tracking.registered_model.")]
+
+
+def _registry_config(config: Path | None, overrides: list[str] | None, name: str | None) -> PipelineConfig:
+    from mlscale.pipeline import start_tracking
+
+    settings = _config(config, overrides)
+    if name:
+        settings = settings.model_copy(update={"tracking": settings.tracking.model_copy(
+            update={"registered_model": name})})
+    start_tracking(settings)
+    return settings
+
+
+@registry.command("list")
+def registry_list(config: ConfigOption = None, set_: SetOption = None, name: NameOption = None) -> None:
+    """Every version, newest first, with its aliases, metrics and lineage."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlscale.registry.store import list_versions
+
+    settings = _registry_config(config, set_, name)
+    versions = list_versions(settings.tracking.registered_model)
+    table = Table(title=f"{settings.tracking.registered_model}: {len(versions)} version(s)")
+    metric = settings.metric[0]
+    test_metric = f"test_{metric.removeprefix('val_')}"
+    for column in ("version", "aliases", metric, test_metric, "run", "code"):
+        table.add_column(column)
+    for info in versions:
+        table.add_row(info.version, ", ".join(info.aliases), f"{info.metrics.get(metric, float('nan')):.5f}",
+                      f"{info.metrics.get(test_metric, float('nan')):.5f}", info.run_id[:12],
+                      info.tags.get("code_version", "")[:12])
+    Console().print(table)
+    typer.echo("MLSCALE_REGISTRY " + json.dumps([info.__dict__ for info in versions]))
+
+
+@registry.command("register")
+def registry_register(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle folder (bundle.json + weights.pt).")],
+    config: ConfigOption = None, set_: SetOption = None, name: NameOption = None,
+    alias: Annotated[str | None, typer.Option(help="Also point this alias at the new version.")] = None,
+) -> None:
+    """Register a bundle folder as a new version."""
+    from mlscale.registry.store import register_path, set_alias
+
+    settings = _registry_config(config, set_, name)
+    registered = register_path(bundle_dir, settings.tracking.registered_model)
+    if alias:
+        set_alias(registered.name, alias, registered.version)
+    typer.echo(json.dumps({"name": registered.name, "version": registered.version, "alias": alias}))
+
+
+@registry.command("alias")
+def registry_alias(
+    alias: Annotated[str, typer.Argument(help="e.g. champion or challenger")],
+    version: Annotated[str, typer.Argument(help="The version the alias should point at.")],
+    config: ConfigOption = None, set_: SetOption = None, name: NameOption = None,
+) -> None:
+    """Set or move an alias."""
+    from mlscale.registry.store import set_alias
+
+    settings = _registry_config(config, set_, name)
+    set_alias(settings.tracking.registered_model, alias, version)
+    typer.echo(json.dumps({"name": settings.tracking.registered_model, "alias": alias, "version": version}))
+
+
+ChallengerOption = Annotated[str, typer.Option(help="Alias or version of the challenger.")]
+ChampionOption = Annotated[str, typer.Option(help="Alias or version of the champion.")]
+
+
+@registry.command("compare")
+def registry_compare(
+    config: ConfigOption = None, set_: SetOption = None, name: NameOption = None,
+    challenger: ChallengerOption = "challenger", champion: ChampionOption = "champion",
+    split: Annotated[str, typer.Option(help="Prepared split both are scored on.")] = "test",
+) -> None:
+    """Score challenger and champion on the same prepared split and show both metrics."""
+    _print_comparison(_compare(config, set_, name, challenger, champion, split))
+
+
+def _compare(config: Path | None, overrides: list[str] | None, name: str | None, challenger: str, champion: str,
+             split: str) -> Any:
+    from mlscale.cluster import ensure_ray
+    from mlscale.data.prepare import load_prepared
+    from mlscale.promotion import compare
+
+    settings = _registry_config(config, overrides, name)
+    ensure_ray(settings.ray)
+    return settings, compare(settings, load_prepared(settings).read(split), challenger, champion, split)
+
+
+def _print_comparison(outcome: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    _, comparison = outcome
+    table = Table(title=f"{comparison.metric} ({comparison.mode} is better)")
+    table.add_column("metric")
+    table.add_column(f"challenger {comparison.challenger['uri']}")
+    table.add_column(f"champion {comparison.champion['uri'] if comparison.champion else '(none)'}")
+    for key, value in comparison.challenger["metrics"].items():
+        theirs = comparison.champion["metrics"].get(key) if comparison.champion else None
+        table.add_row(key, f"{value:.6g}", "" if theirs is None else f"{theirs:.6g}")
+    Console().print(table)
+    typer.echo("MLSCALE_COMPARISON " + json.dumps(comparison.to_dict()))
+
+
+@registry.command("promote")
+def registry_promote(
+    config: ConfigOption = None, set_: SetOption = None, name: NameOption = None,
+    source: Annotated[str, typer.Option("--from", help="Alias whose version is promoted.")] = "challenger",
+    target: Annotated[str, typer.Option("--to", help="Alias that is moved.")] = "champion",
+    if_better: Annotated[bool, typer.Option(help="Only when it beats the target on the test split.")] = False,
+) -> None:
+    """Move the champion alias to the challenger's version (the old one stays as previous_champion)."""
+    from mlscale.registry.store import promote
+
+    if if_better:
+        outcome = _compare(config, set_, name, source, target, "test")
+        _print_comparison(outcome)
+        settings, comparison = outcome
+        if not comparison.better:
+            typer.secho(f"not promoted: {comparison.reason}", fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(3)
+    else:
+        settings = _registry_config(config, set_, name)
+    try:
+        version = promote(settings.tracking.registered_model, source, target)
+    except ValueError as error:
+        typer.secho(str(error), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({"name": settings.tracking.registered_model, "alias": target, "version": version}))
+
+
 if __name__ == "__main__":
     app()

@@ -52,7 +52,12 @@ class TrackingConfig(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; None means a sqlite store under storage.root.")
     experiment: str = "mlscale"
     registered_model: str = "flights-late-arrival"
-    alias: str = "champion"
+    alias: str = Field("champion", description="The alias serving loads.")
+    promotion: Literal["always", "if_better", "manual"] = Field(
+        "if_better", description="After training, the new version is the challenger; if_better moves the champion "
+                                 "alias to it when it beats the champion on the test split."
+    )
+    promotion_min_delta: float = Field(0.0, ge=0, description="if_better: how much better it must be.")
 
 
 class ObjectStoreConfig(_Section):
@@ -82,6 +87,9 @@ class DataConfig(_Section):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     sample_fraction: float = Field(1.0, gt=0.0, le=1.0, description="Deterministic hash sample of the source.")
     label: str = "arr_delay"
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification: label >= label_threshold; regression: the label's value."
+    )
     label_threshold: float = Field(15.0, description="Label is 1 when the label column is >= this value.")
     time_column: str = "month"
     schema_: list[ColumnSpec] | None = Field(None, alias="schema", description="None: the source's own schema.")
@@ -219,20 +227,18 @@ class FeaturesConfig(_Section):
         return list(dict.fromkeys(names))
 
 
-class TrainConfig(_Section):
-    num_workers: int = Field(2, ge=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(512, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    hidden: list[int] = Field(default_factory=lambda: [64, 32])
+class ModelConfig(_Section):
+    """The network: a family and its own parameters (what architecture search varies)."""
+
+    family: Literal["mlp", "resmlp", "ft_transformer"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64, 32], description="mlp: the hidden layer widths.")
+    width: int = Field(64, ge=1, description="resmlp: the residual stream's width.")
+    blocks: int = Field(2, ge=1, description="resmlp: residual blocks.")
+    d_token: int = Field(16, ge=2, description="ft_transformer: token width (divisible by heads).")
+    heads: int = Field(2, ge=1)
+    layers: int = Field(2, ge=1, description="ft_transformer: attention layers.")
     dropout: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
-    max_failures: int = Field(1, ge=-1)
-    checkpoints_to_keep: int = Field(2, ge=1)
-    run_name: str | None = Field(None, description="A fixed name makes a rerun resume from that run's checkpoints.")
+    embedding_cap: int = Field(16, ge=2, description="Largest embedding width of a categorical column.")
 
     @field_validator("hidden")
     @classmethod
@@ -241,6 +247,80 @@ class TrainConfig(_Section):
             if width < 1:
                 raise ValueError(f"every hidden width must be >= 1, got {width}")
         return value
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.family == "ft_transformer" and self.d_token % self.heads:
+            raise ValueError(f"d_token ({self.d_token}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only.")
+
+
+class ScheduleConfig(_Section):
+    """The learning rate over the run: linear warmup, then constant, cosine decay, or steps."""
+
+    name: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of all steps spent warming up linearly.")
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="cosine: the final lr as a share of the peak.")
+    step_every_epochs: int = Field(1, ge=1, description="step: decay every this many epochs ...")
+    gamma: float = Field(0.5, gt=0, le=1, description="step: ... by this factor.")
+
+
+class EarlyStoppingConfig(_Section):
+    """Stop when the validation metric has not improved by min_delta for `patience` evaluations in a row."""
+
+    enabled: bool = True
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class CheckpointSettings(_Section):
+    every_n_steps: int | None = Field(
+        None, ge=1, description="Evaluate and checkpoint every this many steps; None: at the end of every epoch."
+    )
+    keep: int = Field(2, ge=1, description="Checkpoints kept: the best by the validation metric.")
+
+
+class TrainConfig(_Section):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, description="With use_gpu: GPUs reserved per worker (NCCL).")
+    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU).")
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(512, ge=1, description="Rows per step on each worker.")
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    grad_clip_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; None: no clipping.")
+    metric: str | None = Field(
+        None, description="Validation metric for best checkpoints and early stopping; None: val_auc, or val_rmse."
+    )
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    max_failures: int = Field(1, ge=-1, description="Worker failures to recover from (-1: unlimited).")
+    materialize_mb: int = Field(
+        2048, ge=0, description="Featurized training parquet up to this size is read once into the object store "
+                                "instead of once per epoch; larger splits stream every epoch."
+    )
+    cache_val_mb: int = Field(
+        512, ge=0, description="Each worker keeps its validation shard in memory when it is smaller than this."
+    )
+    storage_uri: str | None = Field(
+        None, description="Checkpoints: a path or s3://bucket/prefix (data.object_store settings); "
+                          "None: <storage.root>/train."
+    )
+    run_name: str | None = Field(
+        None, description="Ray Train run name; a rerun with the same name resumes from its checkpoints. None: named "
+                          "from the config and data, so an interrupted job resumes when resubmitted."
+    )
 
 
 class ServeConfig(_Section):
@@ -257,6 +337,45 @@ class ServeConfig(_Section):
     compare_rows: int = Field(128, ge=1, description="Held-out rows served and compared with batch scoring.")
 
 
+class InvarianceCheck(_Section):
+    """Changing this field to each of these values moves predictions by at most max_mean_shift on average."""
+
+    column: str
+    values: list[Any] = Field(..., min_length=1)
+    max_mean_shift: float = Field(0.02, gt=0)
+
+
+class DirectionalCheck(_Section):
+    """Adding delta to this numeric field moves the average prediction the expected way (never the other)."""
+
+    column: str
+    delta: float
+    direction: Literal["up", "down"]
+
+
+class MinimumCase(_Section):
+    """A hand-written record and the range its prediction must fall in."""
+
+    name: str
+    record: dict[str, Any]
+    min: float | None = None
+    max: float | None = None
+
+
+class BehaviourConfig(_Section):
+    rows: int = Field(500, ge=10, description="Held-out rows the invariance and directional checks perturb.")
+    invariance: list[InvarianceCheck] = Field(default_factory=list)
+    directional: list[DirectionalCheck] = Field(default_factory=list)
+    minimum: list[MinimumCase] = Field(default_factory=list)
+
+
+class EvaluateConfig(_Section):
+    slices: list[str] = Field(default_factory=lambda: ["carrier", "origin"], description="Metrics per value.")
+    min_slice_rows: int = Field(100, ge=1, description="Smaller slices are reported as too small, not scored.")
+    calibration_bins: int = Field(15, ge=2, le=100)
+    behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
+
+
 class PipelineConfig(_Section):
     name: str = "flights"
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -267,6 +386,7 @@ class PipelineConfig(_Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @property
@@ -274,6 +394,13 @@ class PipelineConfig(_Section):
         if self.tracking.uri:
             return self.tracking.uri
         return f"sqlite:///{self.storage.root_path / 'mlflow.db'}"
+
+    @property
+    def metric(self) -> tuple[str, Literal["max", "min"]]:
+        """The validation metric that picks the best checkpoint and stops early, and its direction."""
+        name = self.train.metric or ("val_auc" if self.data.task == "classification" else "val_rmse")
+        lower_is_better = any(part in name for part in ("loss", "rmse", "mae", "ece"))
+        return name, "min" if lower_is_better else "max"
 
     def fingerprint(self) -> str:
         """A stable hash of the settings that change results (lineage, caching)."""

@@ -1,10 +1,15 @@
 """Batch scoring and evaluation through the bundle, streaming with map_batches.
 
 This is the offline half of "offline prediction == online prediction": the predictor calls the same
-Bundle.predict_columns that the Serve replica calls.
+Bundle.predict_columns that the Serve replica calls. Evaluation sums mergeable statistics per batch, overall and
+per slice (e.g. per carrier), so no predictions are gathered on the driver.
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,13 +17,15 @@ import ray.data
 
 from mlscale.registry.bundle import Bundle
 from mlscale.registry.store import load_bundle
-from mlscale.train.metrics import BinaryMetrics
+from mlscale.train.metrics import BinaryMetrics, TaskMetrics, metrics_for, metrics_from_vector, reliability
 
 PREDICTION_COLUMN = "probability"
+OVERALL = "__all__"
+SLICE_BINS = 1024  # per-slice AUC histograms: ample for slices of hundreds to thousands of rows
 
 
 class BundlePredictor:
-    """A map_batches actor: loads the bundle once, appends the predicted probability to each batch."""
+    """A map_batches actor: loads the bundle once, appends the prediction to each batch."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None = None) -> None:
         self.bundle: Bundle = load_bundle(model_uri, tracking_uri)
@@ -39,21 +46,64 @@ def score(dataset: ray.data.Dataset, model_uri: str, tracking_uri: str | None = 
     )
 
 
-def _partial_metrics(batch: pa.Table, label: str, threshold: float) -> dict[str, list]:
-    metrics = BinaryMetrics()
-    labels = (batch.column(label).to_numpy(zero_copy_only=False) >= threshold).astype(np.float64)
-    metrics.update(batch.column(PREDICTION_COLUMN).to_numpy(zero_copy_only=False), labels)
-    return {"histograms": [metrics.histograms.ravel()], "loss_sum": [metrics.loss_sum], "rows": [metrics.rows]}
+@dataclass
+class Evaluation:
+    """Metrics over a split, per slice value, and (classification) the reliability table behind the ECE."""
+
+    metrics: dict[str, float]
+    slices: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    reliability: dict[str, list[float | None]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "slices": self.slices, "reliability": self.reliability}
 
 
-def evaluate(scored: ray.data.Dataset, label: str, threshold: float, prefix: str = "test") -> dict[str, float]:
+def labels_of(batch: pa.Table, label: dict[str, Any]) -> np.ndarray:
+    """The label column as the model was trained on it: 0/1 by threshold, or the raw value."""
+    values = batch.column(label["column"]).to_numpy(zero_copy_only=False).astype(np.float64)
+    return (values >= label["threshold"]).astype(np.float64) if label.get("task") != "regression" else values
+
+
+def _partial_metrics(batch: pa.Table, label: dict[str, Any], slices: list[str]) -> dict[str, list]:
+    """One row per (slice, value) present in the batch, plus the overall row: the metric statistics as vectors."""
+    task = label.get("task", "classification")
+    labels = labels_of(batch, label)
+    predictions = batch.column(PREDICTION_COLUMN).to_numpy(zero_copy_only=False)
+    overall = metrics_for(task)
+    overall.update(predictions, labels)
+    keys, vectors = [json.dumps([OVERALL])], [overall.to_vector()]
+    for column in slices:
+        values = np.asarray(batch.column(column).cast(pa.string()).fill_null("(missing)").to_numpy(
+            zero_copy_only=False))
+        for value in np.unique(values):
+            chosen = values == value
+            part = metrics_for(task, SLICE_BINS)
+            part.update(predictions[chosen], labels[chosen])
+            keys.append(json.dumps([column, str(value)]))
+            vectors.append(part.to_vector())
+    return {"key": keys, "vector": vectors}
+
+
+def evaluate(scored: ray.data.Dataset, label: dict[str, Any], prefix: str = "test", slices: list[str] | None = None,
+             min_slice_rows: int = 100, calibration_bins: int = 15) -> Evaluation:
     """Metrics over a scored dataset; partial statistics per batch, summed on the driver."""
-    total = BinaryMetrics()
-    partials = scored.map_batches(_partial_metrics, fn_kwargs={"label": label, "threshold": threshold},
+    task = label.get("task", "classification")
+    slices = slices or []
+    partials = scored.map_batches(_partial_metrics, fn_kwargs={"label": label, "slices": slices},
                                   batch_format="pyarrow", batch_size=None)
+    sums: dict[str, np.ndarray] = {}
     for row in partials.iter_rows():
-        part = BinaryMetrics()
-        part.histograms = np.asarray(row["histograms"]).reshape(total.histograms.shape)
-        part.loss_sum, part.rows = float(row["loss_sum"]), int(row["rows"])
-        total = total.merge(part)
-    return total.result(prefix)
+        vector = np.asarray(row["vector"], dtype=np.float64)
+        sums[row["key"]] = sums[row["key"]] + vector if row["key"] in sums else vector
+    total: TaskMetrics = metrics_from_vector(task, sums.pop(json.dumps([OVERALL]), metrics_for(task).to_vector()))
+    evaluation = Evaluation(metrics=total.result(prefix))
+    if isinstance(total, BinaryMetrics):
+        table = reliability(total.histograms, calibration_bins)
+        evaluation.reliability = {name: [None if np.isnan(v) else float(v) for v in values]  # empty bins: null
+                                  for name, values in table.items()}
+    for key, vector in sorted(sums.items()):
+        column, value = json.loads(key)
+        part = metrics_from_vector(task, vector)
+        result = part.result(prefix) if part.rows >= min_slice_rows else {f"{prefix}_rows": float(part.rows)}
+        evaluation.slices.setdefault(column, {})[value] = result
+    return evaluation

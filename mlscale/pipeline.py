@@ -18,23 +18,28 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import ray.data
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 
+from mlscale.behaviour import BehaviourReport, run_behaviour
 from mlscale.cluster import ensure_ray
 from mlscale.config import PipelineConfig
 from mlscale.data.prepare import PreparedData, load_prepared, prepare, schema_for
 from mlscale.data.validation import ValidationFailed, ValidationReport
-from mlscale.evaluate import PREDICTION_COLUMN, evaluate, score
+from mlscale.evaluate import PREDICTION_COLUMN, Evaluation, score
 from mlscale.features.cache import FeatureCache
-from mlscale.models.networks import mlp_spec
-from mlscale.plots import training_curve
+from mlscale.features.featureset import FittedFeatures
+from mlscale.models.networks import network_spec
+from mlscale.plots import reliability_diagram, training_curve
+from mlscale.promotion import Comparison, compare, decide_and_promote, evaluate_model, require_served_version
 from mlscale.registry.bundle import Bundle
 from mlscale.registry.lineage import code_version
-from mlscale.registry.store import log_and_register, promote, use_tracking
+from mlscale.registry.store import RegisteredBundle, register_bundle, set_alias, use_tracking
 from mlscale.serve.deploy import deploy
-from mlscale.train.trainer import run_training
+from mlscale.train.trainer import resumable_run_name, run_training
+
+CHALLENGER = "challenger"
 
 
 @dataclass
@@ -47,6 +52,13 @@ class TrainedModel:
     test_metrics: dict[str, float]
     best_val_metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
+    version_uri: str = ""
+    promoted: bool = False
+    comparison: dict[str, Any] = field(default_factory=dict)
+    behaviour_passed: bool = True
+    attempts: int = 1
+    repeated_steps: int = 0
+    slices: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +76,11 @@ def start(config: PipelineConfig) -> None:
     if config.ray.address is None and config.ray.num_cpus is None:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"num_cpus": max(needed, 4)})})
     ensure_ray(config.ray)
+    start_tracking(config)
+
+
+def start_tracking(config: PipelineConfig) -> None:
+    """MLflow for this process: the configured store and experiment (no Ray needed, e.g. for registry commands)."""
     config.storage.root_path.mkdir(parents=True, exist_ok=True)
     local_store = config.tracking_uri.startswith(("sqlite:", "file:"))
     artifacts = config.storage.root_path / "mlartifacts" if local_store else None  # a server keeps its own
@@ -86,7 +103,7 @@ def _flat_params(config: PipelineConfig) -> dict[str, str]:
 
 def _log_validation(config: PipelineConfig, report: ValidationReport, where: Path, status: str) -> None:
     """The prepare stage's MLflow run: the ValidationReport as an artifact and its counts as metrics."""
-    with mlflow.start_run(run_name=f"{config.name}-prepare") as run:
+    with child_run(f"{config.name}-prepare") as run:
         mlflow.set_tags({"mlscale.stage": "prepare", "mlscale.config_hash": config.fingerprint(),
                          "mlscale.validation_passed": str(report.passed).lower()})
         mlflow.log_metrics({"rows_read": float(report.rows_read), "rows_quarantined": float(report.rows_quarantined),
@@ -116,68 +133,150 @@ def prepare_stage(config: PipelineConfig) -> PreparedData:
     return prepared
 
 
-def _log_history(run_id: str, history: list[dict[str, float]]) -> None:
-    """Per-epoch metrics in one batched call."""
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(key=key, value=float(value), timestamp=now, step=int(row["epoch"]))
-        for row in history for key, value in row.items() if key != "epoch"
-    ]
-    MlflowClient().log_batch(run_id, metrics=metrics)
+def child_run(name: str) -> mlflow.ActiveRun:
+    """An MLflow run, nested under the active one when there is one (the pipeline's run, a tuning run)."""
+    return mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None)
+
+
+def label_spec(config: PipelineConfig, prepared: PreparedData) -> dict[str, Any]:
+    """What the label means, stored in the bundle: a threshold for classification, the scale for regression."""
+    column = config.data.label
+    if config.data.task == "classification":
+        threshold = config.data.label_threshold
+        return {"task": "classification", "column": column, "threshold": threshold,
+                "meaning": f"{column} >= {threshold:g}"}
+    train = prepared.read("train")
+    mean, std = float(train.mean(column)), float(train.std(column))
+    return {"task": "regression", "column": column, "mean": mean, "std": std if std > 0 else 1.0,
+            "meaning": f"{column} (predicted value)"}
+
+
+def model_network_spec(config: PipelineConfig, features: FittedFeatures) -> dict[str, Any]:
+    model = config.train.model
+    return network_spec(model.family, len(features.numeric_names), features.cardinalities, model.embedding_cap,
+                        **model.model_dump(exclude={"family", "embedding_cap"}))
+
+
+def _held_out_records(prepared: PreparedData, rows: int) -> list[dict[str, Any]]:
+    return [{name: json_value(value) for name, value in row.items()} for row in prepared.read("test").limit(rows)
+            .take_all()]
+
+
+def _log_evaluation(config: PipelineConfig, evaluation: Evaluation, directory: Path) -> None:
+    """Test metrics, the slice table and (classification) the reliability diagram, in the active run."""
+    mlflow.log_metrics(evaluation.metrics)
+    mlflow.log_dict(evaluation.slices, "evaluation/slices.json")
+    if evaluation.reliability is not None:
+        mlflow.log_dict(evaluation.reliability, "evaluation/reliability.json")
+        mlflow.log_artifact(str(reliability_diagram(evaluation.reliability, directory / "reliability.png",
+                                                    evaluation.metrics["test_ece"],
+                                                    f"{config.name}: reliability on test")), "plots")
+
+
+@dataclass
+class TrainingData:
+    cache: FeatureCache
+    features: FittedFeatures
+    train: ray.data.Dataset
+    val: ray.data.Dataset
+    cached: bool
+
+
+def training_data(config: PipelineConfig, prepared: PreparedData) -> TrainingData:
+    """Fitted features and the featurized train/val splits (from the feature cache when it has them)."""
+    cache = FeatureCache.for_run(config, prepared)
+    features, features_cached = cache.fitted(config, prepared)
+    train, train_cached = cache.transformed(config, prepared, features, "train")
+    val, val_cached = cache.transformed(config, prepared, features, "val")
+    if cache.split_bytes("train") <= config.train.materialize_mb * 2**20:
+        train = train.materialize()  # read once, not once per epoch
+    return TrainingData(cache, features, train, val, features_cached and train_cached and val_cached)
+
+
+def _judge_challenger(config: PipelineConfig, prepared: PreparedData, bundle: Bundle, registered: RegisteredBundle,
+                      directory: Path) -> tuple[Evaluation, BehaviourReport, Comparison]:
+    """In the training run: evaluate the new version on test, run its behavioural tests, compare it with the
+    champion on the same rows, and promote it by the config's policy (never when a behavioural test fails,
+    unless the policy is `always`)."""
+    test = prepared.read("test")
+    evaluation = evaluate_model(config, test, registered.version_uri)
+    _log_evaluation(config, evaluation, directory)
+    behaviour = run_behaviour(bundle, _held_out_records(prepared, config.evaluate.behaviour.rows),
+                              config.evaluate.behaviour)
+    print(behaviour.render(), flush=True)
+    mlflow.log_dict(behaviour.to_dict(), "evaluation/behaviour.json")
+    mlflow.set_tag("mlscale.behaviour_passed", str(behaviour.passed).lower())
+    comparison = compare(config, test, registered.version, config.tracking.alias, challenger_evaluation=evaluation)
+    if not behaviour.passed:
+        comparison.better = False
+        comparison.reason += f"; behaviour checks failed: {[r.name for r in behaviour.failures()]}"
+    decide_and_promote(config, comparison)
+    mlflow.log_dict(comparison.to_dict(), "evaluation/comparison.json")
+    mlflow.set_tag("mlscale.promoted", str(comparison.promoted).lower())
+    client = MlflowClient()
+    for key, value in evaluation.metrics.items():
+        client.set_model_version_tag(registered.name, registered.version, key, f"{value:.6f}")
+    return evaluation, behaviour, comparison
 
 
 def train_stage(config: PipelineConfig, prepared: PreparedData | None = None,
                 run_name: str | None = None) -> TrainedModel:
-    """Fit features on train, train with Ray Train, register the bundle, evaluate it on test, alias it."""
+    """Fit features on train, train with Ray Train, register the bundle as challenger, evaluate it on test
+    (metrics, slices, calibration, behaviour), and promote it to champion by the config's promotion policy."""
     prepared = prepared or load_prepared(config)
-    cache = FeatureCache.for_run(config, prepared)
-    features, features_cached = cache.fitted(config, prepared)
-    train, train_cached = cache.transformed(config, prepared, features, "train")
-    val, _ = cache.transformed(config, prepared, features, "val")
-    spec = mlp_spec(len(features.numeric_names), features.cardinalities, config.train.hidden, config.train.dropout)
+    data = training_data(config, prepared)
+    cache, features, train, val = data.cache, data.features, data.train, data.val
+    spec = model_network_spec(config, features)
+    label = label_spec(config, prepared)
     columns = set(features.input_columns)
     input_schema = [column for column in schema_for(config) if column.name in columns]
+    parent = mlflow.active_run()
     lineage = {
         "data_fingerprint": prepared.data_fingerprint,
         "config_hash": config.fingerprint(),
         "code_version": code_version(),
         "feature_fingerprint": features.fingerprint,
-        "parent_run": "",
+        "parent_run": parent.info.run_id if parent else "",
     }
-    with mlflow.start_run(run_name=run_name or f"{config.name}-train") as run:
+    metric, _ = config.metric
+    with child_run(run_name or f"{config.name}-train") as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params(_flat_params(config))
-        mlflow.set_tags({f"mlscale.{k}": v for k, v in lineage.items()})
+        mlflow.set_tags({f"mlscale.{k}": v for k, v in lineage.items()} | {"mlscale.stage": "train"})
         mlflow.log_dict(json.loads(prepared.to_json()), "data/prepared.json")
         if prepared.report_path.exists():  # absent only in data prepared by an older mlscale
             mlflow.log_artifact(str(prepared.report_path), "data")
         mlflow.set_tags({"mlscale.feature_cache": cache.key,
-                         "mlscale.feature_cache_hit": str(features_cached and train_cached).lower()})
+                         "mlscale.feature_cache_hit": str(data.cached).lower()})
         mlflow.log_metrics({f"data_{k}_rows": float(v) for k, v in prepared.counts.items()})
-        outcome = run_training(config, train, val, spec, run_name)
-        _log_history(run.info.run_id, outcome.history)
-        with tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_artifact(str(training_curve(outcome.history, Path(tmp) / "training_curve.png",
-                                                   f"{config.name}: training curve")), "plots")
+        outcome = run_training(
+            config, train, val, spec, run_name or resumable_run_name(config, prepared.cache_key or
+                                                                     prepared.data_fingerprint),
+            target_stats=(label["mean"], label["std"]) if label["task"] == "regression" else None,
+            mlflow_run={"tracking_uri": config.tracking_uri, "run_id": run.info.run_id},
+        )
+        mlflow.log_metrics(outcome.summary_metrics())
+        mlflow.set_tag("mlscale.train_run_name", outcome.run_name)
+        mlflow.log_dict(outcome.history, "training/history.json")
+        mlflow.log_artifact(str(training_curve(outcome.history, Path(tmp) / "training_curve.png", metric,
+                                               f"{config.name}: training curve")), "plots")
         bundle = Bundle(
             network_spec=spec,
             features=features,
             input_schema=input_schema,
             state_dict=outcome.state_dict,
-            label={"column": config.data.label, "threshold": config.data.label_threshold,
-                   "meaning": f"{config.data.label} >= {config.data.label_threshold:g}"},
+            label=label,
             metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
             lineage={**lineage, "run_id": run.info.run_id},
         )
-        registered = log_and_register(bundle, config.tracking.registered_model, config.tracking.alias)
-        scored = score(prepared.read("test"), registered.version_uri, config.tracking_uri)
-        test_metrics = evaluate(scored, config.data.label, config.data.label_threshold, "test")
-        mlflow.log_metrics(test_metrics)
-        for key, value in test_metrics.items():
-            MlflowClient().set_model_version_tag(registered.name, registered.version, key, f"{value:.6f}")
-        promote(registered)
+        registered = register_bundle(bundle, config.tracking.registered_model)
+        set_alias(registered.name, CHALLENGER, registered.version)
+        evaluation, behaviour, comparison = _judge_challenger(config, prepared, bundle, registered, Path(tmp))
     return TrainedModel(
-        model_uri=registered.uri, version=registered.version, run_id=run.info.run_id,
-        test_metrics=test_metrics, best_val_metrics=outcome.best_metrics, history=outcome.history,
+        model_uri=registered.alias_uri(config.tracking.alias), version=registered.version, run_id=run.info.run_id,
+        test_metrics=evaluation.metrics, best_val_metrics=outcome.best_metrics, history=outcome.history,
+        version_uri=registered.version_uri, promoted=comparison.promoted, comparison=comparison.to_dict(),
+        behaviour_passed=behaviour.passed, attempts=len(outcome.attempts), repeated_steps=outcome.repeated_steps,
+        slices=evaluation.slices,
     )
 
 
@@ -229,7 +328,9 @@ class PipelineResult:
             "train_rows": counts["train"],
             "val_rows": counts["val"],
             "test_rows": counts["test"],
-            "test_auc": self.trained.test_metrics["test_auc"],
+            **{k: v for k, v in self.trained.test_metrics.items() if k in ("test_auc", "test_ece", "test_rmse")},
+            "promoted": self.trained.promoted,
+            "behaviour_passed": self.trained.behaviour_passed,
             "model_uri": self.trained.model_uri,
             "model_version": self.trained.version,
             "endpoint": self.endpoint,
@@ -240,7 +341,8 @@ class PipelineResult:
     def to_json(self) -> str:
         return json.dumps({"summary": self.summary(), "stage_seconds": self.seconds, "history": self.trained.history,
                            "quarantine_reasons": self.prepared.quarantine_reasons,
-                           "test_metrics": self.trained.test_metrics, "counts": asdict(self.prepared)["counts"]},
+                           "test_metrics": self.trained.test_metrics, "slices": self.trained.slices,
+                           "comparison": self.trained.comparison, "counts": asdict(self.prepared)["counts"]},
                           indent=2)
 
 
@@ -259,10 +361,14 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     seconds: dict[str, float] = {}
     with stage("start", seconds):
         start(config)
-    with stage("prepare", seconds):
-        prepared = prepare_stage(config)
-    with stage("train", seconds):
-        trained = train_stage(config, prepared)
+    with child_run(f"{config.name}-pipeline"):
+        mlflow.set_tag("mlscale.stage", "pipeline")
+        with stage("prepare", seconds):
+            prepared = prepare_stage(config)
+        with stage("train", seconds):
+            trained = train_stage(config, prepared)
+        mlflow.log_metrics({f"{k}_seconds": v for k, v in seconds.items()})
+    require_served_version(config, trained.version, trained.comparison.get("reason", ""))
     with stage("deploy", seconds):
         endpoint = deploy(config, trained.model_uri)
     with stage("served vs batch", seconds):

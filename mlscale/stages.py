@@ -18,6 +18,7 @@ from mlscale.data.schema import SchemaError
 from mlscale.data.sources import SourceError
 from mlscale.data.validation import ValidationFailed
 from mlscale.pipeline import prepare_stage, run_pipeline, served_vs_batch, start, train_stage
+from mlscale.promotion import NothingToServe
 from mlscale.serve.deploy import deploy
 
 
@@ -40,7 +41,13 @@ def train_summary(config: PipelineConfig) -> dict[str, Any]:
     return {
         "model_uri": trained.model_uri,
         "model_version": trained.version,
+        "version_uri": trained.version_uri,
+        "promoted": trained.promoted,
+        "promotion": trained.comparison.get("reason", ""),
+        "behaviour_passed": trained.behaviour_passed,
         "mlflow_run_id": trained.run_id,
+        "train_attempts": trained.attempts,
+        "train_repeated_steps": trained.repeated_steps,
         **{k: v for k, v in trained.best_val_metrics.items() if k.startswith("val_")},
         **trained.test_metrics,
     }
@@ -65,7 +72,8 @@ def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
     return {**result.summary(), "report": str(report)}
 
 
-DATA_ERRORS = (ValidationFailed, SourceError, SchemaError)  # the message is the whole story; no traceback needed
+# The message is the whole story: no traceback needed.
+DATA_ERRORS = (ValidationFailed, SourceError, SchemaError, NothingToServe)
 
 STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
     "prepare": prepare_summary,

@@ -8,11 +8,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -111,6 +113,35 @@ def pipeline_result(ray_session: LocalCluster, small_config_factory):
 
     config = small_config_factory("pytest")
     return config, run_pipeline(config)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real S3-protocol server (moto's standalone mode) on loopback, with a bucket named lake."""
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(endpoint, timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
+    saved = {name: os.environ.get(name) for name in keys}
+    os.environ.update(keys)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="lake")
+    yield endpoint
+    server.terminate()
+    server.wait(10)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ class FeatureCache:
     @classmethod
     def for_run(cls, config: PipelineConfig, prepared: PreparedData) -> FeatureCache:
         key = cache_key(prepared.cache_key or prepared.data_fingerprint, prepared.counts,
-                        config.features.model_dump(mode="json"), config.data.label, config.data.label_threshold,
+                        config.features.model_dump(mode="json"), config.data.label, label_threshold(config),
                         code_hash("features"))
         return cls(config.storage.root_path / "cache" / "features" / key, key)
 
@@ -58,12 +58,21 @@ class FeatureCache:
                 (staging / DONE_FILE).write_text("")
         return ray.data.read_parquet(str(target)), cached
 
+    def split_bytes(self, split: str) -> int:
+        """Size of a transformed split's parquet files on disk."""
+        return sum(path.stat().st_size for path in (self.directory / split).rglob("*.parquet"))
+
 
 def featurize(dataset: ray.data.Dataset, features: FittedFeatures, config: PipelineConfig) -> ray.data.Dataset:
     columns = list(dict.fromkeys([*features.input_columns, config.data.label]))
     return dataset.select_columns(columns).map_batches(  # projected: parquet decodes only what is used
         transform_batch,
-        fn_kwargs={"features": features, "label": config.data.label, "threshold": config.data.label_threshold},
+        fn_kwargs={"features": features, "label": config.data.label, "threshold": label_threshold(config)},
         batch_format="pyarrow",
         batch_size=None,  # whole blocks: the transform is vectorized, and small output blocks make small files
     )
+
+
+def label_threshold(config: PipelineConfig) -> float | None:
+    """The threshold that makes a binary label, or None when the task is regression (the value is the label)."""
+    return config.data.label_threshold if config.data.task == "classification" else None

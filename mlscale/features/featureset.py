@@ -264,10 +264,11 @@ class FeatureSet:
 
 
 def transform_batch(batch: pa.Table, features: FittedFeatures, label: str | None,
-                    threshold: float) -> dict[str, np.ndarray]:
-    """map_batches body: features plus the binary label, as tensors for training."""
+                    threshold: float | None) -> dict[str, np.ndarray]:
+    """map_batches body: features plus the label as tensors for training (binary with a threshold, else raw)."""
     columns = {name: batch.column(name) for name in features.input_columns}
     out = features.transform(columns)
     if label is not None:
-        out["label"] = (_floats(batch.column(label)) >= threshold).astype(np.float32)
+        values = _floats(batch.column(label))
+        out["label"] = (values >= threshold if threshold is not None else values).astype(np.float32)
     return out

@@ -1,6 +1,7 @@
 """Networks built from a plain-data spec, so a bundle can rebuild its network without pickled code.
 
-The spec is also what architecture search varies: family, widths, dropout, embedding sizes.
+The spec is also what architecture search varies: the family and its widths, depths, dropout and embedding sizes.
+Every family takes the same inputs (standardized numerics, categorical ids) and returns one output per row.
 """
 
 from __future__ import annotations
@@ -10,32 +11,60 @@ from typing import Any
 import torch
 from torch import nn
 
+FAMILY_KEYS: dict[str, tuple[str, ...]] = {
+    "mlp": ("hidden", "dropout"),
+    "resmlp": ("width", "blocks", "dropout"),
+    "ft_transformer": ("d_token", "heads", "layers", "dropout"),
+}
+
 
 def embedding_dim(cardinality: int, cap: int = 16) -> int:
     """A common rule of thumb: grows slowly with cardinality, capped."""
     return max(2, min(cap, round(1.6 * cardinality**0.56)))
 
 
-def mlp_spec(n_numeric: int, cardinalities: list[int], hidden: list[int], dropout: float) -> dict[str, Any]:
+def network_spec(family: str, n_numeric: int, cardinalities: list[int], embedding_cap: int = 16,
+                 **params: Any) -> dict[str, Any]:
+    """The plain-data spec of one network: the family's own parameters plus the input shape."""
+    if family not in FAMILY_KEYS:
+        raise ValueError(f"network family {family!r} is unknown; known: {sorted(FAMILY_KEYS)}")
+    missing = [key for key in FAMILY_KEYS[family] if key not in params]
+    if missing:
+        raise ValueError(f"network family {family!r} needs {missing}")
     return {
-        "family": "mlp",
+        "family": family,
         "n_numeric": n_numeric,
         "cardinalities": list(cardinalities),
-        "embedding_dims": [embedding_dim(c) for c in cardinalities],
-        "hidden": list(hidden),
-        "dropout": dropout,
+        "embedding_dims": [embedding_dim(c, embedding_cap) for c in cardinalities],
+        **{key: params[key] for key in FAMILY_KEYS[family]},
     }
 
 
-class TabularMLP(nn.Module):
-    """Categorical embeddings concatenated with numeric features, then an MLP to one logit."""
+def mlp_spec(n_numeric: int, cardinalities: list[int], hidden: list[int], dropout: float) -> dict[str, Any]:
+    return network_spec("mlp", n_numeric, cardinalities, hidden=list(hidden), dropout=dropout)
+
+
+class _EmbeddedInputs(nn.Module):
+    """Categorical embeddings concatenated with the numeric features: the flat input of the MLP families."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
         self.embeddings = nn.ModuleList(
             nn.Embedding(c, d) for c, d in zip(spec["cardinalities"], spec["embedding_dims"], strict=True)
         )
-        width = spec["n_numeric"] + sum(spec["embedding_dims"])
+        self.width = spec["n_numeric"] + sum(spec["embedding_dims"])
+
+    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x_num] + [embed(x_cat[:, i]) for i, embed in enumerate(self.embeddings)], dim=1)
+
+
+class TabularMLP(nn.Module):
+    """Embedded inputs, then Linear-ReLU-Dropout layers to one output."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.inputs = _EmbeddedInputs(spec)
+        width = self.inputs.width
         layers: list[nn.Module] = []
         for hidden in spec["hidden"]:
             layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(spec["dropout"])]
@@ -44,11 +73,58 @@ class TabularMLP(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
-        parts = [x_num] + [embed(x_cat[:, i]) for i, embed in enumerate(self.embeddings)]
-        return self.body(torch.cat(parts, dim=1)).squeeze(-1)
+        return self.body(self.inputs(x_num, x_cat)).squeeze(-1)
 
 
-FAMILIES: dict[str, type[nn.Module]] = {"mlp": TabularMLP}
+class _ResidualBlock(nn.Module):
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Dropout(dropout),
+                                  nn.Linear(2 * width, width), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResidualMLP(nn.Module):
+    """The tabular ResNet of Gorishniy et al. (2021): pre-norm residual blocks, so depth does not hurt training."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.inputs = _EmbeddedInputs(spec)
+        self.project = nn.Linear(self.inputs.width, spec["width"])
+        self.blocks = nn.Sequential(*(_ResidualBlock(spec["width"], spec["dropout"]) for _ in range(spec["blocks"])))
+        self.head = nn.Sequential(nn.LayerNorm(spec["width"]), nn.ReLU(), nn.Linear(spec["width"], 1))
+
+    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.project(self.inputs(x_num, x_cat)))).squeeze(-1)
+
+
+class FTTransformer(nn.Module):
+    """A small FT-Transformer: every feature becomes a token, a [CLS] token reads them through self-attention."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
+        d = spec["d_token"]
+        if d % spec["heads"]:
+            raise ValueError(f"ft_transformer d_token {d} is not divisible by heads {spec['heads']}")
+        self.numeric_weight = nn.Parameter(torch.randn(spec["n_numeric"], d) * 0.1)
+        self.numeric_bias = nn.Parameter(torch.zeros(spec["n_numeric"], d))
+        self.embeddings = nn.ModuleList(nn.Embedding(c, d) for c in spec["cardinalities"])
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.1)
+        layer = nn.TransformerEncoderLayer(d, spec["heads"], dim_feedforward=2 * d, dropout=spec["dropout"],
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, spec["layers"], enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.ReLU(), nn.Linear(d, 1))
+
+    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        tokens = [x_num.unsqueeze(-1) * self.numeric_weight + self.numeric_bias]
+        tokens += [embed(x_cat[:, i]).unsqueeze(1) for i, embed in enumerate(self.embeddings)]
+        sequence = torch.cat([self.cls.expand(len(x_num), -1, -1), *tokens], dim=1)
+        return self.head(self.encoder(sequence)[:, 0]).squeeze(-1)
+
+
+FAMILIES: dict[str, type[nn.Module]] = {"mlp": TabularMLP, "resmlp": ResidualMLP, "ft_transformer": FTTransformer}
 
 
 def build_network(spec: dict[str, Any]) -> nn.Module:
@@ -56,4 +132,3 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
     if family not in FAMILIES:
         raise ValueError(f"network spec family {family!r} is unknown; known: {sorted(FAMILIES)}")
     return FAMILIES[family](spec)
-

@@ -47,12 +47,18 @@ class Bundle:
     def input_columns(self) -> list[str]:
         return [spec.name for spec in self.input_schema]
 
+    @property
+    def task(self) -> str:
+        return self.label.get("task", "classification")
+
     def predict_columns(self, columns: Mapping[str, ColumnLike]) -> np.ndarray:
-        """Raw input columns -> probability of the positive class (float64)."""
+        """Raw input columns -> probability of the positive class, or the predicted value (float64)."""
         tensors = self.features.transform(columns)
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(tensors["x_num"]), torch.from_numpy(tensors["x_cat"]))
-        return torch.sigmoid(logits).double().numpy()
+            output = self.model(torch.from_numpy(tensors["x_num"]), torch.from_numpy(tensors["x_cat"]))
+        if self.task == "regression":
+            return output.double().numpy() * self.label["std"] + self.label["mean"]
+        return torch.sigmoid(output).double().numpy()
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """JSON-like records (missing keys and None are missing values) -> probabilities."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -19,18 +19,30 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one ba
 
 @dataclass(frozen=True)
 class RegisteredBundle:
+    """One registered version of a bundle."""
+
     name: str
     version: str
-    alias: str
     run_id: str
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}@{self.alias}"
 
     @property
     def version_uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+    def alias_uri(self, alias: str) -> str:
+        return f"models:/{self.name}@{alias}"
+
+
+@dataclass
+class VersionInfo:
+    """A version as `mlscale registry list` shows it: aliases, lineage and the metrics of the run that made it."""
+
+    version: str
+    aliases: list[str]
+    run_id: str
+    created: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def use_tracking(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
@@ -51,11 +63,14 @@ def use_tracking(tracking_uri: str, experiment: str, artifact_root: Path | None 
     return experiment_id
 
 
-def log_and_register(bundle: Bundle, model_name: str, alias: str) -> RegisteredBundle:
-    """Log the bundle as a pyfunc model in the active run and register a new version (alias not moved yet)."""
+def register_bundle(bundle: Bundle, model_name: str) -> RegisteredBundle:
+    """Log the bundle as a pyfunc model in the active run and register a new version (no alias moved yet).
+
+    The version is tagged with the bundle's lineage and metrics, so `list_versions` shows where it came from.
+    """
     run = mlflow.active_run()
     if run is None:
-        raise RuntimeError("log_and_register needs an active MLflow run")
+        raise RuntimeError("register_bundle needs an active MLflow run")
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
         info = mlflow.pyfunc.log_model(
@@ -67,14 +82,65 @@ def log_and_register(bundle: Bundle, model_name: str, alias: str) -> RegisteredB
         )
     version = str(info.registered_model_version)
     client = MlflowClient()
-    for key, value in bundle.lineage.items():
-        client.set_model_version_tag(model_name, version, key, value)
-    return RegisteredBundle(name=model_name, version=version, alias=alias, run_id=run.info.run_id)
+    for key, value in {**bundle.lineage, **{k: f"{v:.6g}" for k, v in bundle.metrics.items()}}.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    return RegisteredBundle(name=model_name, version=version, run_id=run.info.run_id)
 
 
-def promote(registered: RegisteredBundle) -> None:
-    """Point the alias (e.g. champion) at this version; serving by alias picks it up on the next deploy."""
-    MlflowClient().set_registered_model_alias(registered.name, registered.alias, registered.version)
+def register_path(directory: str | Path, model_name: str, run_name: str | None = None) -> RegisteredBundle:
+    """Register a bundle folder (e.g. one saved by a notebook) as a new version, in a run of its own."""
+    bundle = Bundle.load(directory)
+    with mlflow.start_run(run_name=run_name or f"register-{model_name}"):
+        mlflow.set_tags({f"mlscale.{k}": v for k, v in bundle.lineage.items()} | {"mlscale.stage": "register"})
+        return register_bundle(bundle, model_name)
+
+
+def set_alias(model_name: str, alias: str, version: str | int) -> None:
+    """Point the alias (champion, challenger, ...) at a version; serving by alias follows on its next deploy."""
+    MlflowClient().set_registered_model_alias(model_name, alias, str(version))
+
+
+def version_of(model_name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias is not set."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def promote(model_name: str, source_alias: str = "challenger", target_alias: str = "champion") -> str:
+    """Move target_alias to the version source_alias points at; the old target stays reachable as previous_<target>.
+
+    Returns the promoted version.
+    """
+    version = version_of(model_name, source_alias)
+    if version is None:
+        raise ValueError(f"model {model_name!r} has no version with alias {source_alias!r}")
+    previous = version_of(model_name, target_alias)
+    if previous is not None and previous != version:
+        set_alias(model_name, f"previous_{target_alias}", previous)
+    set_alias(model_name, target_alias, version)
+    return version
+
+
+def list_versions(model_name: str) -> list[VersionInfo]:
+    """Every version of a registered model, newest first, with aliases and its run's validation/test metrics."""
+    client = MlflowClient()
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(model_name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    found = []
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        metrics = {}
+        if version.run_id:
+            metrics = {k: v for k, v in client.get_run(version.run_id).data.metrics.items()
+                       if k.startswith(("val_", "test_"))}
+        found.append(VersionInfo(
+            version=str(version.version), aliases=sorted(aliases.get(str(version.version), [])),
+            run_id=version.run_id or "", created=str(version.creation_timestamp), metrics=metrics,
+            tags=dict(version.tags),
+        ))
+    return sorted(found, key=lambda info: int(info.version), reverse=True)
 
 
 def load_bundle(model_uri: str, tracking_uri: str | None = None) -> Bundle:

@@ -1,10 +1,17 @@
-"""The per-worker training function run by Ray Train: sharded ingest, DDP, per-epoch checkpoints and resume."""
+"""The per-worker training function run by Ray Train: sharded ingest, DDP, evaluation, checkpoints and resume.
+
+Everything a run needs arrives as plain data in `config` (built by trainer.loop_config). Determinism on CPU: the
+model is initialised from the seed, each shard is read in a fixed order with a seeded local shuffle, and the dropout
+generator is reseeded from (seed, rank, global step) after every checkpoint, so a run resumed from a checkpoint at
+step s continues exactly as an uninterrupted run would from step s.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +23,21 @@ import torch.distributed as dist
 from torch import nn
 
 from mlscale.models.networks import build_network
-from mlscale.train.metrics import BinaryMetrics
+from mlscale.train.metrics import metrics_for, metrics_from_vector
+from mlscale.train.optim import EarlyStopping, build_optimizer, build_scheduler
+from mlscale.train.progress import ProgressLog
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 BATCH_DTYPES = {"x_num": torch.float32, "x_cat": torch.int64, "label": torch.float32}
+PROGRESS_EVERY_STEPS = 10
 
 
 def _all_reduce(values: np.ndarray) -> np.ndarray:
     """Sum a float64 vector over all workers (identity when training on one worker)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
-    tensor = torch.from_numpy(values.astype(np.float64))
+    tensor = torch.from_numpy(np.asarray(values, dtype=np.float64).copy())
     dist.all_reduce(tensor)
     return tensor.numpy()
 
@@ -38,71 +48,220 @@ def _autocast(device: torch.device, use_bf16: bool) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def evaluate_shard(model: nn.Module, shard: Any, batch_size: int, device: torch.device,
-                   use_bf16: bool) -> dict[str, float]:
-    """Validation metrics over this worker's shard, summed across workers."""
-    model.eval()
-    metrics = BinaryMetrics()
-    with torch.inference_mode(), _autocast(device, use_bf16):
-        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=BATCH_DTYPES, device=device):
-            scores = torch.sigmoid(model(batch["x_num"], batch["x_cat"]).float())
-            metrics.update(scores.cpu().numpy(), batch["label"].cpu().numpy())
-    packed = _all_reduce(np.concatenate([metrics.histograms.ravel(), [metrics.loss_sum, metrics.rows]]))
-    metrics.histograms = packed[:-2].reshape(metrics.histograms.shape)
-    metrics.loss_sum, metrics.rows = float(packed[-2]), int(packed[-1])
-    return metrics.result("val")
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One worker's loop. Resumes from Ray Train's latest checkpoint when the run restarts after a failure."""
-    context = ray.train.get_context()
-    torch.manual_seed(config["seed"])
-    model = ray.train.torch.prepare_model(build_network(config["network_spec"]))
-    device = ray.train.torch.get_device()
-    use_bf16 = bool(config.get("use_bf16", True))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    loss_fn = nn.BCEWithLogitsLoss()
+def _reseed(seed: int, rank: int, step: int) -> None:
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
 
+
+class Target:
+    """Turns the label into what the loss sees and the network's output into a prediction, per task."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.task = config["task"]
+        self.mean, self.std = config.get("target_mean", 0.0), config.get("target_std", 1.0)
+        self.loss = nn.BCEWithLogitsLoss() if self.task == "classification" else nn.MSELoss()
+
+    def training_loss(self, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        target = label if self.task == "classification" else (label - self.mean) / self.std
+        return self.loss(output.float(), target)
+
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        output = output.float()
+        return torch.sigmoid(output) if self.task == "classification" else output * self.std + self.mean
+
+
+class ValidationBatches:
+    """This worker's validation shard, kept in memory after the first pass when it fits under a byte budget.
+
+    Each pass over a Ray Data shard starts a streaming execution (seconds of fixed cost); evaluating every N steps
+    would pay that each time. A validation split is usually small; a large one is streamed every time instead.
+    """
+
+    def __init__(self, shard: Any, batch_size: int, device: torch.device, max_bytes: int) -> None:
+        self.shard, self.batch_size, self.device, self.max_bytes = shard, batch_size, device, max_bytes
+        self.cached: list[dict[str, torch.Tensor]] | None = None
+        self.too_large = False
+
+    def __iter__(self) -> Any:
+        if self.cached is not None:
+            yield from self.cached
+            return
+        kept: list[dict[str, torch.Tensor]] = []
+        size = 0
+        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, dtypes=BATCH_DTYPES,
+                                                   device=self.device):
+            if not self.too_large:
+                size += sum(t.element_size() * t.nelement() for t in batch.values())
+                self.too_large = size > self.max_bytes
+                kept.append(batch)
+            yield batch
+        if not self.too_large:
+            self.cached = kept
+
+
+def evaluate_shard(model: nn.Module, batches: Any, target: Target, device: torch.device,
+                   use_bf16: bool) -> dict[str, float]:
+    """Validation metrics over this worker's shard, summed across workers."""
+    model.eval()
+    metrics = metrics_for(target.task)
+    with torch.inference_mode(), _autocast(device, use_bf16):
+        for batch in batches:
+            predictions = target.predict(model(batch["x_num"], batch["x_cat"]))
+            metrics.update(predictions.cpu().numpy(), batch["label"].cpu().numpy())
+    model.train()
+    return metrics_from_vector(target.task, _all_reduce(metrics.to_vector())).result("val")
+
+
+class _MlflowLogger:
+    """Rank 0 logs each evaluation to the run as it happens, asynchronously: never one blocking call per step."""
+
+    def __init__(self, settings: dict[str, str] | None) -> None:
+        self.run_id = settings["run_id"] if settings else None
+        self.pending: list[Any] = []
+        if self.run_id:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(settings["tracking_uri"])
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.run_id:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items() if key != "step"]
+        self.pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+
+    def flush(self) -> None:
+        for operation in self.pending:
+            operation.wait()
+        self.pending.clear()
+
+
+def read_checkpoint(checkpoint: ray.train.Checkpoint) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        history = json.loads((Path(directory) / HISTORY_FILE).read_text())
+    return state, history
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One worker's loop. Resumes from Ray Train's latest checkpoint after a failure or when the job is rerun."""
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    use_bf16 = bool(config["use_bf16"])
+    target = Target(config)
+    epochs, steps_per_epoch = config["epochs"], config["steps_per_epoch"]
+    every = config["every_n_steps"]
+    metric, mode = config["metric"], config["mode"]
+
+    torch.manual_seed(config["seed"])
+    network = build_network(config["network_spec"])
     history: list[dict[str, float]] = []
+    position = {"step": 0, "epoch": 0, "step_in_epoch": 0}
+    stopper = EarlyStopping(mode, **config["early_stopping"])
+    state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
-            _unwrap(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history = json.loads((Path(directory) / HISTORY_FILE).read_text())
+        state, history = read_checkpoint(checkpoint)
+        network.load_state_dict(state["model"])
+        position = state["position"]
+        stopper = EarlyStopping(mode, **config["early_stopping"], **state["early_stopping"])
+    model = ray.train.torch.prepare_model(network)
+    optimizer = build_optimizer(model.parameters(), config["optimizer"])
+    scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, steps_per_epoch, config["schedule"])
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    _reseed(config["seed"], rank, position["step"])
 
+    progress = ProgressLog(config["filesystem"], config["run_dir"]).start(position["step"]) if rank == 0 else None
+    logger = _MlflowLogger(config.get("mlflow") if rank == 0 else None)
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    for epoch in range(len(history), config["epochs"]):
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        rows = 0
-        for batch in train_shard.iter_torch_batches(
-            batch_size=config["batch_size"], dtypes=BATCH_DTYPES, device=device,
-            local_shuffle_buffer_size=config["batch_size"] * 8, local_shuffle_seed=config["seed"] + epoch,
-        ):
-            with _autocast(device, use_bf16):
-                logits = model(batch["x_num"], batch["x_cat"])
-            loss = loss_fn(logits.float(), batch["label"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach().double() * len(batch["label"])
-            rows += len(batch["label"])
-        train_totals = _all_reduce(np.array([loss_sum.item(), rows], dtype=np.float64))
-        metrics = {"epoch": epoch + 1, "train_loss": float(train_totals[0] / max(train_totals[1], 1))}
-        metrics.update(evaluate_shard(model, val_shard, config["batch_size"] * 4, device, use_bf16))
+    val_batches = ValidationBatches(ray.train.get_dataset_shard("val"), config["batch_size"] * 4, device,
+                                    config["cache_val_bytes"])
+    totals = np.zeros(2)  # loss sum, rows since the last evaluation
+    timing = {"wait": 0.0, "compute": 0.0, "since": time.perf_counter()}
+
+    def evaluate_and_checkpoint(epoch_done: bool) -> bool:
+        """Validation metrics, a checkpoint (rank 0 writes it), and the early-stopping verdict (same on all ranks)."""
+        wall = time.perf_counter() - timing["since"]
+        reduced = _all_reduce(np.array([*totals, timing["wait"], timing["compute"], wall]))
+        workers = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        metrics: dict[str, float] = {
+            "step": position["step"],
+            "epoch": position["epoch"] + (1.0 if epoch_done else position["step_in_epoch"] / steps_per_epoch),
+            "lr": scheduler.get_last_lr()[0],
+            "train_loss": float(reduced[0] / max(reduced[1], 1)),
+            "train_samples_per_s": float(reduced[1] / max(reduced[4] / workers, 1e-9)),
+            "data_wait_fraction": float(reduced[2] / max(reduced[2] + reduced[3], 1e-9)),
+        }
+        metrics.update(evaluate_shard(model, val_batches, target, device, use_bf16))
+        stop = stopper.update(metrics[metric])
+        metrics["early_stopped"] = float(stop)
         history.append(metrics)
+        totals[:] = 0
+        if epoch_done:
+            position.update(epoch=position["epoch"] + 1, step_in_epoch=0)
         with tempfile.TemporaryDirectory() as directory:
             saved = None
-            if context.get_world_rank() == 0:
-                state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict()}
-                torch.save(state, Path(directory) / STATE_FILE)
+            if rank == 0:
+                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "position": dict(position),
+                            "early_stopping": stopper.state()}, Path(directory) / STATE_FILE)
                 (Path(directory) / HISTORY_FILE).write_text(json.dumps(history))
                 saved = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=saved)
+        logger.log(metrics, position["step"])
+        if progress is not None:
+            progress.step(position["step"])
+        _reseed(config["seed"], rank, position["step"])
+        timing.update(wait=0.0, compute=0.0, since=time.perf_counter())
+        return stop
+
+    stopped = history[-1]["early_stopped"] > 0 if history else False
+    while position["epoch"] < epochs and not stopped:
+        skip = position["step_in_epoch"]  # resuming mid-epoch: the same seeded order, minus what was done
+        batches = iter(train_shard.iter_torch_batches(
+            batch_size=config["batch_size"], dtypes=BATCH_DTYPES, device=device,
+            local_shuffle_buffer_size=config["batch_size"] * 8, local_shuffle_seed=config["seed"] + position["epoch"],
+        ))
+        index = 0
+        while True:
+            began = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            index += 1
+            if index <= skip:
+                continue
+            computing = time.perf_counter()
+            timing["wait"] += computing - began
+            with _autocast(device, use_bf16):
+                output = model(batch["x_num"], batch["x_cat"])
+            loss = target.training_loss(output, batch["label"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config["grad_clip_norm"]:
+                nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip_norm"])
+            optimizer.step()
+            scheduler.step()
+            totals += [float(loss.detach()) * len(batch["label"]), len(batch["label"])]
+            position["step"] += 1
+            position["step_in_epoch"] += 1
+            timing["compute"] += time.perf_counter() - computing
+            if progress is not None and position["step"] % PROGRESS_EVERY_STEPS == 0:
+                progress.step(position["step"])
+            if every and position["step"] % every == 0:
+                stopped = evaluate_and_checkpoint(epoch_done=False)
+                if stopped:
+                    break
+        if not stopped:
+            stopped = evaluate_and_checkpoint(epoch_done=True)
+    logger.flush()
+    if progress is not None:
+        progress.step(position["step"], finished=True)

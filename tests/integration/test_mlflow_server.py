@@ -1,5 +1,6 @@
 """The registry against a real `mlflow server` on loopback with a SQL backend and proxied artifacts."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from mlscale.registry.store import RegisteredBundle, load_bundle, log_and_register, promote, use_tracking
+from mlscale.registry.store import load_bundle, promote, register_bundle, set_alias, use_tracking
 from tests.conftest import free_port
 from tests.unit.test_bundle import make_bundle
 from tests.unit.test_featureset import sample_table
@@ -41,16 +42,24 @@ def mlflow_server(tmp_path_factory):
         pytest.fail("mlflow server did not come up within 120 s")
     import mlflow
 
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     yield url, root
     process.terminate()
     process.wait(30)
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI; later tests must not inherit a stopped server.
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
-    mlflow.set_tracking_uri(previous or "")
+    # set_tracking_uri / set_registry_uri also export environment variables; later tests must not inherit a
+    # stopped server, neither as the tracking nor as the registry URI.
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    mlflow.set_tracking_uri(previous["MLFLOW_TRACKING_URI"] or "")
+    mlflow.set_registry_uri(previous["MLFLOW_REGISTRY_URI"] or "")
+
+
+def printed_json(output: str) -> dict:
+    """The command's JSON line (MLflow may log lines of its own around it)."""
+    return json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
 
 
 def test_register_alias_load_predict_through_the_server(mlflow_server):
@@ -60,16 +69,90 @@ def test_register_alias_load_predict_through_the_server(mlflow_server):
     use_tracking(url, "server-roundtrip")
     bundle = make_bundle()
     with mlflow.start_run():
-        first = log_and_register(bundle, "server-model", "champion")
-        promote(first)
-        second = log_and_register(bundle, "server-model", "challenger")
-        promote(second)
+        first = register_bundle(bundle, "server-model")
+        set_alias("server-model", "champion", first.version)
+        second = register_bundle(bundle, "server-model")
+        set_alias("server-model", "challenger", second.version)
     assert (first.version, second.version) == ("1", "2")
     table = sample_table(30, seed=11)
     expected = bundle.predict_columns(table)
-    for uri in (first.uri, second.uri, RegisteredBundle("server-model", "2", "x", "").version_uri):
+    for uri in (first.alias_uri("champion"), second.alias_uri("challenger"), second.version_uri):
         np.testing.assert_array_equal(load_bundle(uri, url).predict_columns(table), expected)
     assert any((root / "artifacts").rglob("weights.pt")), "artifacts were not proxied to the server's store"
+    assert promote("server-model") == "2"  # challenger -> champion; the old champion stays reachable
     client = mlflow.MlflowClient(url)
-    assert client.get_model_version_by_alias("server-model", "champion").version in (1, "1")
+    assert client.get_model_version_by_alias("server-model", "champion").version in (2, "2")
+    assert client.get_model_version_by_alias("server-model", "previous_champion").version in (1, "1")
     assert client.get_model_version("server-model", "1").tags["config_hash"] == "abc"
+    with pytest.raises(ValueError, match="no version with alias 'canary'"):
+        promote("server-model", "canary")
+
+
+@pytest.mark.slow
+def test_train_job_against_the_server_then_the_registry_cli(mlflow_server, pipeline_result, local_cluster,
+                                                             tmp_path):
+    """The train stage as a real `ray job submit` tracking to the server; then register/compare/promote/list/load
+    through the `mlscale registry` CLI against the same server."""
+    from mlflow import MlflowClient
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from typer.testing import CliRunner
+
+    from mlscale.cli import app
+    from tests.e2e.test_job import submit, summary_from_logs, wait
+
+    url, _ = mlflow_server
+    config, result = pipeline_result
+    client = JobSubmissionClient(local_cluster.dashboard_url)
+    # One epoch keeps the test short; such a model may fail the behavioural checks, so promotion is forced here.
+    job_id = submit(client, "python jobs/train.py --config jobs/configs/flights-small.yaml --set train.epochs=1 "
+                            "--set tracking.experiment=server-train --set tracking.promotion=always",
+                    {"MLSCALE_STORAGE": str(config.storage.root_path), "MLFLOW_TRACKING_URI": url})
+    status = wait(client, job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    summary = summary_from_logs(logs)
+    assert summary["promoted"] is True and summary["model_version"] == "1", summary
+    assert summary["promotion"].startswith("always")
+
+    tracking = MlflowClient(url)
+    run = tracking.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.model.family"] == "mlp" and run.data.params["train.optimizer.name"] == "adamw"
+    assert {"mlscale.data_fingerprint", "mlscale.config_hash", "mlscale.code_version", "mlscale.parent_run",
+            "mlscale.feature_fingerprint"} <= set(run.data.tags)
+    history = tracking.get_metric_history(run.info.run_id, "val_auc")  # logged by rank 0 as training went
+    assert [m.step for m in history] == [run.data.metrics["train_steps"]]  # one epoch: one evaluation
+    artifacts = {a.path for folder in ("plots", "evaluation", "data") for a in tracking.list_artifacts(
+        run.info.run_id, folder)}
+    assert {"plots/training_curve.png", "plots/reliability.png", "evaluation/slices.json",
+            "evaluation/behaviour.json", "data/_validation_report.json"} <= artifacts
+    assert 0 <= run.data.metrics["test_ece"] < 0.2
+
+    model = "flights-small-late-arrival"
+    base = ["--config", str(Path(__file__).resolve().parents[2] / "jobs" / "configs" / "flights-small.yaml"),
+            "--set", f"tracking.uri={url}", "--set", f"storage.root={config.storage.root}"]
+    runner = CliRunner()
+    bundle_dir = load_bundle(f"models:/{model}@champion", url).save(tmp_path / "bundle")
+    registered = runner.invoke(app, ["registry", "register", str(bundle_dir), "--alias", "challenger", *base])
+    assert registered.exit_code == 0, registered.output
+    assert printed_json(registered.output)["version"] == "2"
+
+    compared = runner.invoke(app, ["registry", "compare", *base])
+    assert compared.exit_code == 0, compared.output
+    comparison = json.loads(compared.output.split("MLSCALE_COMPARISON ", 1)[1].splitlines()[0])
+    assert comparison["champion"]["uri"].endswith("@champion") and comparison["delta"] == pytest.approx(0, abs=1e-9)
+    assert comparison["better"] is False  # the same weights on the same rows: nothing to gain
+
+    refused = runner.invoke(app, ["registry", "promote", "--if-better", *base])
+    assert refused.exit_code == 3 and "not promoted" in refused.output
+    promoted = runner.invoke(app, ["registry", "promote", *base])
+    assert promoted.exit_code == 0, promoted.output
+    listed = runner.invoke(app, ["registry", "list", *base])
+    versions = json.loads(listed.output.split("MLSCALE_REGISTRY ", 1)[1].splitlines()[0])
+    aliases = {v["version"]: v["aliases"] for v in versions}
+    assert aliases == {"2": ["challenger", "champion"], "1": ["previous_champion"]}
+    assert versions[1]["metrics"]["test_auc"] == pytest.approx(summary["test_auc"])
+
+    rows = result.prepared.read("test").limit(20).take_all()
+    np.testing.assert_array_equal(load_bundle(f"models:/{model}@champion", url).predict_records(rows),
+                                  load_bundle(f"models:/{model}/1", url).predict_records(rows))

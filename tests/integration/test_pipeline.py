@@ -34,7 +34,8 @@ def test_mlflow_run_has_params_curve_and_lineage(pipeline_result):
     assert run.data.params["train.num_workers"] == "2"
     assert run.data.metrics["test_auc"] == pytest.approx(result.trained.test_metrics["test_auc"])
     curve = client.get_metric_history(run.info.run_id, "val_auc")
-    assert [m.step for m in curve] == [1, 2]
+    assert [m.step for m in curve] == [row["step"] for row in result.trained.history]  # one point per epoch
+    assert len(curve) == 2
     assert {"mlscale.data_fingerprint", "mlscale.config_hash", "mlscale.code_version"} <= set(run.data.tags)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/training_curve.png" in artifacts
@@ -124,3 +125,32 @@ def test_stage_timings_are_recorded(pipeline_result):
     _, result = pipeline_result
     assert list(result.seconds) == ["start", "prepare", "train", "deploy", "served vs batch"]
     print("stage seconds:", result.seconds)
+
+
+def test_behavioural_checks_pass_on_the_trained_bundle(pipeline_result):
+    """Model tests on the registered bundle: invariance, direction and minimum functionality (evaluate.behaviour)."""
+    from mlscale.behaviour import run_behaviour
+    from mlscale.pipeline import json_value
+
+    config, result = pipeline_result
+    bundle = load_bundle(result.trained.model_uri, config.tracking_uri)
+    rows = [{k: json_value(v) for k, v in row.items()} for row in result.prepared.read("test").limit(300).take_all()]
+    report = run_behaviour(bundle, rows, config.evaluate.behaviour)
+    assert report.passed, report.render()
+    kinds = [r.kind for r in report.results]
+    assert kinds.count("invariance") >= 1 and kinds.count("directional") >= 1 and kinds.count("minimum") >= 2
+    assert result.trained.behaviour_passed and result.trained.promoted
+
+
+def test_evaluation_has_calibration_and_slices(pipeline_result, tmp_path):
+    config, result = pipeline_result
+    metrics = result.trained.test_metrics
+    assert 0 <= metrics["test_ece"] < 0.15 and metrics["test_log_loss"] > 0
+    carriers = result.trained.slices["carrier"]
+    scored = {name: values for name, values in carriers.items() if "test_auc" in values}
+    assert len(scored) >= 5 and sum(v["test_rows"] for v in carriers.values()) == metrics["test_rows"]
+    assert set(result.trained.slices["origin"]) == {"EWR", "JFK", "LGA"}
+    client = MlflowClient(config.tracking_uri)
+    local = client.download_artifacts(result.trained.run_id, "evaluation/reliability.json", str(tmp_path))
+    table = json.loads(Path(local).read_text())
+    assert sum(table["rows"]) == metrics["test_rows"] and len(table["rows"]) == config.evaluate.calibration_bins

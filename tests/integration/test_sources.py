@@ -3,16 +3,11 @@ row, broken files, the failure threshold, and caching of prepared data and featu
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
-
 import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import requests
 
 from mlscale.config import ObjectStoreConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
@@ -22,7 +17,6 @@ from mlscale.data.sources import SourceError, object_store
 from mlscale.data.synthetic import DEFECTS, generate_table
 from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN, ValidationFailed
 from mlscale.features.cache import FeatureCache
-from tests.conftest import VENV_BIN, free_port
 from tests.expected_rules import expected_rule_counts
 
 pytestmark = pytest.mark.integration
@@ -35,35 +29,6 @@ DEFECT_RULES = {"null_carrier": "carrier.not_null", "dep_delay_range": "dep_dela
                 "origin_not_allowed": "origin.allowed", "carrier_pattern": "carrier.pattern",
                 "implausible_speed": "check.plausible_speed", "duplicate_key": f"unique({','.join(KEY)})",
                 "time_parts": "check.time_parts"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A real S3-protocol server (moto's standalone mode) on loopback, with a bucket."""
-    import boto3
-
-    port = free_port()
-    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests.get(endpoint, timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
-    saved = {name: os.environ.get(name) for name in keys}
-    os.environ.update(keys)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="lake")
-    yield endpoint
-    server.terminate()
-    server.wait(10)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def synthetic_rows(n=ROWS, bad_fraction=0.02):

@@ -64,8 +64,8 @@ def test_missing_and_invalid_yaml(tmp_path):
 
 
 def test_overrides_parse_json_values():
-    assert parse_overrides(["train.epochs=2", "train.hidden=[8, 4]", "name=x"]) == {
-        "train.epochs": 2, "train.hidden": [8, 4], "name": "x",
+    assert parse_overrides(["train.epochs=2", "train.model.hidden=[8, 4]", "name=x"]) == {
+        "train.epochs": 2, "train.model.hidden": [8, 4], "name": "x",
     }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["train.epochs"])
@@ -74,7 +74,7 @@ def test_overrides_parse_json_values():
 def test_fingerprint_tracks_results_not_serving():
     base = load_config()
     assert base.fingerprint() == load_config(None, {"serve.port": 9999}).fingerprint()
-    assert base.fingerprint() != load_config(None, {"train.lr": 0.01}).fingerprint()
+    assert base.fingerprint() != load_config(None, {"train.optimizer.lr": 0.01}).fingerprint()
 
 
 def test_feature_shorthand_and_detailed_forms_mix():

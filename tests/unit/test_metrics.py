@@ -36,3 +36,46 @@ def test_merged_partials_equal_the_whole():
     merged = first.merge(second).result("x")
     for key, value in whole.result("x").items():
         assert merged[key] == pytest.approx(value)
+
+
+def test_calibration_error_of_calibrated_and_overconfident_scores():
+    from mlscale.train.metrics import expected_calibration_error, reliability
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0, 1, 200_000)
+    labels = (rng.uniform(0, 1, scores.size) < scores).astype(float)
+    calibrated = BinaryMetrics()
+    calibrated.update(scores, labels)
+    assert calibrated.result("x")["x_ece"] < 0.01
+    overconfident = BinaryMetrics()
+    overconfident.update(np.clip(0.5 + 1.5 * (scores - 0.5), 0, 1), labels)
+    assert overconfident.result("x")["x_ece"] == pytest.approx(1 / 12, abs=0.01)  # E|q - s| worked out by hand
+    table = reliability(calibrated.histograms, 10)
+    assert table["rows"].sum() == scores.size
+    np.testing.assert_allclose(table["observed"], table["predicted"], atol=0.02)
+    assert expected_calibration_error(np.zeros((2, 64))) != expected_calibration_error(np.zeros((2, 64)))  # nan
+
+
+def test_regression_metrics_merge_to_the_direct_values():
+    from mlscale.train.metrics import RegressionMetrics, metrics_from_vector
+
+    rng = np.random.default_rng(1)
+    targets = rng.normal(10, 30, 5000)
+    predictions = targets + rng.normal(0, 5, 5000)
+    parts = [RegressionMetrics() for _ in range(3)]
+    for part, chunk in zip(parts, np.array_split(np.arange(5000), 3), strict=True):
+        part.update(predictions[chunk], targets[chunk])
+    merged = metrics_from_vector("regression", parts[0].merge(parts[1]).merge(parts[2]).to_vector())
+    result = merged.result("val")
+    assert result["val_rmse"] == pytest.approx(np.sqrt(np.mean((predictions - targets) ** 2)))
+    assert result["val_mae"] == pytest.approx(np.mean(np.abs(predictions - targets)))
+    assert result["val_r2"] == pytest.approx(1 - np.mean((predictions - targets) ** 2) / np.var(targets))
+    assert result["val_rows"] == 5000
+
+
+def test_binary_vector_round_trip_keeps_everything():
+    rng = np.random.default_rng(2)
+    metrics = BinaryMetrics(bins=256)
+    metrics.update(rng.uniform(0, 1, 1000), rng.integers(0, 2, 1000))
+    restored = BinaryMetrics.from_vector(metrics.to_vector())
+    assert restored.result("v") == metrics.result("v")

@@ -1,0 +1,47 @@
+"""Every network family builds from its plain-data spec, trains a step, and round-trips through a bundle."""
+
+import numpy as np
+import pytest
+import torch
+
+from mlscale.config import ConfigError, load_config
+from mlscale.models.networks import FAMILIES, build_network, network_spec
+from mlscale.registry.bundle import Bundle
+from tests.unit.test_bundle import make_bundle
+from tests.unit.test_featureset import sample_table
+
+PARAMS = {"mlp": {"hidden": [16, 8], "dropout": 0.1}, "resmlp": {"width": 16, "blocks": 2, "dropout": 0.1},
+          "ft_transformer": {"d_token": 8, "heads": 2, "layers": 1, "dropout": 0.1}}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_forward_backward_and_bundle_round_trip(family, tmp_path):
+    base = make_bundle()
+    spec = network_spec(family, len(base.features.numeric_names), base.features.cardinalities, **PARAMS[family])
+    torch.manual_seed(0)
+    network = build_network(spec)
+    tensors = base.features.transform(sample_table(64, seed=3))
+    x_num, x_cat = torch.from_numpy(tensors["x_num"]), torch.from_numpy(tensors["x_cat"])
+    output = network(x_num, x_cat)
+    assert output.shape == (64,)
+    output.sum().backward()
+    assert all(p.grad is not None for p in network.parameters() if p.requires_grad)
+    bundle = Bundle(network_spec=spec, features=base.features, input_schema=base.input_schema,
+                    state_dict=network.state_dict())
+    restored = Bundle.load(bundle.save(tmp_path / family))
+    table = sample_table(30, seed=4)
+    np.testing.assert_array_equal(bundle.predict_columns(table), restored.predict_columns(table))
+
+
+def test_spec_needs_the_family_parameters():
+    with pytest.raises(ValueError, match=r"resmlp' needs \['width', 'blocks'\]"):
+        network_spec("resmlp", 3, [4], dropout=0.1)
+    with pytest.raises(ValueError, match="family 'tree' is unknown"):
+        network_spec("tree", 3, [4])
+
+
+def test_config_refuses_heads_that_do_not_divide_the_token():
+    with pytest.raises(ConfigError, match="d_token \\(10\\) must be divisible by heads \\(3\\)"):
+        load_config(None, {"train.model": {"family": "ft_transformer", "d_token": 10, "heads": 3}})
+    with pytest.raises(ConfigError, match="train.model.family"):
+        load_config(None, {"train.model.family": "xgboost"})
