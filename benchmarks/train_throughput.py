@@ -124,11 +124,11 @@ def ingest_only_loop(config: dict[str, Any]) -> None:
                          checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def cpu_seconds_by_role() -> dict[str, float]:
-    """CPU seconds used so far by each kind of process of the embedded Ray (this process and its descendants)."""
+def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
+    """(role, CPU seconds so far) of every process of the embedded Ray: this process and its descendants."""
     roles = ("RayTrainWorker", "SplitCoordinator", "TrainController", "raylet", "gcs_server", "dashboard")
-    used: dict[str, float] = {}
     root = psutil.Process()
+    found = {}
     for process in [root, *root.children(recursive=True)]:
         try:
             command = " ".join(process.cmdline())
@@ -136,21 +136,28 @@ def cpu_seconds_by_role() -> dict[str, float]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         role = "driver" if process.pid == root.pid else next((r for r in roles if r in command), "other Ray workers")
-        used[role] = used.get(role, 0.0) + times.user + times.system
-    return used
+        found[process.pid] = (role, times.user + times.system)
+    return found
+
+
+def cpu_used_during(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per role between two snapshots, for processes alive at the second one (the training workers of
+    a finished run have exited by then and are not in it: this is what runs beside them)."""
+    used: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        used[role] = round(used.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1], 1)
+    return dict(sorted(used.items()))
 
 
 def ray_train(config: PipelineConfig, data: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    began, cpu_before = time.perf_counter(), cpu_seconds_by_role()
+    began, cpu_before = time.perf_counter(), cpu_seconds_by_process()
     outcome = run_training(config, data.train, data.val, spec, f"bench-{config.train.num_workers}w-{time.time():.0f}")
-    cpu_after = cpu_seconds_by_role()
+    cpu_after = cpu_seconds_by_process()
     last = outcome.history[-1]
     return {"samples_per_s": last["train_samples_per_s"], "first_epoch_samples_per_s":
             outcome.history[0]["train_samples_per_s"], "data_wait_fraction": last["data_wait_fraction"],
             "val_auc": last["val_auc"], "wall_s": time.perf_counter() - began,
-            # processes that started during the run count whole; those that ended are gone from the second count
-            "cpu_seconds_by_role": {role: round(cpu_after[role] - cpu_before.get(role, 0.0), 1)
-                                    for role in sorted(cpu_after)}}
+            "cpu_seconds_beside_training": cpu_used_during(cpu_before, cpu_after)}
 
 
 def ingest(config: PipelineConfig, data: Any) -> dict[str, float]:
@@ -223,8 +230,9 @@ def main() -> None:
         print(f"{name:<34}{run['samples_per_s']:>24,.0f}{run['first_epoch_samples_per_s']:>14,.0f}"
               f"{run.get('wall_s', float('nan')):>9.1f}")
     for name, run in results.items():
-        if "cpu_seconds_by_role" in run:
-            print(f"CPU seconds by process during {name}: {run['cpu_seconds_by_role']}")
+        if "cpu_seconds_beside_training" in run:
+            print(f"CPU seconds used beside the training workers during {name}: "
+                  f"{run['cpu_seconds_beside_training']}")
     print(f"ingest (Ray Data, 1 worker) / consumption (plain loop): {summary['ingest_vs_consumption']:.2f}x")
     print(f"Ray Train 2 workers / plain: {summary['ray_train_2w_vs_plain']:.2f}x")
     print(f"Ray Train 1 worker / plain PyTorch (samples/s, target >= 0.95): {summary['ray_train_1w_vs_plain']:.2f}x")

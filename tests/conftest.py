@@ -32,6 +32,15 @@ os.environ.update(PROCESS_ENV)
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put environment variables back as they were (None: it was not set)."""
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,11 +146,7 @@ def s3_endpoint():
     yield endpoint
     server.terminate()
     server.wait(10)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    restore_env(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from mlscale.registry.store import load_bundle, promote, register_bundle, set_alias, use_tracking
-from tests.conftest import free_port
+from tests.conftest import free_port, restore_env
 from tests.unit.test_bundle import make_bundle
 from tests.unit.test_featureset import sample_table
 
@@ -48,11 +48,7 @@ def mlflow_server(tmp_path_factory):
     process.wait(30)
     # set_tracking_uri / set_registry_uri also export environment variables; later tests must not inherit a
     # stopped server, neither as the tracking nor as the registry URI.
-    for name, value in previous.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    restore_env(previous)
     mlflow.set_tracking_uri(previous["MLFLOW_TRACKING_URI"] or "")
     mlflow.set_registry_uri(previous["MLFLOW_REGISTRY_URI"] or "")
 
