@@ -132,13 +132,19 @@ def _registry_config(config: Path | None, overrides: list[str] | None, name: str
 @registry.command("list")
 def registry_list(config: ConfigOption = None, set_: SetOption = None, name: NameOption = None) -> None:
     """Every version, newest first, with its aliases, metrics and lineage."""
+    from mlflow.exceptions import MlflowException
     from rich.console import Console
     from rich.table import Table
 
     from mlscale.registry.store import list_versions
 
     settings = _registry_config(config, set_, name)
-    versions = list_versions(settings.tracking.registered_model)
+    try:
+        versions = list_versions(settings.tracking.registered_model)
+    except MlflowException as error:
+        typer.secho(f"cannot list {settings.tracking.registered_model!r}: {error.message}", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(2) from None
     table = Table(title=f"{settings.tracking.registered_model}: {len(versions)} version(s)")
     metric = settings.metric[0]
     test_metric = f"test_{metric.removeprefix('val_')}"

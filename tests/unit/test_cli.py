@@ -25,3 +25,22 @@ def test_bad_override_is_a_readable_error():
     result = runner.invoke(app, ["train", "--set", "train.epochs=-1"])
     assert result.exit_code == 2
     assert "train.epochs" in result.output
+
+
+def test_registry_commands_have_help():
+    for command in ("list", "register", "alias", "compare", "promote"):
+        result = runner.invoke(app, ["registry", command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--config" in result.output
+
+
+def test_registry_list_of_an_unknown_model_is_a_readable_error(tmp_path, monkeypatch):
+    import mlflow
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the command exports them; undone after the test
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", None)
+    result = runner.invoke(app, ["registry", "list", "--set", f"storage.root={tmp_path}", "--name", "nobody"])
+    assert result.exit_code == 2
+    assert "cannot list 'nobody'" in result.output
