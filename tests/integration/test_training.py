@@ -62,19 +62,21 @@ def test_same_seed_gives_the_same_metrics(setup, uninterrupted):
 
 
 def _kill_a_worker_after(progress: ProgressLog, step: int, killed: dict, timeout: float = 300) -> None:
-    """Wait until training passes `step`, then SIGKILL one Ray Train worker process found through the state API."""
+    """Find the Ray Train worker processes through the state API as soon as they exist (the query takes a moment),
+    then SIGKILL one the moment training passes `step`."""
     deadline = time.time() + timeout
+    pids: list[int] = []
     while time.time() < deadline:
-        attempts = progress.attempts()
-        if attempts and attempts[-1].last_step >= step:
+        if not pids:
             workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
                                   detail=True)
-            if workers:
-                victim = sorted(workers, key=lambda actor: actor.pid)[-1]
-                os.kill(victim.pid, signal.SIGKILL)
-                killed.update(pid=victim.pid, at_step=attempts[-1].last_step)
-                return
-        time.sleep(0.05)
+            pids = sorted(actor.pid for actor in workers)
+        attempts = progress.attempts()
+        if pids and attempts and attempts[-1].last_step >= step:
+            os.kill(pids[-1], signal.SIGKILL)
+            killed.update(pid=pids[-1], at_step=attempts[-1].last_step)
+            return
+        time.sleep(0.02)
 
 
 def test_training_survives_a_killed_worker(setup, uninterrupted):
