@@ -40,10 +40,6 @@ def network_spec(family: str, n_numeric: int, cardinalities: list[int], embeddin
     }
 
 
-def mlp_spec(n_numeric: int, cardinalities: list[int], hidden: list[int], dropout: float) -> dict[str, Any]:
-    return network_spec("mlp", n_numeric, cardinalities, hidden=list(hidden), dropout=dropout)
-
-
 class _EmbeddedInputs(nn.Module):
     """Categorical embeddings concatenated with the numeric features: the flat input of the MLP families."""
 

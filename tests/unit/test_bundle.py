@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from mlscale.data.flights import FLIGHTS_SCHEMA
-from mlscale.models.networks import build_network, mlp_spec
+from mlscale.models.networks import build_network, network_spec
 from mlscale.registry.bundle import WEIGHTS_FILE, Bundle
 from tests.unit.test_featureset import fitted, sample_table
 
 
 def make_bundle():
     features = fitted()
-    spec = mlp_spec(len(features.numeric_names), features.cardinalities, [8], 0.0)
+    spec = network_spec("mlp", len(features.numeric_names), features.cardinalities, hidden=[8], dropout=0.0)
     torch.manual_seed(0)
     network = build_network(spec)
     columns = set(features.input_columns)
