@@ -45,6 +45,14 @@ class VersionInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """A client for one store, registry included.
+
+    `MlflowClient(uri)` alone takes the registry from MLflow's process-wide setting, which may point at another store.
+    """
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def use_tracking(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id.
 

@@ -122,9 +122,9 @@ class _MlflowLogger:
         self.run_id = settings["run_id"] if settings else None
         self.pending: list[Any] = []
         if self.run_id:
-            from mlflow import MlflowClient
+            from mlscale.registry.store import tracking_client
 
-            self.client = MlflowClient(settings["tracking_uri"])
+            self.client = tracking_client(settings["tracking_uri"])
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.run_id:

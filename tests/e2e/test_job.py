@@ -6,8 +6,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
+
+from mlscale.registry.store import tracking_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def test_a_stopped_train_job_resumes_from_its_checkpoint_when_rerun(pipeline_res
     summary = summary_from_logs(client.get_job_logs(second))
     assert summary["train_attempts"] == 2
     assert summary["train_repeated_steps"] == stopped_at - attempts[1].started_from_step
-    run = MlflowClient(tracking_uri).get_run(summary["mlflow_run_id"])
+    run = tracking_client(tracking_uri).get_run(summary["mlflow_run_id"])
     assert run.data.metrics["train_steps"] == attempts[1].last_step
     print(f"resume: stopped at step {stopped_at}, rerun resumed from step {attempts[1].started_from_step}, "
           f"{summary['train_repeated_steps']} steps repeated, test_auc {summary['test_auc']:.4f}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from mlscale.registry.store import load_bundle, promote, register_bundle, set_alias, use_tracking
+from mlscale.registry.store import load_bundle, promote, register_bundle, set_alias, tracking_client, use_tracking
 from tests.conftest import free_port, restore_env
 from tests.unit.test_bundle import make_bundle
 from tests.unit.test_featureset import sample_table
@@ -76,7 +76,7 @@ def test_register_alias_load_predict_through_the_server(mlflow_server):
         np.testing.assert_array_equal(load_bundle(uri, url).predict_columns(table), expected)
     assert any((root / "artifacts").rglob("weights.pt")), "artifacts were not proxied to the server's store"
     assert promote("server-model") == "2"  # challenger -> champion; the old champion stays reachable
-    client = mlflow.MlflowClient(url)
+    client = tracking_client(url)
     assert client.get_model_version_by_alias("server-model", "champion").version in (2, "2")
     assert client.get_model_version_by_alias("server-model", "previous_champion").version in (1, "1")
     assert client.get_model_version("server-model", "1").tags["config_hash"] == "abc"
@@ -89,7 +89,6 @@ def test_train_job_against_the_server_then_the_registry_cli(mlflow_server, pipel
                                                              tmp_path):
     """The train stage as a real `ray job submit` tracking to the server; then register/compare/promote/list/load
     through the `mlscale registry` CLI against the same server."""
-    from mlflow import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
     from typer.testing import CliRunner
 
@@ -110,7 +109,7 @@ def test_train_job_against_the_server_then_the_registry_cli(mlflow_server, pipel
     assert summary["promoted"] is True and summary["model_version"] == "1", summary
     assert summary["promotion"].startswith("always")
 
-    tracking = MlflowClient(url)
+    tracking = tracking_client(url)
     run = tracking.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.model.family"] == "mlp" and run.data.params["train.optimizer.name"] == "adamw"

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
 from mlscale.evaluate import score
-from mlscale.registry.store import load_bundle
+from mlscale.registry.store import load_bundle, tracking_client
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +28,7 @@ def test_served_equals_batch_for_held_out_flights(pipeline_result):
 
 def test_mlflow_run_has_params_curve_and_lineage(pipeline_result):
     config, result = pipeline_result
-    client = MlflowClient(config.tracking_uri)
+    client = tracking_client(config.tracking_uri)
     run = client.get_run(result.trained.run_id)
     assert run.data.params["train.num_workers"] == "2"
     assert run.data.metrics["test_auc"] == pytest.approx(result.trained.test_metrics["test_auc"])
@@ -44,7 +43,7 @@ def test_mlflow_run_has_params_curve_and_lineage(pipeline_result):
 
 def test_prepare_stage_logs_the_validation_report_to_mlflow(pipeline_result, tmp_path):
     config, result = pipeline_result
-    client = MlflowClient(config.tracking_uri)
+    client = tracking_client(config.tracking_uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id], "tags.`mlscale.stage` = 'prepare'")
     assert len(runs) == 1
@@ -60,7 +59,7 @@ def test_prepare_stage_logs_the_validation_report_to_mlflow(pipeline_result, tmp
 
 def test_champion_alias_points_at_the_registered_bundle(pipeline_result):
     config, result = pipeline_result
-    client = MlflowClient(config.tracking_uri)
+    client = tracking_client(config.tracking_uri)
     version = client.get_model_version_by_alias(config.tracking.registered_model, "champion")
     assert str(version.version) == result.trained.version
     assert version.tags["config_hash"] == config.fingerprint()
@@ -84,6 +83,7 @@ def test_pyfunc_flavour_loads_and_agrees(pipeline_result):
 
     config, result = pipeline_result
     mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
     model = mlflow.pyfunc.load_model(result.trained.model_uri)
     frame = result.prepared.read("test").limit(50).to_pandas()
     bundle = load_bundle(result.trained.model_uri, config.tracking_uri)
@@ -150,7 +150,7 @@ def test_evaluation_has_calibration_and_slices(pipeline_result, tmp_path):
     scored = {name: values for name, values in carriers.items() if "test_auc" in values}
     assert len(scored) >= 5 and sum(v["test_rows"] for v in carriers.values()) == metrics["test_rows"]
     assert set(result.trained.slices["origin"]) == {"EWR", "JFK", "LGA"}
-    client = MlflowClient(config.tracking_uri)
+    client = tracking_client(config.tracking_uri)
     local = client.download_artifacts(result.trained.run_id, "evaluation/reliability.json", str(tmp_path))
     table = json.loads(Path(local).read_text())
     assert sum(table["rows"]) == metrics["test_rows"] and len(table["rows"]) == config.evaluate.calibration_bins
