@@ -69,6 +69,14 @@ def train(config: ConfigOption = None, set_: SetOption = None) -> None:
 
 
 @app.command()
+def tune(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Search hyperparameters and architectures (Ray Tune + Optuna, ASHA); register the winner as challenger.
+
+    Rerunning the same command resumes an interrupted sweep."""
+    _run("tune", _config(config, set_))
+
+
+@app.command()
 def serve(
     config: ConfigOption = None,
     set_: SetOption = None,

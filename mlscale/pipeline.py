@@ -7,6 +7,7 @@ code. Stages run as separate jobs find each other's outputs through storage (pre
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 import time
@@ -71,8 +72,10 @@ class ServingCheck:
 
 def start(config: PipelineConfig) -> None:
     """Ray and MLflow for this process; the embedded Ray gets enough logical CPUs for training plus ingest."""
-    settings = config.train
-    needed = int(max(settings.num_workers, 1) * settings.cpus_per_worker) + 2
+    settings, search = config.train, config.tune
+    trial = search.driver_cpus + search.trial_workers * settings.cpus_per_worker if search.trial_workers else 1.0
+    needed = max(int(max(settings.num_workers, 1) * settings.cpus_per_worker) + 2,
+                 math.ceil(search.data_cpus + trial))
     if config.ray.address is None and config.ray.num_cpus is None:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"num_cpus": max(needed, 4)})})
     ensure_ray(config.ray)
@@ -87,7 +90,8 @@ def start_tracking(config: PipelineConfig) -> None:
     use_tracking(config.tracking_uri, config.tracking.experiment, artifacts)
 
 
-def _flat_params(config: PipelineConfig) -> dict[str, str]:
+def flat_params(config: PipelineConfig, section: str | None = None) -> dict[str, str]:
+    """The config as MLflow params (dotted names): all but the search settings, or one section."""
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -97,7 +101,10 @@ def _flat_params(config: PipelineConfig) -> dict[str, str]:
         elif value is not None:
             flat[prefix] = str(value)[:500]
 
-    walk("", config.model_dump(mode="json", exclude={"data": {"schema_"}}))
+    if section is not None:
+        walk(section, config.model_dump(mode="json")[section])
+    else:
+        walk("", config.model_dump(mode="json", exclude={"data": {"schema_"}, "tune": True}))
     return flat
 
 
@@ -219,65 +226,107 @@ def _judge_challenger(config: PipelineConfig, prepared: PreparedData, bundle: Bu
     return evaluation, behaviour, comparison
 
 
-def train_stage(config: PipelineConfig, prepared: PreparedData | None = None,
-                run_name: str | None = None) -> TrainedModel:
-    """Fit features on train, train with Ray Train, register the bundle as challenger, evaluate it on test
-    (metrics, slices, calibration, behaviour), and promote it to champion by the config's promotion policy."""
-    prepared = prepared or load_prepared(config)
-    data = training_data(config, prepared)
-    cache, features, train, val = data.cache, data.features, data.train, data.val
-    spec = model_network_spec(config, features)
-    label = label_spec(config, prepared)
-    columns = set(features.input_columns)
-    input_schema = [column for column in schema_for(config) if column.name in columns]
+def data_lineage(config: PipelineConfig, prepared: PreparedData, features: FittedFeatures) -> dict[str, str]:
+    """Where a model comes from: data, config, code, features, and the run it was trained under."""
     parent = mlflow.active_run()
-    lineage = {
+    return {
         "data_fingerprint": prepared.data_fingerprint,
         "config_hash": config.fingerprint(),
         "code_version": code_version(),
         "feature_fingerprint": features.fingerprint,
         "parent_run": parent.info.run_id if parent else "",
     }
+
+
+def log_training_inputs(config: PipelineConfig, prepared: PreparedData, data: TrainingData) -> None:
+    """In the active run: the data that went in, its validation report and the feature cache used."""
+    mlflow.log_dict(json.loads(prepared.to_json()), "data/prepared.json")
+    if prepared.report_path.exists():  # absent only in data prepared by an older mlscale
+        mlflow.log_artifact(str(prepared.report_path), "data")
+    mlflow.set_tags({"mlscale.feature_cache": data.cache.key, "mlscale.feature_cache_hit": str(data.cached).lower()})
+    mlflow.log_metrics({f"data_{k}_rows": float(v) for k, v in prepared.counts.items()})
+
+
+@dataclass
+class Judged:
+    """A new version registered as challenger, evaluated, and promoted or not."""
+
+    registered: RegisteredBundle
+    evaluation: Evaluation
+    behaviour: BehaviourReport
+    comparison: Comparison
+
+
+def register_and_judge(config: PipelineConfig, prepared: PreparedData, features: FittedFeatures,
+                       spec: dict[str, Any], label: dict[str, Any], state_dict: dict[str, Any],
+                       best_metrics: dict[str, float], lineage: dict[str, str], directory: Path) -> Judged:
+    """In the active run: bundle the weights with their features, register them as challenger, then evaluate,
+    run the behavioural tests and promote by the config's policy."""
+    columns = set(features.input_columns)
+    bundle = Bundle(
+        network_spec=spec,
+        features=features,
+        input_schema=[column for column in schema_for(config) if column.name in columns],
+        state_dict=state_dict,
+        label=label,
+        metrics={k: v for k, v in best_metrics.items() if k.startswith("val_")},
+        lineage={**lineage, "run_id": mlflow.active_run().info.run_id},
+    )
+    registered = register_bundle(bundle, config.tracking.registered_model)
+    set_alias(registered.name, CHALLENGER, registered.version)
+    return Judged(registered, *_judge_challenger(config, prepared, bundle, registered, directory))
+
+
+def trained_model(config: PipelineConfig, judged: Judged, run_id: str, best_metrics: dict[str, float],
+                  history: list[dict[str, float]], attempts: int = 1, repeated_steps: int = 0) -> TrainedModel:
+    registered, comparison = judged.registered, judged.comparison
+    return TrainedModel(
+        model_uri=registered.alias_uri(config.tracking.alias), version=registered.version, run_id=run_id,
+        test_metrics=judged.evaluation.metrics, best_val_metrics=best_metrics, history=history,
+        version_uri=registered.version_uri, promoted=comparison.promoted, comparison=comparison.to_dict(),
+        behaviour_passed=judged.behaviour.passed, attempts=attempts, repeated_steps=repeated_steps,
+        slices=judged.evaluation.slices,
+    )
+
+
+def log_history(config: PipelineConfig, history: list[dict[str, float]], directory: Path) -> None:
     metric, _ = config.metric
+    mlflow.log_dict(history, "training/history.json")
+    mlflow.log_artifact(str(training_curve(history, directory / "training_curve.png", metric,
+                                           f"{config.name}: training curve")), "plots")
+
+
+def train_stage(config: PipelineConfig, prepared: PreparedData | None = None,
+                run_name: str | None = None) -> TrainedModel:
+    """Fit features on train, train with Ray Train, register the bundle as challenger, evaluate it on test
+    (metrics, slices, calibration, behaviour), and promote it to champion by the config's promotion policy."""
+    prepared = prepared or load_prepared(config)
+    data = training_data(config, prepared)
+    spec = model_network_spec(config, data.features)
+    label = label_spec(config, prepared)
+    lineage = data_lineage(config, prepared, data.features)
     with child_run(run_name or f"{config.name}-train") as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_params(_flat_params(config))
+        mlflow.log_params(flat_params(config))
         mlflow.set_tags({f"mlscale.{k}": v for k, v in lineage.items()} | {"mlscale.stage": "train"})
-        mlflow.log_dict(json.loads(prepared.to_json()), "data/prepared.json")
-        if prepared.report_path.exists():  # absent only in data prepared by an older mlscale
-            mlflow.log_artifact(str(prepared.report_path), "data")
-        mlflow.set_tags({"mlscale.feature_cache": cache.key,
-                         "mlscale.feature_cache_hit": str(data.cached).lower()})
-        mlflow.log_metrics({f"data_{k}_rows": float(v) for k, v in prepared.counts.items()})
+        log_training_inputs(config, prepared, data)
         outcome = run_training(
-            config, train, val, spec, run_name or resumable_run_name(config, prepared.cache_key or
-                                                                     prepared.data_fingerprint),
-            target_stats=(label["mean"], label["std"]) if label["task"] == "regression" else None,
+            config, data.train, data.val, spec, run_name or resumable_run_name(config, prepared.cache_key or
+                                                                               prepared.data_fingerprint),
+            target_stats=target_stats(label),
             mlflow_run={"tracking_uri": config.tracking_uri, "run_id": run.info.run_id},
         )
         mlflow.log_metrics(outcome.summary_metrics())
         mlflow.set_tag("mlscale.train_run_name", outcome.run_name)
-        mlflow.log_dict(outcome.history, "training/history.json")
-        mlflow.log_artifact(str(training_curve(outcome.history, Path(tmp) / "training_curve.png", metric,
-                                               f"{config.name}: training curve")), "plots")
-        bundle = Bundle(
-            network_spec=spec,
-            features=features,
-            input_schema=input_schema,
-            state_dict=outcome.state_dict,
-            label=label,
-            metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
-            lineage={**lineage, "run_id": run.info.run_id},
-        )
-        registered = register_bundle(bundle, config.tracking.registered_model)
-        set_alias(registered.name, CHALLENGER, registered.version)
-        evaluation, behaviour, comparison = _judge_challenger(config, prepared, bundle, registered, Path(tmp))
-    return TrainedModel(
-        model_uri=registered.alias_uri(config.tracking.alias), version=registered.version, run_id=run.info.run_id,
-        test_metrics=evaluation.metrics, best_val_metrics=outcome.best_metrics, history=outcome.history,
-        version_uri=registered.version_uri, promoted=comparison.promoted, comparison=comparison.to_dict(),
-        behaviour_passed=behaviour.passed, attempts=len(outcome.attempts), repeated_steps=outcome.repeated_steps,
-        slices=evaluation.slices,
-    )
+        log_history(config, outcome.history, Path(tmp))
+        judged = register_and_judge(config, prepared, data.features, spec, label, outcome.state_dict,
+                                    outcome.best_metrics, lineage, Path(tmp))
+    return trained_model(config, judged, run.info.run_id, outcome.best_metrics, outcome.history,
+                         len(outcome.attempts), outcome.repeated_steps)
+
+
+def target_stats(label: dict[str, Any]) -> tuple[float, float] | None:
+    """Regression trains on a standardized target: the label's mean and std; None for classification."""
+    return (label["mean"], label["std"]) if label["task"] == "regression" else None
 
 
 def served_vs_batch(config: PipelineConfig, prepared: PreparedData, model_uri: str, endpoint: str,

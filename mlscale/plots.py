@@ -1,4 +1,4 @@
-"""Pictures a person would rather look at than read: the training curve and the reliability diagram."""
+"""Pictures a person would rather look at than read: training curves, reliability, search progress."""
 
 from __future__ import annotations
 
@@ -48,4 +48,54 @@ def reliability_diagram(table: dict[str, list[float | None]], path: str | Path, 
     bins = len(table["rows"])
     count_axis.bar([(i + 0.5) / bins for i in range(bins)], table["rows"], width=1 / bins, color="tab:blue")
     count_axis.set(xlabel="predicted probability", ylabel="rows", yscale="log")
+    return _save(figure, path)
+
+
+def optimization_history(values: list[float | None], path: str | Path, metric: str, mode: str,
+                         title: str = "optimization history") -> Path:
+    """Each trial's best value in the order trials finished, and the best so far."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    points = [(i + 1, v) for i, v in enumerate(values) if v is not None]
+    running, best = [], None
+    for _, value in points:
+        best = value if best is None or (value > best if mode == "max" else value < best) else best
+        running.append(best)
+    axis.scatter([i for i, _ in points], [v for _, v in points], label="trial", color="tab:blue")
+    axis.step([i for i, _ in points], running, where="post", color="tab:red", label="best so far")
+    axis.set(xlabel="trial (in order finished)", ylabel=metric, title=title)
+    axis.legend()
+    return _save(figure, path)
+
+
+def budget_curves(curves: dict[str, list[list[tuple[float, float]]]], path: str | Path, metric: str,
+                  title: str = "best value against budget") -> Path:
+    """Best metric so far against trial-epochs spent: one line per seed, one colour per method."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for colour, (method, runs) in zip(("tab:red", "tab:blue", "tab:green", "tab:purple"), curves.items(),
+                                      strict=False):
+        for index, curve in enumerate(runs):
+            axis.step([s for s, _ in curve], [b for _, b in curve], where="post", color=colour, alpha=0.8,
+                      label=method if index == 0 else None)
+    axis.set(xlabel="trial-epochs spent", ylabel=f"best {metric}", title=title)
+    axis.legend()
+    return _save(figure, path)
+
+
+def bar_chart(values: dict[str, float], path: str | Path, xlabel: str, title: str) -> Path:
+    """Horizontal bars, largest on top (e.g. parameter importances)."""
+    ordered = sorted(values.items(), key=lambda item: item[1])
+    figure, axis = plt.subplots(figsize=(7, 0.4 * len(ordered) + 1.5))
+    axis.barh([name for name, _ in ordered], [value for _, value in ordered], color="tab:blue")
+    axis.set(xlabel=xlabel, title=title)
+    return _save(figure, path)
+
+
+def pareto_plot(points: list[tuple[float, float]], front: list[tuple[float, float]], path: str | Path,
+                cost: str, metric: str, title: str = "Pareto front") -> Path:
+    """Every trial as (cost, metric), the non-dominated ones joined."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.scatter([c for c, _ in points], [m for _, m in points], color="tab:grey", label="trial")
+    axis.plot([c for c, _ in front], [m for _, m in front], marker="o", color="tab:red", label="Pareto front")
+    axis.set(xlabel=cost, ylabel=metric, xscale="log", title=title)
+    axis.legend()
     return _save(figure, path)

@@ -20,6 +20,7 @@ from mlscale.data.validation import ValidationFailed
 from mlscale.pipeline import prepare_stage, run_pipeline, served_vs_batch, start, train_stage
 from mlscale.promotion import NothingToServe
 from mlscale.serve.deploy import deploy
+from mlscale.tune.errors import NoWinner
 
 
 def prepare_summary(config: PipelineConfig) -> dict[str, Any]:
@@ -53,6 +54,13 @@ def train_summary(config: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def tune_summary(config: PipelineConfig) -> dict[str, Any]:
+    from mlscale.tune.stage import tune_stage
+
+    start(config)
+    return tune_stage(config).summary()
+
+
 def deploy_summary(config: PipelineConfig, model_uri: str | None = None, check: bool = True) -> dict[str, Any]:
     start(config)
     model_uri = model_uri or f"models:/{config.tracking.registered_model}@{config.tracking.alias}"
@@ -73,11 +81,12 @@ def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
 
 
 # The message is the whole story: no traceback needed.
-DATA_ERRORS = (ValidationFailed, SourceError, SchemaError, NothingToServe)
+DATA_ERRORS = (ValidationFailed, SourceError, SchemaError, NothingToServe, NoWinner, ConfigError)
 
 STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
     "prepare": prepare_summary,
     "train": train_summary,
+    "tune": tune_summary,
     "deploy": deploy_summary,
     "pipeline": pipeline_summary,
 }

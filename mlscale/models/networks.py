@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 FAMILY_KEYS: dict[str, tuple[str, ...]] = {
-    "mlp": ("hidden", "dropout"),
+    "mlp": ("hidden", "dropout", "norm"),
     "resmlp": ("width", "blocks", "dropout"),
     "ft_transformer": ("d_token", "heads", "layers", "dropout"),
 }
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {"mlp": {"norm": "none"}}  # keys added later: older specs lack them
+NORMS: dict[str, type[nn.Module] | None] = {"none": None, "layer": nn.LayerNorm, "batch": nn.BatchNorm1d}
 
 
 def embedding_dim(cardinality: int, cap: int = 16) -> int:
@@ -28,6 +30,7 @@ def network_spec(family: str, n_numeric: int, cardinalities: list[int], embeddin
     """The plain-data spec of one network: the family's own parameters plus the input shape."""
     if family not in FAMILY_KEYS:
         raise ValueError(f"network family {family!r} is unknown; known: {sorted(FAMILY_KEYS)}")
+    params = {**FAMILY_DEFAULTS.get(family, {}), **params}
     missing = [key for key in FAMILY_KEYS[family] if key not in params]
     if missing:
         raise ValueError(f"network family {family!r} needs {missing}")
@@ -55,15 +58,21 @@ class _EmbeddedInputs(nn.Module):
 
 
 class TabularMLP(nn.Module):
-    """Embedded inputs, then Linear-ReLU-Dropout layers to one output."""
+    """Embedded inputs, then Linear-(norm)-ReLU-Dropout layers to one output."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
         self.inputs = _EmbeddedInputs(spec)
         width = self.inputs.width
+        norm = spec.get("norm", "none")
+        if norm not in NORMS:
+            raise ValueError(f"mlp norm {norm!r} is unknown; known: {sorted(NORMS)}")
         layers: list[nn.Module] = []
         for hidden in spec["hidden"]:
-            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(spec["dropout"])]
+            layers.append(nn.Linear(width, hidden))
+            if NORMS[norm] is not None:
+                layers.append(NORMS[norm](hidden))
+            layers += [nn.ReLU(), nn.Dropout(spec["dropout"])]
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.body = nn.Sequential(*layers)
@@ -121,6 +130,11 @@ class FTTransformer(nn.Module):
 
 
 FAMILIES: dict[str, type[nn.Module]] = {"mlp": TabularMLP, "resmlp": ResidualMLP, "ft_transformer": FTTransformer}
+
+
+def parameter_count(spec: dict[str, Any]) -> int:
+    """The network's size, a model cost a search can trade against accuracy."""
+    return sum(p.numel() for p in build_network(spec).parameters())
 
 
 def build_network(spec: dict[str, Any]) -> nn.Module:

@@ -1,6 +1,8 @@
 """The per-worker training function run by Ray Train: sharded ingest, DDP, evaluation, checkpoints and resume.
 
-Everything a run needs arrives as plain data in `config` (built by trainer.loop_config). Determinism on CPU: the
+Everything a run needs arrives as plain data in `config` (built by trainer.loop_config); where it runs comes in a
+`Session`: a Ray Train worker (the default), or a Ray Tune trial's own process for searches over models too small
+to be worth a worker group. Determinism on CPU: the
 model is initialised from the seed, each shard is read in a fixed order with a seeded local shuffle, and the dropout
 generator is reseeded from (seed, rank, global step) after every checkpoint, so a run resumed from a checkpoint at
 step s continues exactly as an uninterrupted run would from step s.
@@ -50,6 +52,53 @@ def _autocast(device: torch.device, use_bf16: bool) -> contextlib.AbstractContex
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+class Session:
+    """The Ray Train worker context the loop runs in: rank, device, data shards, last checkpoint, report."""
+
+    def __init__(self) -> None:
+        self.rank = ray.train.get_context().get_world_rank()
+        self.device = ray.train.torch.get_device()
+
+    def checkpoint(self) -> ray.train.Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def prepare_model(self, network: nn.Module) -> nn.Module:
+        return ray.train.torch.prepare_model(network)  # DDP over gloo/NCCL, moved to the device
+
+    def shard(self, name: str) -> Any:
+        return ray.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict[str, float], checkpoint: ray.train.Checkpoint | None) -> None:
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class TrialSession(Session):
+    """A Ray Tune trial that trains in its own process: rank 0 of 1, reports and checkpoints through Tune, which
+    keeps the trial's checkpoints and hands the last one back when a restored sweep restarts the trial."""
+
+    def __init__(self, datasets: dict[str, Any], use_gpu: bool = False) -> None:
+        self.rank = 0
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.datasets = datasets
+
+    def checkpoint(self) -> ray.train.Checkpoint | None:
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+    def prepare_model(self, network: nn.Module) -> nn.Module:
+        return network.to(self.device)
+
+    def shard(self, name: str) -> Any:
+        return self.datasets[name]
+
+    def report(self, metrics: dict[str, float], checkpoint: ray.train.Checkpoint | None) -> None:
+        import ray.tune
+
+        kept = ray.tune.Checkpoint.from_directory(checkpoint.path) if checkpoint is not None else None
+        ray.tune.report(metrics, checkpoint=kept)
 
 
 def _reseed(seed: int, rank: int, step: int) -> None:
@@ -149,10 +198,13 @@ def read_checkpoint(checkpoint: ray.train.Checkpoint) -> tuple[dict[str, Any], l
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One worker's loop. Resumes from Ray Train's latest checkpoint after a failure or when the job is rerun."""
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    device = ray.train.torch.get_device()
+    """One Ray Train worker's loop. Resumes from the latest checkpoint after a failure or when the job is rerun."""
+    run_loop(config, Session())
+
+
+def run_loop(config: dict[str, Any], session: Session) -> None:
+    """The training loop wherever it runs; `config["extra_metrics"]` (e.g. a trial's model cost) joins each report."""
+    rank, device = session.rank, session.device
     use_bf16 = bool(config["use_bf16"])
     target = Target(config)
     epochs, steps_per_epoch = config["epochs"], config["steps_per_epoch"]
@@ -165,13 +217,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     position = {"step": 0, "epoch": 0, "step_in_epoch": 0}
     stopper = EarlyStopping(mode, **config["early_stopping"])
     state = None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint()
     if checkpoint is not None:
         state, history = read_checkpoint(checkpoint)
         network.load_state_dict(state["model"])
         position = state["position"]
         stopper = EarlyStopping(mode, **config["early_stopping"], **state["early_stopping"])
-    model = ray.train.torch.prepare_model(network)
+    model = session.prepare_model(network)
     optimizer = build_optimizer(model.parameters(), config["optimizer"])
     scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, steps_per_epoch, config["schedule"])
     if state is not None:
@@ -181,8 +233,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     progress = ProgressLog(config["filesystem"], config["run_dir"]).start(position["step"]) if rank == 0 else None
     logger = _MlflowLogger(config.get("mlflow") if rank == 0 else None)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_batches = ValidationBatches(ray.train.get_dataset_shard("val"), config["batch_size"] * 4, device,
+    train_shard = session.shard("train")
+    val_batches = ValidationBatches(session.shard("val"), config["batch_size"] * 4, device,
                                     config["cache_val_bytes"])
     totals = np.zeros(2)  # loss sum, rows since the last evaluation
     timing = {"wait": 0.0, "compute": 0.0, "since": time.perf_counter()}
@@ -201,6 +253,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "data_wait_fraction": float(reduced[2] / max(reduced[2] + reduced[3], 1e-9)),
         }
         metrics.update(evaluate_shard(model, val_batches, target, device, use_bf16))
+        metrics.update(config.get("extra_metrics") or {})
         stop = stopper.update(metrics[metric])
         metrics["early_stopped"] = float(stop)
         history.append(metrics)
@@ -215,7 +268,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             "early_stopping": stopper.state()}, Path(directory) / STATE_FILE)
                 (Path(directory) / HISTORY_FILE).write_text(json.dumps(history))
                 saved = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=saved)
+            session.report(metrics, saved)
+        reported[0] = True
         logger.log(metrics, position["step"])
         if progress is not None:
             progress.step(position["step"])
@@ -223,6 +277,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         timing.update(wait=0.0, compute=0.0, since=time.perf_counter())
         return stop
 
+    reported = [False]
     stopped = history[-1]["early_stopped"] > 0 if history else False
     while position["epoch"] < epochs and not stopped:
         skip = position["step_in_epoch"]  # resuming mid-epoch: the same seeded order, minus what was done
@@ -262,6 +317,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     break
         if not stopped:
             stopped = evaluate_and_checkpoint(epoch_done=True)
+    if not reported[0] and history:  # restored after it had already finished: say where it ended
+        session.report(history[-1], None)
     logger.flush()
     if progress is not None:
         progress.step(position["step"], finished=True)

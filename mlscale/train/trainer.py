@@ -105,25 +105,21 @@ def loop_config(config: PipelineConfig, network_spec: dict[str, Any], train_rows
     }
 
 
-def run_training(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.Dataset,
-                 network_spec: dict[str, Any], run_name: str | None = None,
-                 target_stats: tuple[float, float] | None = None,
-                 mlflow_run: dict[str, str] | None = None) -> TrainingOutcome:
-    """Fit with Ray Train; rerunning with the same run_name resumes from its latest checkpoint.
-
-    mlflow_run ({"tracking_uri", "run_id"}) makes rank 0 log every evaluation to that run as training goes.
-    """
+def make_trainer(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.Dataset, network_spec: dict[str, Any],
+                 run_name: str, target_stats: tuple[float, float] | None = None,
+                 mlflow_run: dict[str, str] | None = None, callbacks: list[Any] | None = None,
+                 extra_metrics: dict[str, float] | None = None) -> TorchTrainer:
+    """The TorchTrainer for one run (a training job, or one trial of a search with Tune's report callback)."""
     settings = config.train
-    run_name = run_name or f"{config.name}-{uuid.uuid4().hex[:8]}"
     filesystem, storage_path = checkpoint_storage(config)
-    progress = ProgressLog(filesystem, f"{storage_path}/{run_name}")
     metric, mode = config.metric
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # a fixed order per shard: same seed, same batches, same metrics
-    trainer = TorchTrainer(
+    loop = loop_config(config, network_spec, train.count(), target_stats, filesystem, f"{storage_path}/{run_name}",
+                       mlflow_run)
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(config, network_spec, train.count(), target_stats, filesystem,
-                                      f"{storage_path}/{run_name}", mlflow_run),
+        train_loop_config={**loop, "extra_metrics": extra_metrics or {}},
         torch_config=TorchConfig(),  # gloo on CPU, NCCL when use_gpu
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
@@ -138,11 +134,26 @@ def run_training(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=settings.checkpoint.keep, checkpoint_score_attribute=metric, checkpoint_score_order=mode,
             ),
+            callbacks=callbacks or [],
         ),
         datasets={"train": train, "val": val},
         dataset_config=DataConfig(execution_options=ingest, enable_shard_locality=False),
     )
-    result = trainer.fit()
+
+
+def run_training(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.Dataset,
+                 network_spec: dict[str, Any], run_name: str | None = None,
+                 target_stats: tuple[float, float] | None = None,
+                 mlflow_run: dict[str, str] | None = None) -> TrainingOutcome:
+    """Fit with Ray Train; rerunning with the same run_name resumes from its latest checkpoint.
+
+    mlflow_run ({"tracking_uri", "run_id"}) makes rank 0 log every evaluation to that run as training goes.
+    """
+    run_name = run_name or f"{config.name}-{uuid.uuid4().hex[:8]}"
+    filesystem, storage_path = checkpoint_storage(config)
+    progress = ProgressLog(filesystem, f"{storage_path}/{run_name}")
+    metric, mode = config.metric
+    result = make_trainer(config, train, val, network_spec, run_name, target_stats, mlflow_run).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} reported no checkpoint")
     best = result.get_best_checkpoint(metric=metric, mode=mode) or result.checkpoint

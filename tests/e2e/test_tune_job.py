@@ -1,0 +1,79 @@
+"""The tune job as a real `ray job submit`: Ray Train trials, ASHA pruning, stopped midway and resubmitted."""
+
+import time
+import uuid
+
+import optuna
+import pyarrow.fs as pafs
+import pytest
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from mlscale.registry.store import tracking_client
+from mlscale.train.progress import ProgressLog
+from mlscale.tune.analysis import OUTCOMES
+from tests.e2e.test_job import submit, summary_from_logs, wait
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+TRIALS = 6
+
+
+def finished_trials(root, name: str) -> set[str]:
+    """Trials that are over: trained to the end (their attempt record says finished) or pruned by ASHA."""
+    done = set()
+    train = root / "train"
+    for folder in train.glob(f"{name}-*") if train.exists() else []:
+        attempts = ProgressLog(pafs.LocalFileSystem(), str(folder)).attempts()
+        if attempts and attempts[-1].finished:
+            done.add(folder.name.removeprefix(f"{name}-"))
+    pruned = root / "tune" / name / "mlscale-pruned"
+    return done | ({marker.name for marker in pruned.iterdir()} if pruned.exists() else set())
+
+
+def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(pipeline_result, local_cluster, tmp_path):
+    config, _ = pipeline_result
+    root = config.storage.root_path
+    name = f"sweep-{uuid.uuid4().hex[:6]}"
+    tracking_uri = f"sqlite:///{tmp_path / 'tune-mlflow.db'}"
+    env = {"MLSCALE_STORAGE": str(root), "MLFLOW_TRACKING_URI": tracking_uri}
+    entrypoint = (f"python jobs/tune.py --config jobs/configs/flights-small.yaml --set tune.name={name} "
+                  f"--set tune.num_trials={TRIALS} --set tune.max_concurrent_trials=2 "
+                  "--set tracking.registered_model=flights-small-swept")
+    client = JobSubmissionClient(local_cluster.dashboard_url)
+    first = submit(client, entrypoint, env)
+    deadline = time.time() + 480
+    while time.time() < deadline and len(finished_trials(root, name)) < 2:
+        assert not client.get_job_status(first).is_terminal(), client.get_job_logs(first)[-3000:]
+        time.sleep(0.5)
+    time.sleep(5)  # Tune saves its experiment state about every second: let it record them
+    before = finished_trials(root, name)
+    client.stop_job(first)
+    assert wait(client, first, 120) == JobStatus.STOPPED
+    assert 2 <= len(before) < TRIALS
+
+    second = submit(client, entrypoint, env)
+    assert wait(client, second, 900) == JobStatus.SUCCEEDED, client.get_job_logs(second)[-5000:]
+    summary = summary_from_logs(client.get_job_logs(second))
+    assert summary["sweep"] == name and summary["resumed"] is True
+    assert summary["trials"] == TRIALS and summary["trials_failed"] == 0
+    assert summary["trials_pruned"] >= 1, summary  # ASHA stopped laggards at epoch 1
+    for trial_id in before:  # finished before the stop: not trained again
+        attempts = ProgressLog(pafs.LocalFileSystem(), str(root / "train" / f"{name}-{trial_id}")).attempts()
+        assert len(attempts) == 1, f"trial {trial_id} was run again after the resume: {attempts}"
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'tune' / f'{name}-optuna.db'}")
+    states = [t.state for t in study.trials]  # one told Optuna trial per Tune trial, across both jobs; one asked
+    assert states.count(optuna.trial.TrialState.COMPLETE) == TRIALS  # for by the stopped job and never run: FAIL
+    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
+    client_ml = tracking_client(tracking_uri)
+    trial_runs = client_ml.search_runs(
+        [client_ml.get_experiment_by_name(config.tracking.experiment).experiment_id],
+        f"tags.`mlscale.sweep` = '{name}' and tags.`mlscale.stage` = 'tune_trial'")
+    assert len(trial_runs) == TRIALS  # a restarted trial reuses its run
+    assert {run.data.tags["mlscale.outcome"] for run in trial_runs} <= set(OUTCOMES)
+    assert all(run.data.tags["mlflow.parentRunId"] == summary["mlflow_run_id"] for run in trial_runs)
+    version = client_ml.get_model_version_by_alias("flights-small-swept", "challenger")
+    assert str(version.version) == summary["model_version"]
+    assert version.tags["architecture"].startswith('{"family": "' + summary["architecture"]["family"])
+    print(f"sweep {name}: {len(before)} trials over before the stop, resumed to {TRIALS}; "
+          f"{summary['trials_pruned']} pruned; best val_auc {summary['best_val_auc']:.4f} "
+          f"({summary['architecture']['family']})")

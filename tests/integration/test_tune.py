@@ -1,0 +1,87 @@
+"""A small multi-objective sweep on the flights sample, its results checked where they live: the sweep's MLflow run
+and its trial runs, the Optuna study database, the registry. (The Ray Train trials, interrupted and resumed as a
+job, are in tests/e2e/test_tune_job.py.)"""
+
+import json
+
+import optuna
+import pytest
+
+from mlscale.config import load_config
+from mlscale.registry.store import load_bundle, tracking_client
+from mlscale.tune.analysis import OUTCOMES, better
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def tuned(pipeline_result):
+    from mlscale.pipeline import start_tracking
+    from mlscale.tune.stage import tune_stage
+
+    base, _ = pipeline_result  # the same prepared data and feature cache, its own experiment and model name
+    config = load_config(REPO / "jobs" / "configs" / "flights-small.yaml", {
+        "ray.address": base.ray.address, "storage.root": str(base.storage.root_path), "tracking.uri": None,
+        "tracking.experiment": "tune-test", "tracking.registered_model": "flights-small-tuned",
+        "tune.name": "pytest-sweep", "tune.num_trials": 5, "tune.trial_workers": 0, "tune.cost": "params",
+        "tune.space.architecture.families": ["mlp", "resmlp", "ft_transformer"],
+    })
+    start_tracking(config)
+    return config, tune_stage(config)
+
+
+def test_sweep_runs_every_trial_and_returns_the_pareto_front(tuned):
+    config, result = tuned
+    sweep = result.sweep
+    assert len(sweep.trials) == 5 and sum(sweep.counts().values()) == 5
+    assert sweep.counts()["failed"] == 0
+    scored = [r for r in sweep.trials if r.value is not None]
+    assert all(r.cost["params"] > 0 and r.cost["latency_ms"] > 0 for r in scored)
+    assert sweep.pareto and sweep.best in sweep.pareto  # the best metric is never dominated
+    for member in sweep.pareto:
+        assert not any(better(o.value, member.value, "max") and o.cost["params"] <= member.cost["params"]
+                       for o in scored if o is not member)
+    summary = result.summary()
+    assert summary["trials"] == 5 and summary["best_trial"] == sweep.best.trial_id
+    assert summary[f"best_{sweep.metric}"] == max(r.value for r in scored)
+
+
+def test_sweep_and_trial_runs_in_mlflow(tuned):
+    config, result = tuned
+    client = tracking_client(config.tracking_uri)
+    parent = client.get_run(result.run_id)
+    assert parent.data.tags["mlscale.stage"] == "tune" and parent.data.params["tune.num_trials"] == "5"
+    artifacts = {a.path for folder in ("plots", "tune") for a in client.list_artifacts(result.run_id, folder)}
+    assert {"plots/optimization_history.png", "plots/pareto_front.png", "tune/trials.csv",
+            "tune/pareto_front.json", "tune/best.json"} <= artifacts
+    trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result.run_id}'")
+    assert len(trials) == 5
+    for run in trials:
+        assert run.data.tags["mlscale.outcome"] in OUTCOMES and run.info.status in ("FINISHED", "KILLED")
+        assert run.data.params["arch.family"] in ("mlp", "resmlp", "ft_transformer")
+        assert len(client.get_metric_history(run.info.run_id, "val_auc")) >= 1  # its learning curve
+    completed = [run for run in trials if run.data.tags["mlscale.outcome"] == "completed"]
+    assert all(run.info.status == "FINISHED" for run in completed)
+
+
+def test_the_study_is_persistent_and_multi_objective(tuned):
+    _, result = tuned
+    study = optuna.load_study(study_name="pytest-sweep", storage=result.sweep.study_storage)
+    assert len(study.directions) == 2 and len(study.trials) == 5
+    assert all(t.values is not None and len(t.values) == 2 for t in study.trials)
+
+
+def test_the_winner_is_registered_as_challenger_with_its_architecture(tuned):
+    config, result = tuned
+    client = tracking_client(config.tracking_uri)
+    version = client.get_model_version_by_alias("flights-small-tuned", "challenger")
+    assert str(version.version) == result.trained.version
+    assert version.run_id == result.sweep.best.run_id  # logged from the winning trial's own run
+    architecture = json.loads(version.tags["architecture"])
+    assert architecture == result.architecture
+    assert architecture["family"] == result.sweep.best.params["arch.family"]
+    assert version.tags["tune_sweep"] == "pytest-sweep"
+    bundle = load_bundle(result.trained.version_uri, config.tracking_uri)
+    assert bundle.network_spec["family"] == architecture["family"]
+    assert result.trained.test_metrics["test_auc"] > 0.75
