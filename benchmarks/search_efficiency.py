@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None, help="random search's trials (budget = trials x epochs)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of a trial that is never stopped")
+    parser.add_argument("--name", default=None, help="results/<name>.json and .png (default: search_efficiency, "
+                                                     "search_efficiency_full with --full)")
     args = parser.parse_args()
     seeds = args.seeds or (5 if args.full else 3)
     trials = args.trials or (12 if args.full else 6)
@@ -127,9 +129,10 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "date": date.today().isoformat(),
     }
+    name = args.name or ("search_efficiency_full" if args.full else "search_efficiency")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "search_efficiency.json").write_text(json.dumps(result, indent=2))
-    budget_curves(result["curves"], RESULTS / "search_efficiency.png", "val_auc",
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    budget_curves(result["curves"], RESULTS / f"{name}.png", "val_auc",
                   f"best val AUC against budget ({seeds} seeds, budget {budget} trial-epochs)")
     print(f"\n{'seed':>4} {'TPE+ASHA best':>14} {'random best':>12} {'TPE trials':>10} {'random trials':>13} "
           f"{'TPE budget to match':>20}")
