@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
+from mlscale.features.featureset import label_values
 from mlscale.registry.bundle import Bundle
 from mlscale.registry.store import load_bundle
 from mlscale.train.metrics import BinaryMetrics, TaskMetrics, metrics_for, metrics_from_vector, reliability
@@ -61,7 +62,7 @@ class Evaluation:
 def labels_of(batch: pa.Table, label: dict[str, Any]) -> np.ndarray:
     """The label column as the model was trained on it: 0/1 by threshold, or the raw value."""
     values = batch.column(label["column"]).to_numpy(zero_copy_only=False).astype(np.float64)
-    return (values >= label["threshold"]).astype(np.float64) if label.get("task") != "regression" else values
+    return label_values(values, label["threshold"] if label.get("task") != "regression" else None)
 
 
 def _partial_metrics(batch: pa.Table, label: dict[str, Any], slices: list[str]) -> dict[str, list]:

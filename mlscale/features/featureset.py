@@ -263,6 +263,12 @@ class FeatureSet:
         return self.fit_stats(merged)
 
 
+def label_values(values: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The label as the model learns it: 1/0 at or above the threshold (classification), else the raw value.
+    Training data and evaluation both go through here, so they cannot disagree on what a positive is."""
+    return (values >= threshold).astype(np.float64) if threshold is not None else values.astype(np.float64)
+
+
 def transform_batch(batch: pa.Table, features: FittedFeatures, label: str | None,
                     threshold: float | None) -> dict[str, np.ndarray]:
     """map_batches body: features plus the label as tensors for training (binary with a threshold, else raw)."""
@@ -270,5 +276,5 @@ def transform_batch(batch: pa.Table, features: FittedFeatures, label: str | None
     out = features.transform(columns)
     if label is not None:
         values = _floats(batch.column(label))
-        out["label"] = (values >= threshold if threshold is not None else values).astype(np.float32)
+        out["label"] = label_values(values, threshold).astype(np.float32)
     return out

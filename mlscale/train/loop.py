@@ -33,6 +33,7 @@ STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 BATCH_DTYPES = {"x_num": torch.float32, "x_cat": torch.int64, "label": torch.float32}
 PROGRESS_EVERY_STEPS = 10
+PROGRESS_MIN_INTERVAL_S = 0.5  # fast GPU steps with checkpoints on S3 would otherwise be a PUT every few ms
 
 
 def _all_reduce(values: np.ndarray) -> np.ndarray:
@@ -309,7 +310,8 @@ def run_loop(config: dict[str, Any], session: Session) -> None:
             position["step"] += 1
             position["step_in_epoch"] += 1
             timing["compute"] += time.perf_counter() - computing
-            if progress is not None and position["step"] % PROGRESS_EVERY_STEPS == 0:
+            if (progress is not None and position["step"] % PROGRESS_EVERY_STEPS == 0
+                    and time.monotonic() - progress.written_at >= PROGRESS_MIN_INTERVAL_S):
                 progress.step(position["step"])
             if every and position["step"] % every == 0:
                 stopped = evaluate_and_checkpoint(epoch_done=False)

@@ -2,7 +2,8 @@
 
 Ray Train restarts the workers from the last checkpoint after a failure, and a rerun of the job restores from it
 too; neither says how much work was thrown away. Rank 0 of each attempt overwrites one small JSON file (where it
-started, how far it got) every few steps; reading them all back gives the attempts and the repeated steps.
+started, how far it got) every few steps (at most twice a second); reading them all back gives the attempts and
+the repeated steps.
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ class ProgressLog:
                     found.append(Attempt(**json.loads(stream.read())))
         return sorted(found, key=lambda attempt: attempt.started_at)
 
+    def write(self, path: str, attempt: Attempt) -> None:
+        """Replace one record whole: a reader never sees it half written. On a local disk that takes a temporary
+        file and a rename; an object store makes the new object visible only once it is complete."""
+        payload = json.dumps(attempt.__dict__).encode()
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+            with self.filesystem.open_output_stream(temporary) as stream:
+                stream.write(payload)
+            self.filesystem.move(temporary, path)
+        else:
+            with self.filesystem.open_output_stream(path) as stream:
+                stream.write(payload)
+
 
 def repeated_steps(attempts: list[Attempt]) -> int:
     """Steps done by an attempt beyond the point the next attempt restarted from: work done twice."""
@@ -65,5 +79,5 @@ class AttemptWriter:
         self._write()
 
     def _write(self) -> None:
-        with self.log.filesystem.open_output_stream(self.path) as stream:
-            stream.write(json.dumps(self.attempt.__dict__).encode())
+        self.log.write(self.path, self.attempt)
+        self.written_at = time.monotonic()

@@ -44,8 +44,8 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(pipeline_resu
     while time.time() < deadline and len(finished_trials(root, name)) < 2:
         assert not client.get_job_status(first).is_terminal(), client.get_job_logs(first)[-3000:]
         time.sleep(0.5)
-    time.sleep(5)  # Tune saves its experiment state about every second: let it record them
     before = finished_trials(root, name)
+    time.sleep(5)  # Tune saves its experiment state about every second: let it record these (not later ones)
     client.stop_job(first)
     assert wait(client, first, 120) == JobStatus.STOPPED
     assert 2 <= len(before) < TRIALS
