@@ -541,6 +541,17 @@ class PipelineConfig(_Section):
             return self.tracking.uri
         return f"sqlite:///{self.storage.root_path / 'mlflow.db'}"
 
+    def trial_reservation(self) -> tuple[dict[str, float], dict[str, float]]:
+        """What one search trial reserves: (its own process, its Ray Train workers together). A trial that trains
+        in its own process reserves one worker's share there and no workers."""
+        tune, train = self.tune, self.train
+        gpu = "GPU" if train.use_gpu else None
+        if tune.trial_workers == 0:
+            return {"CPU": train.cpus_per_worker, **({gpu: train.gpus_per_worker} if gpu else {})}, {}
+        workers = {"CPU": tune.trial_workers * train.cpus_per_worker,
+                   **({gpu: tune.trial_workers * train.gpus_per_worker} if gpu else {})}
+        return {"CPU": tune.driver_cpus}, workers
+
     @property
     def metric(self) -> tuple[str, Literal["max", "min"]]:
         """The validation metric that picks the best checkpoint and stops early, and its direction."""

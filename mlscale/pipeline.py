@@ -72,10 +72,10 @@ class ServingCheck:
 
 def start(config: PipelineConfig) -> None:
     """Ray and MLflow for this process; the embedded Ray gets enough logical CPUs for training plus ingest."""
-    settings, search = config.train, config.tune
-    trial = search.driver_cpus + search.trial_workers * settings.cpus_per_worker if search.trial_workers else 1.0
+    settings = config.train
+    trial = sum(reserved.get("CPU", 0.0) for reserved in config.trial_reservation())
     needed = max(int(max(settings.num_workers, 1) * settings.cpus_per_worker) + 2,
-                 math.ceil(search.data_cpus + trial))
+                 math.ceil(config.tune.data_cpus + trial))
     if config.ray.address is None and config.ray.num_cpus is None:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"num_cpus": max(needed, 4)})})
     ensure_ray(config.ray)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +67,19 @@ def resumable_run_name(config: PipelineConfig, data_key: str) -> str:
     if config.train.run_name:
         return config.train.run_name
     filesystem, root = checkpoint_storage(config)
-    base = f"{config.name}-{cache_key(config.fingerprint(), data_key)[:10]}"
+
+    def finished(name: str) -> bool:
+        attempts = ProgressLog(filesystem, f"{root}/{name}").attempts()
+        return bool(attempts) and attempts[-1].finished
+
+    return first_unfinished(f"{config.name}-{cache_key(config.fingerprint(), data_key)[:10]}", finished)
+
+
+def first_unfinished(base: str, finished: Callable[[str], bool]) -> str:
+    """`<base>-<n>` with n the first number whose run is not known to be finished: a rerun resumes an interrupted
+    run, and never a finished one."""
     for number in itertools.count(1):
-        attempts = ProgressLog(filesystem, f"{root}/{base}-{number}").attempts()
-        if not attempts or not attempts[-1].finished:
+        if not finished(f"{base}-{number}"):
             return f"{base}-{number}"
     raise AssertionError("unreachable")
 

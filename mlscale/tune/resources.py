@@ -33,14 +33,7 @@ def plan_trials(config: PipelineConfig, cluster: dict[str, float]) -> TrialPlan:
     `cluster` is what is free when the sweep starts: a Serve application or another job on the same cluster
     keeps what it holds, and counting it would starve the trials' data reads."""
     tune, train = config.tune, config.train
-    gpu = "GPU" if train.use_gpu else None
-    if tune.trial_workers == 0:  # the trial trains in its own process
-        driver = {"CPU": train.cpus_per_worker, **({gpu: train.gpus_per_worker} if gpu else {})}
-        workers: dict[str, float] = {}
-    else:
-        driver = {"CPU": tune.driver_cpus}
-        workers = {"CPU": tune.trial_workers * train.cpus_per_worker,
-                   **({gpu: tune.trial_workers * train.gpus_per_worker} if gpu else {})}
+    driver, workers = config.trial_reservation()
     plan = TrialPlan(driver, workers, 1)
     free_cpus = cluster.get("CPU", 0.0) - tune.data_cpus
     fits = []

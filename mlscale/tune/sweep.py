@@ -9,7 +9,6 @@ counter that only moves on once a sweep of that name has finished.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import warnings
@@ -28,8 +27,8 @@ from ray.tune.search.optuna import OptunaSearch
 from mlscale.config import PipelineConfig
 from mlscale.data.sources import resolve
 from mlscale.train.loop import read_checkpoint
-from mlscale.train.trainer import checkpoint_storage
-from mlscale.tune.analysis import Report, TrialRecord, pareto_front, pick_winner
+from mlscale.train.trainer import checkpoint_storage, first_unfinished
+from mlscale.tune.analysis import OUTCOMES, Report, TrialRecord, pareto_front, pick_winner
 from mlscale.tune.resources import TrialPlan, plan_trials
 from mlscale.tune.space import DefineByRun
 from mlscale.tune.trial import TrialInputs, run_trial
@@ -55,11 +54,8 @@ def sweep_name(config: PipelineConfig, data_key: str) -> str:
     settings = json.dumps(config.tune.model_dump(mode="json"), sort_keys=True)
     digest = hashlib.sha256(f"{config.fingerprint()}|{settings}|{data_key}".encode()).hexdigest()[:10]
     filesystem, root = tune_storage(config)
-    for number in itertools.count(1):
-        name = f"{config.name}-sweep-{digest}-{number}"
-        if not _exists(filesystem, f"{root}/{name}/{FINISHED_MARKER}"):
-            return name
-    raise AssertionError("unreachable")
+    return first_unfinished(f"{config.name}-sweep-{digest}",
+                            lambda name: _exists(filesystem, f"{root}/{name}/{FINISHED_MARKER}"))
 
 
 def study_storage_url(config: PipelineConfig, name: str) -> str:
@@ -129,7 +125,7 @@ class SweepResult:
         return frame.sort_values(self.metric, ascending=self.mode == "min", na_position="last") if rows else frame
 
     def counts(self) -> dict[str, int]:
-        counts = {"completed": 0, "pruned": 0, "stopped": 0, "failed": 0}
+        counts = dict.fromkeys(OUTCOMES, 0)
         for record in self.trials:
             counts[record.outcome] += 1
         return counts
@@ -165,16 +161,25 @@ def _scheduler(config: PipelineConfig, filesystem: pafs.FileSystem, sweep_dir: s
                          reduction_factor=settings.reduction_factor)
 
 
+def trial_id_of(result: ray.tune.Result) -> str:
+    """The trial's id: in its reports, or (a trial that never reported) its folder's name (see trial_dirname)."""
+    return (result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def best_row_of(frame: pd.DataFrame, metric: str, mode: str) -> pd.Series:
+    return frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+
+
 def _record(result: ray.tune.Result, config: PipelineConfig, pruned: set[str]) -> tuple[TrialRecord, list[Report]]:
     metric, mode = config.metric
     frame = result.metrics_dataframe
-    trial_id = (result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1]
+    trial_id = trial_id_of(result)
     params = {k: v for k, v in (result.config or {}).items()}
     if frame is None or frame.empty or metric not in frame:  # ended before its first evaluation
         outcome = "failed" if result.error is not None else "stopped"
         return TrialRecord(trial_id, params, outcome, 0.0, None, error=repr(result.error) if result.error else ""), []
     frame = frame.dropna(subset=[metric])
-    best_row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+    best_row = best_row_of(frame, metric, mode)
     last = frame.iloc[-1]
     epochs = float(frame["epoch"].max())
     if result.error is not None:
@@ -203,7 +208,7 @@ def best_checkpoint(config: PipelineConfig, result: ray.tune.Result) -> Any:
     frame = result.metrics_dataframe.dropna(subset=[metric])
     if "checkpoint_path" in frame:
         frame = frame.dropna(subset=["checkpoint_path"])
-        row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+        row = best_row_of(frame, metric, mode)
         filesystem, _ = checkpoint_storage(config)
         return ray.train.Checkpoint(path=row["checkpoint_path"], filesystem=filesystem)
     raise RuntimeError(f"trial {result.path} reported no checkpoint")
@@ -272,7 +277,7 @@ def close_orphans(name: str, storage_url: str) -> None:
 
 def result_of(grid: ray.tune.ResultGrid, trial_id: str) -> ray.tune.Result:
     for result in grid:
-        if trial_id in ((result.metrics or {}).get("trial_id"), result.path.rstrip("/").rsplit("/", 1)[-1]):
+        if trial_id_of(result) == trial_id:
             return result
     raise KeyError(trial_id)
 
