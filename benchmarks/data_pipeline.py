@@ -40,7 +40,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 from mlscale.cluster import configure_data, set_process_env  # noqa: E402
 from mlscale.config import PipelineConfig, RayConfig, load_config  # noqa: E402
-from mlscale.data.prepare import SPLIT_COLUMN, prepare, schema_for, split_lookup, validate_and_split  # noqa: E402
+from mlscale.data.prepare import SPLIT_COLUMN, prepare, schema_for, validate_and_split  # noqa: E402
 from mlscale.data.synthetic import ROWS_PER_BLOCK, generate_table  # noqa: E402
 from mlscale.data.validation import build_rules  # noqa: E402
 from mlscale.features.cache import FeatureCache  # noqa: E402
@@ -156,7 +156,6 @@ def run_baseline(rows: int, label: str, root: Path) -> Run:
     config = config_for(rows, root, "baseline")
     specs = schema_for(config)
     rules = build_rules(specs, config.validation)
-    splits = split_lookup(config)
     out = root / "baseline"
     shutil.rmtree(out, ignore_errors=True)
     (out / "prepared").mkdir(parents=True)
@@ -167,7 +166,7 @@ def run_baseline(rows: int, label: str, root: Path) -> Run:
         for start in range(0, rows, ROWS_PER_BLOCK):
             ids = np.arange(start, min(start + ROWS_PER_BLOCK, rows))
             table = generate_table(ids, config.data.synthetic.seed, config.data.synthetic.bad_fraction)
-            checked = validate_and_split(table, specs, rules, config.data.time_column, splits)
+            checked = validate_and_split(table, specs, rules, config.split, config.data.time_column)
             for name in pc.unique(checked.column(SPLIT_COLUMN)).to_pylist():
                 part = checked.filter(pc.equal(checked.column(SPLIT_COLUMN), name)).drop_columns([SPLIT_COLUMN])
                 if name not in writers:

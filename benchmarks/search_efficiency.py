@@ -37,8 +37,10 @@ import optuna  # noqa: E402
 
 from mlscale.config import PipelineConfig, load_config  # noqa: E402
 from mlscale.data.prepare import prepare  # noqa: E402
-from mlscale.pipeline import label_spec, start, target_stats, training_data  # noqa: E402
+from mlscale.features.label import label_spec, target_stats  # noqa: E402
 from mlscale.plots import budget_curves  # noqa: E402
+from mlscale.stages.common import start  # noqa: E402
+from mlscale.train.inputs import training_data  # noqa: E402
 from mlscale.tune.analysis import budget_curve, budget_to_reach  # noqa: E402
 from mlscale.tune.sweep import run_sweep  # noqa: E402
 from mlscale.tune.trial import SweepContext, TrialInputs  # noqa: E402
@@ -97,7 +99,7 @@ def main() -> None:
         start(base)
         prepared = prepare(base)
         data = training_data(base, prepared)
-        label = label_spec(base, prepared)
+        label = label_spec(base.data, prepared.read("train"))
         inputs = TrialInputs(base, data.features, data.train, data.val, target_stats(label),
                              SweepContext("", "", "", ""))
         runs = []

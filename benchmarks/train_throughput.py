@@ -43,8 +43,9 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 
 from mlscale.config import PipelineConfig, load_config  # noqa: E402
 from mlscale.data.prepare import prepare  # noqa: E402
-from mlscale.models.networks import build_network  # noqa: E402
-from mlscale.pipeline import model_network_spec, start, training_data  # noqa: E402
+from mlscale.models.networks import build_network, spec_for_features  # noqa: E402
+from mlscale.stages.common import start  # noqa: E402
+from mlscale.train.inputs import training_data  # noqa: E402
 from mlscale.train.loop import BATCH_DTYPES  # noqa: E402
 from mlscale.train.optim import build_optimizer, build_scheduler  # noqa: E402
 from mlscale.train.trainer import run_training  # noqa: E402
@@ -82,9 +83,9 @@ def plain_loop(config: PipelineConfig, train_dir: Path, spec: dict[str, Any], ep
     batch = config.train.batch_size
     rows = len(label)
     steps_per_epoch = math.ceil(rows / batch)
-    optimizer = build_optimizer(model.parameters(), config.train.optimizer.model_dump())
+    optimizer = build_optimizer(model.parameters(), config.train.optimizer)
     scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, steps_per_epoch,
-                                config.train.schedule.model_dump())
+                                config.train.schedule)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     rates = []
     began = time.perf_counter()
@@ -184,7 +185,7 @@ def main() -> None:
     start(one)
     prepared = prepare(one)
     data = training_data(one, prepared)
-    spec = model_network_spec(one, data.features)
+    spec = spec_for_features(one.train.model, data.features)
     parameters = sum(p.numel() for p in build_network(spec).parameters())
     print(f"data: {data.train.count():,} training rows; {MODEL['family']} with {parameters:,} parameters", flush=True)
 

@@ -5,7 +5,7 @@
 
 import sys
 
-from mlscale.stages import job_main
+from mlscale.entry import job_main
 
 if __name__ == "__main__":
     sys.exit(job_main("deploy"))

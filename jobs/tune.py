@@ -7,7 +7,7 @@ Resubmitting the same command resumes an interrupted sweep.
 
 import sys
 
-from mlscale.stages import job_main
+from mlscale.entry import job_main
 
 if __name__ == "__main__":
     sys.exit(job_main("tune"))

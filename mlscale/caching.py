@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import mlscale
-
-_PACKAGE = Path(mlscale.__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent  # the mlscale package folder
 
 
 def code_hash(*subpackages: str) -> str:

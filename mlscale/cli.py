@@ -9,9 +9,36 @@ from typing import Annotated, Any
 
 import typer
 
-from mlscale.config import ConfigError, PipelineConfig, load_config, parse_overrides
+from mlscale.config import PipelineConfig, load_config, parse_overrides
+from mlscale.errors import ConfigError, MlscaleError, PromotionError
 
 app = typer.Typer(help="mlscale: data to a monitored model service on one Ray cluster.", no_args_is_help=True)
+_options = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mlscale.version import __version__
+
+        typer.echo(f"mlscale {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error, not only its message.")]
+    = False,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="Print the version and exit.")] = None,
+) -> None:
+    """Errors are printed as one message with a documented exit code per kind (see mlscale.errors)."""
+    _options["debug"] = debug
+
+
+def _fail(command: str, error: MlscaleError) -> typer.Exit:
+    from mlscale.entry import report_error
+
+    return typer.Exit(report_error(command, error, _options["debug"]))
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Pipeline config YAML (default: built-in).")]
 SetOption = Annotated[
@@ -23,8 +50,7 @@ def _config(path: Path | None, overrides: list[str] | None) -> PipelineConfig:
     try:
         return load_config(path, parse_overrides(overrides or []))
     except ConfigError as error:
-        typer.secho(str(error), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        raise _fail("config", error) from None
 
 
 BlockOption = Annotated[
@@ -33,13 +59,12 @@ BlockOption = Annotated[
 
 
 def _run(stage: str, config: PipelineConfig, block: bool = False, **kwargs: Any) -> None:
-    from mlscale.stages import DATA_ERRORS, STAGES, print_summary
+    from mlscale.entry import STAGES, print_summary
 
     try:
         summary = STAGES[stage](config, **kwargs)
-    except DATA_ERRORS as error:
-        typer.secho(f"mlscale {stage} failed: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+    except MlscaleError as error:
+        raise _fail(stage, error) from None
     print_summary(f"mlscale {stage}", summary)
     if block:
         typer.echo(f"serving at {summary['endpoint']} (Ctrl-C to stop)")
@@ -98,7 +123,7 @@ def predict(
     """Predict for raw records with a registered bundle, locally, through the same code as serving."""
     from pydantic import TypeAdapter, ValidationError
 
-    from mlscale.data.schema import request_model
+    from mlscale.data.schema import record_name, request_model
     from mlscale.registry.store import load_bundle
 
     settings = _config(config, set_)
@@ -109,8 +134,9 @@ def predict(
     records = [records] if isinstance(records, dict) else records
     uri = model_uri or f"models:/{settings.tracking.registered_model}@{settings.tracking.alias}"
     bundle = load_bundle(uri, settings.tracking_uri)
+    record_model: Any = request_model(bundle.input_schema, record_name(settings.name))
     try:  # the same rules as the HTTP service: a bad record is named, never guessed at
-        validated = TypeAdapter(list[request_model(bundle.input_schema)]).validate_python(records)
+        validated = TypeAdapter(list[record_model]).validate_python(records)
     except ValidationError as error:
         for item in error.errors(include_url=False):
             where = ".".join(str(part) for part in item["loc"])
@@ -127,7 +153,7 @@ NameOption = Annotated[str | None, typer.Option("--name", help="Default: trackin
 
 
 def _registry_config(config: Path | None, overrides: list[str] | None, name: str | None) -> PipelineConfig:
-    from mlscale.pipeline import start_tracking
+    from mlscale.tracking import start_tracking
 
     settings = _config(config, overrides)
     if name:
@@ -197,7 +223,7 @@ def registry_alias(
 
 
 ChallengerOption = Annotated[str, typer.Option(help="Alias or version of the challenger.")]
-ChampionOption = Annotated[str, typer.Option(help="Alias or version of the champion.")]
+ChampionOption = Annotated[str, typer.Option(help="The alias the challenger is measured against.")]
 
 
 @registry.command("compare")
@@ -206,62 +232,71 @@ def registry_compare(
     challenger: ChallengerOption = "challenger", champion: ChampionOption = "champion",
     split: Annotated[str, typer.Option(help="Prepared split both are scored on.")] = "test",
 ) -> None:
-    """Score challenger and champion on the same prepared split and show both metrics."""
-    _print_comparison(_compare(config, set_, name, challenger, champion, split))
+    """Score challenger and champion on the same prepared split and show the decision if_better would make."""
+    _judge(config, set_, name, challenger, champion, split, "if_better")
 
 
-def _compare(config: Path | None, overrides: list[str] | None, name: str | None, challenger: str, champion: str,
-             split: str) -> Any:
-    from mlscale.cluster import ensure_ray
-    from mlscale.data.prepare import load_prepared
-    from mlscale.promotion import compare
-
-    settings = _registry_config(config, overrides, name)
-    ensure_ray(settings.ray)
-    return settings, compare(settings, load_prepared(settings).read(split), challenger, champion, split)
-
-
-def _print_comparison(outcome: Any) -> None:
+def _judge(config: Path | None, overrides: list[str] | None, name: str | None, challenger: str, champion: str,
+           split: str, policy: str) -> tuple[PipelineConfig, Any]:
+    """Measure both pinned versions on the split, decide by the policy, and show the decision."""
     from rich.console import Console
     from rich.table import Table
 
-    _, comparison = outcome
-    table = Table(title=f"{comparison.metric} ({comparison.mode} is better)")
-    table.add_column("metric")
-    table.add_column(f"challenger {comparison.challenger['uri']}")
-    table.add_column(f"champion {comparison.champion['uri'] if comparison.champion else '(none)'}")
-    for key, value in comparison.challenger["metrics"].items():
-        theirs = comparison.champion["metrics"].get(key) if comparison.champion else None
-        table.add_row(key, f"{value:.6g}", "" if theirs is None else f"{theirs:.6g}")
+    from mlscale.cluster import ensure_ray
+    from mlscale.data.prepare import load_prepared
+    from mlscale.promotion import judge_against_champion
+
+    settings = _registry_config(config, overrides, name)
+    try:
+        ensure_ray(settings.ray)
+        decision = judge_against_champion(settings, load_prepared(settings).read(split), challenger, champion,
+                                          split, policy=policy)
+    except MlscaleError as error:
+        raise _fail("registry", error) from None
+    table = Table(title=f"{decision.metric} ({decision.mode} is better)")
+    for column in ("", f"challenger v{decision.challenger_version}", f"{champion} v{decision.champion_version}"):
+        table.add_column(column)
+    table.add_row(decision.metric, f"{decision.challenger_value:.6g}",
+                  "" if decision.champion_value is None else f"{decision.champion_value:.6g}")
     Console().print(table)
-    typer.echo("MLSCALE_COMPARISON " + json.dumps(comparison.to_dict()))
+    typer.echo("MLSCALE_DECISION " + json.dumps(decision.to_dict()))
+    return settings, decision
 
 
 @registry.command("promote")
 def registry_promote(
     config: ConfigOption = None, set_: SetOption = None, name: NameOption = None,
-    source: Annotated[str, typer.Option("--from", help="Alias whose version is promoted.")] = "challenger",
+    source: Annotated[str, typer.Option("--from", help="Alias or version to promote.")] = "challenger",
     target: Annotated[str, typer.Option("--to", help="Alias that is moved.")] = "champion",
     if_better: Annotated[bool, typer.Option(help="Only when it beats the target on the test split.")] = False,
 ) -> None:
-    """Move the champion alias to the challenger's version (the old one stays as previous_champion)."""
-    from mlscale.registry.store import promote
+    """Move the champion alias to the challenger's version (the old one stays as previous_champion).
+
+    The move is a compare-and-set: it fails (exit 6) if the target alias changed while this command ran.
+    """
+    from mlscale.promotion import Measurement, apply_decision, decide, resolve_version
+    from mlscale.registry.store import version_of
 
     if if_better:
-        outcome = _compare(config, set_, name, source, target, "test")
-        _print_comparison(outcome)
-        settings, comparison = outcome
-        if not comparison.better:
-            typer.secho(f"not promoted: {comparison.reason}", fg=typer.colors.YELLOW, err=True)
-            raise typer.Exit(3)
+        settings, decision = _judge(config, set_, name, source, target, "test", "if_better")
     else:
         settings = _registry_config(config, set_, name)
+        model, uri = settings.tracking.registered_model, settings.tracking_uri
+        version = resolve_version(model, source, uri)
+        if version is None:
+            raise _fail("registry", PromotionError(f"model {model!r} has no version with alias {source!r}"))
+        current = version_of(model, target, uri)
+        decision = decide(model, target, "always", "manual_promotion", "max", 0.0,
+                          Measurement(version, {"manual_promotion": 1.0}),
+                          Measurement(current, {"manual_promotion": 0.0}) if current else None)
+    if not decision.promote:
+        raise _fail("registry", PromotionError(f"not promoted: {decision.reason}"))
     try:
-        version = promote(settings.tracking.registered_model, source, target)
-    except ValueError as error:
-        typer.secho(str(error), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps({"name": settings.tracking.registered_model, "alias": target, "version": version}))
+        apply_decision(decision, settings.tracking_uri)
+    except MlscaleError as error:
+        raise _fail("registry", error) from None
+    typer.echo(json.dumps({"name": decision.model, "alias": target, "version": decision.challenger_version,
+                           "previous": decision.champion_version}))
 
 
 if __name__ == "__main__":

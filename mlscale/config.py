@@ -17,12 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlscale.data.schema import ColumnSpec
+from mlscale.errors import ConfigError
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """A pipeline config that cannot be used, with a message a person can act on."""
 
 
 class _Section(BaseModel):
@@ -58,6 +55,9 @@ class TrackingConfig(_Section):
                                  "alias to it when it beats the champion on the test split."
     )
     promotion_min_delta: float = Field(0.0, ge=0, description="if_better: how much better it must be.")
+    secrets: list[str] = Field(
+        default_factory=list, description="Dotted config fields whose values are never logged (shown as ***); "
+                                          "passwords in URLs and fields named like password/token are always hidden.")
 
 
 class ObjectStoreConfig(_Section):
@@ -131,23 +131,115 @@ class ValidationConfig(_Section):
         return self
 
 
-class SplitConfig(_Section):
-    train: list[int] = Field(default_factory=lambda: list(range(1, 10)))
-    val: list[int] = Field(default_factory=lambda: [10, 11])
-    test: list[int] = Field(default_factory=lambda: [12])
+class TimeRange(_Section):
+    """Rows whose time value is in [start, end): numbers, or ISO dates/timestamps ("2013-10-01") for a string or
+    temporal column (ISO strings sort in time order)."""
+
+    start: int | float | str | None = Field(None, description="Inclusive lower bound; None: unbounded.")
+    end: int | float | str | None = Field(None, description="Exclusive upper bound; None: unbounded.")
 
     @model_validator(mode="after")
-    def _disjoint(self) -> SplitConfig:
-        seen: dict[int, str] = {}
-        for name in ("train", "val", "test"):
+    def _ordered(self) -> TimeRange:
+        if self.start is None and self.end is None:
+            raise ValueError("a time range needs start, end or both")
+        if self.start is not None and self.end is not None:
+            if isinstance(self.start, str) != isinstance(self.end, str):
+                raise ValueError(f"start {self.start!r} and end {self.end!r} must both be numbers or both be dates")
+            if not _at_most(self.start, self.end) or self.start == self.end:
+                raise ValueError(f"start {self.start!r} is not before end {self.end!r}")
+        return self
+
+
+SplitValues = list[int | float | str] | TimeRange
+SplitName = Literal["train", "val", "test"]
+SPLIT_NAMES: tuple[SplitName, ...] = ("train", "val", "test")
+_DEFAULT_TIME_SPLIT: dict[str, list[int | float | str]] = {
+    "train": list(range(1, 10)), "val": [10, 11], "test": [12]}  # the flights example's months
+
+
+class SplitConfig(_Section):
+    """How each valid row is assigned to train, val or test; reproducible on every rerun.
+
+    - `time`: by the value of a time column (`column`, default `data.time_column`): each split is a list of values
+      (e.g. months) or a range {start, end} of numbers or ISO dates. Rows in no split are kept as `unused`.
+    - `hash`: by a deterministic hash of the `keys` columns (and `seed`), in `fractions`: the same key always lands
+      in the same split, so rows of one entity never leak across splits.
+    - `random`: a seeded uniform draw per row, made from a hash of the row's values and `seed` (not from block
+      order), so a rerun on the same data gives the same split however Ray cuts the blocks.
+    Fractions that sum to less than 1 leave the rest `unused`.
+    """
+
+    method: Literal["time", "hash", "random"] = "time"
+    column: str | None = Field(None, description="time: the time column; None: data.time_column.")
+    train: SplitValues | None = None
+    val: SplitValues | None = None
+    test: SplitValues | None = None
+    keys: list[str] | None = Field(None, min_length=1, description="hash: the key columns.")
+    fractions: dict[SplitName, float] | None = Field(
+        None, description="hash / random: the share of rows per split, e.g. {train: 0.8, val: 0.1, test: 0.1}.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitConfig:
+        if self.method == "time":
+            for name, values in _DEFAULT_TIME_SPLIT.items():  # a split left out keeps the example's default
+                if getattr(self, name) is None:
+                    setattr(self, name, list(values))
+            self._check_time_splits()
+        else:
+            for name in SPLIT_NAMES:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"split.{name} is for method time; method {self.method} uses split.fractions")
+            if self.method == "hash" and not self.keys:
+                raise ValueError("split.keys is required when split.method is hash")
+            self._check_fractions()
+        return self
+
+    def _check_time_splits(self) -> None:
+        seen: dict[Any, str] = {}
+        for name in SPLIT_NAMES:
             values = getattr(self, name)
-            if not values:
+            if values is None or (isinstance(values, list) and not values):
                 raise ValueError(f"split.{name} is empty")
-            for value in values:
+            for value in values if isinstance(values, list) else []:
                 if value in seen:
                     raise ValueError(f"split.{name} and split.{seen[value]} both contain {value}")
                 seen[value] = name
-        return self
+        ranges = [(name, getattr(self, name)) for name in SPLIT_NAMES if isinstance(getattr(self, name), TimeRange)]
+        for index, (name, first) in enumerate(ranges):
+            for other, second in ranges[index + 1:]:
+                if _overlap(first, second):
+                    raise ValueError(f"split.{name} and split.{other} overlap")
+
+    def _check_fractions(self) -> None:
+        fractions = self.fractions or {}
+        missing = [name for name in SPLIT_NAMES if name not in fractions]
+        if missing:
+            raise ValueError(f"split.fractions needs train, val and test; missing {missing}")
+        for name, value in fractions.items():
+            if not 0 < value <= 1:
+                raise ValueError(f"split.fractions.{name} must be in (0, 1], got {value}")
+        if sum(fractions.values()) > 1 + 1e-9:
+            raise ValueError(f"split.fractions add up to {sum(fractions.values()):g} (> 1)")
+
+
+def _at_most(low: int | float | str, high: int | float | str) -> bool:
+    """low <= high for two numbers or two ISO dates (ISO text sorts in time order)."""
+    if isinstance(low, str) and isinstance(high, str):
+        return low <= high
+    if not isinstance(low, str) and not isinstance(high, str):
+        return low <= high
+    raise ValueError("split ranges mix numbers and dates")
+
+
+def _overlap(first: TimeRange, second: TimeRange) -> bool:
+    """Two half-open ranges share a value (an open end reaches everything on its side)."""
+    low_a, high_a, low_b, high_b = first.start, first.end, second.start, second.end
+    if any(isinstance(v, str) for v in (low_a, high_a)) != any(isinstance(v, str) for v in (low_b, high_b)):
+        raise ValueError("split ranges mix numbers and dates")
+    a_before_b = high_a is not None and low_b is not None and _at_most(high_a, low_b)
+    b_before_a = high_b is not None and low_a is not None and _at_most(high_b, low_a)
+    return not (a_before_b or b_before_a)
 
 
 class NumericFeature(_Section):
@@ -349,7 +441,9 @@ class Distribution(_Section):
 
     @property
     def is_int(self) -> bool:
-        return self.choices is None and float(self.low).is_integer() and float(self.high).is_integer() and (
+        if self.choices is not None or self.low is None or self.high is None:
+            return False
+        return float(self.low).is_integer() and float(self.high).is_integer() and (
             self.step is None or float(self.step).is_integer())
 
 
@@ -358,11 +452,23 @@ def _int_range(value: Any) -> Any:
     return {"low": value[0], "high": value[1]} if isinstance(value, list | tuple) and len(value) == 2 else value
 
 
+Norm = Literal["none", "layer", "batch"]
+Family = Literal["mlp", "resmlp", "ft_transformer"]
+
+
+def _all_norms() -> list[Norm]:
+    return ["none", "layer", "batch"]
+
+
+def _default_families() -> list[Family]:
+    return ["mlp", "resmlp"]
+
+
 class MlpSpace(_Section):
     layers: Distribution = Field(default_factory=lambda: Distribution(low=1, high=3))
     width: Distribution = Field(default_factory=lambda: Distribution(low=16, high=256, log=True),
                                 description="Each layer's width, searched per layer that exists.")
-    norm: list[Literal["none", "layer", "batch"]] = Field(default_factory=lambda: ["none", "layer", "batch"])
+    norm: list[Norm] = Field(default_factory=_all_norms)
 
     _ranges = field_validator("layers", "width", mode="before")(lambda value: _int_range(value))
 
@@ -393,8 +499,7 @@ class FtTransformerSpace(_Section):
 class ArchitectureSpace(_Section):
     """Neural architecture search: the family, then only that family's own choices (conditional parameters)."""
 
-    families: list[Literal["mlp", "resmlp", "ft_transformer"]] = Field(
-        default_factory=lambda: ["mlp", "resmlp"], min_length=1)
+    families: list[Family] = Field(default_factory=_default_families, min_length=1)
     mlp: MlpSpace = Field(default_factory=MlpSpace)
     resmlp: ResMlpSpace = Field(default_factory=ResMlpSpace)
     ft_transformer: FtTransformerSpace = Field(default_factory=FtTransformerSpace)
@@ -480,6 +585,12 @@ class ServeConfig(_Section):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_records_per_request: int = Field(10_000, ge=1)
     compare_rows: int = Field(128, ge=1, description="Held-out rows served and compared with batch scoring.")
+    compare_rtol: float = Field(
+        1e-5, ge=0, description="Served vs batch: allowed difference relative to the prediction (float32 rounding "
+                                "grows with the value: labels in the thousands differ by ~1e-3).")
+    compare_atol: float = Field(
+        1e-6, ge=0, description="Served vs batch: allowed absolute difference, in units of the label's scale "
+                                "(1 for probabilities, the label's standard deviation for regression).")
 
 
 class InvarianceCheck(_Section):
@@ -522,7 +633,10 @@ class EvaluateConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    name: str = "flights"
+    name: str = Field(
+        "flights", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
+        description="The pipeline's name: folders under storage.root are named by it, so it is a plain identifier "
+                    "(letters, digits, _ and -; no dots, slashes or spaces).")
     ray: RayConfig = Field(default_factory=RayConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -567,7 +681,7 @@ class PipelineConfig(_Section):
 
 
 def _expand_env(text: str) -> str:
-    """Expand ${VAR} and ${VAR:-default} so one YAML serves laptop and cluster."""
+    """Expand ${VAR} and ${VAR:-default} in one string value so one YAML serves laptop and cluster."""
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -581,6 +695,20 @@ def _expand_env(text: str) -> str:
     return _ENV_PATTERN.sub(replace, text)
 
 
+def _expand_values(node: Any) -> Any:
+    """${VAR} expanded inside parsed string values only: comments are never read, and a variable holding a newline
+    or ' #' stays one value instead of changing the YAML's structure. A value that is one reference expanding to
+    nothing (`address: ${MLSCALE_RAY_ADDRESS:-}`) is unset (null), as an empty YAML value is."""
+    if isinstance(node, dict):
+        return {key: _expand_values(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_expand_values(value) for value in node]
+    if not isinstance(node, str):
+        return node
+    expanded = _expand_env(node)
+    return None if expanded == "" and _ENV_PATTERN.fullmatch(node.strip()) else expanded
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid pipeline config ({source}):"]
     for item in error.errors():
@@ -592,6 +720,18 @@ def _describe(error: ValidationError, source: str) -> str:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "dict") -> PipelineConfig:
+    """A config from a nested dict (as YAML would give it).
+
+    Args:
+        data: the sections and their values, e.g. {"train": {"epochs": 2}}.
+        source: where the data came from, named in error messages.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: a field is unknown or a value is invalid; the message names each field and value.
+    """
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as error:
@@ -599,7 +739,20 @@ def config_from_dict(data: dict[str, Any], source: str = "dict") -> PipelineConf
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load a YAML pipeline config (None: all defaults), then apply dotted overrides like {"train.epochs": 2}."""
+    """Load a YAML pipeline config, then apply dotted overrides.
+
+    `${VAR}` and `${VAR:-default}` are expanded inside string values (never in comments or keys).
+
+    Args:
+        path: the YAML file; None starts from the built-in defaults (the flights example).
+        overrides: dotted field -> value, e.g. {"train.epochs": 2, "serve.port": 8001}, applied after the file.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a variable is unset, or a field or value is invalid.
+    """
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -607,12 +760,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(_expand_env(path.read_text())) or {}
+            data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
         source = str(path)
+        data = _expand_values(data)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,7 @@ def evaluate(scored: ray.data.Dataset, label: dict[str, Any], prefix: str = "tes
     """Metrics over a scored dataset; partial statistics per batch, summed on the driver."""
     task = label.get("task", "classification")
     slices = slices or []
-    partials = scored.map_batches(_partial_metrics, fn_kwargs={"label": label, "slices": slices},
+    partials = scored.map_batches(partial(_partial_metrics, label=label, slices=slices),
                                   batch_format="pyarrow", batch_size=None)
     sums: dict[str, np.ndarray] = {}
     for row in partials.iter_rows():

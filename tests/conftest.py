@@ -63,6 +63,10 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     """A real single-node cluster started with `ray start --head`, with the dashboard (Jobs API) on loopback."""
     port, dashboard_port = free_port(), free_port()
     env = {**os.environ}
+    # Token auth is on (RAY_AUTH_MODE=token): a fresh machine has no ~/.ray/auth_token until something makes one.
+    generated = _ray("get-auth-token", "--generate", env=env)
+    if generated.returncode != 0:
+        raise RuntimeError(f"ray get-auth-token failed:\n{generated.stderr}")
     started = _ray(
         "start", "--head", f"--port={port}", "--num-cpus=6", "--object-store-memory=2000000000",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",

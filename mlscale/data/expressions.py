@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlscale.errors import ExpressionError
+
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: pc.add, ast.Sub: pc.subtract, ast.Mult: pc.multiply, ast.Div: pc.divide,
 }
@@ -20,10 +22,6 @@ _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.Lt: pc.less, ast.LtE: pc.less_equal, ast.Gt: pc.greater, ast.GtE: pc.greater_equal,
     ast.Eq: pc.equal, ast.NotEq: pc.not_equal,
 }
-
-
-class ExpressionError(ValueError):
-    """A rule expression outside the supported subset, or naming an unknown column."""
 
 
 def columns_of(expr: str) -> list[str]:

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import io
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +144,7 @@ def read_flights(cache_dir: Path, n_files: int = 8, sample_fraction: float = 1.0
         convert_options=pacsv.ConvertOptions(column_types=_RAW_FLIGHT_TYPES, null_values=NULL_VALUES),
     )
     return flights.map_batches(
-        join_weather,
-        fn_kwargs={"weather": read_weather(), "fraction": sample_fraction},
+        partial(join_weather, weather=read_weather(), fraction=sample_fraction),
         batch_format="pyarrow",
         batch_size=None,
     )

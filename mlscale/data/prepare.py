@@ -1,4 +1,4 @@
-"""The prepare stage: source -> validate (quarantine with the rules broken) -> time split -> parquet, streaming.
+"""The prepare stage: source -> validate (quarantine with the rules broken) -> split -> parquet, streaming.
 
 Every input row lands in exactly one partition of the output (train, val, test, quarantine, or unused when its
 time falls in no split); the counts are checked against an independent count of the source. The output is
@@ -13,26 +13,26 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray.data
 
 from mlscale.caching import cache_key, code_hash
-from mlscale.config import PipelineConfig
+from mlscale.config import PipelineConfig, SplitConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
 from mlscale.data.schema import ColumnSpec
-from mlscale.data.sources import read_source
+from mlscale.data.sources import infer_schema, read_source
+from mlscale.data.split import assign_splits, split_column
 from mlscale.data.storage import atomic_directory
 from mlscale.data.validation import (
     REASON_COLUMN,
     RULES_COLUMN,
     Rule,
-    ValidationFailed,
     ValidationReport,
     build_rules,
     conform_rows,
@@ -41,6 +41,7 @@ from mlscale.data.validation import (
     rule_partials,
     validate_batch,
 )
+from mlscale.errors import ConfigError, PreparedDataMissing, ValidationFailed
 
 SPLIT_COLUMN = "split"
 PARTITIONS = ("train", "val", "test", "quarantine", "unused")
@@ -58,6 +59,11 @@ class PreparedData:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     cache_key: str = ""
     cached: bool = False
+    schema: list[dict[str, Any]] = field(default_factory=list)  # the columns validated (empty: older manifests)
+
+    def column_specs(self) -> list[ColumnSpec]:
+        """The schema the data was validated against: what requests to a model trained on it must satisfy."""
+        return [ColumnSpec(**spec) for spec in self.schema]
 
     def split_path(self, name: str) -> str:
         return str(Path(self.path) / f"{SPLIT_COLUMN}={name}")
@@ -85,23 +91,33 @@ class PreparedData:
 
 
 def schema_for(config: PipelineConfig) -> list[ColumnSpec]:
-    return config.data.schema_ or FLIGHTS_SCHEMA
+    """The declared schema; without one, the flights schema for the built-in sources, else the files' own."""
+    if config.data.schema_:
+        return config.data.schema_
+    if config.data.source in ("flights", "synthetic"):
+        return FLIGHTS_SCHEMA
+    return infer_schema(config.data)
 
 
-def split_lookup(config: PipelineConfig) -> dict[int, str]:
-    return {value: name for name in ("train", "val", "test") for value in getattr(config.split, name)}
-
-
-def validate_and_split(batch: pa.Table, specs: list[ColumnSpec], rules: list[Rule], time_column: str,
-                       splits: dict[int, str]) -> pa.Table:
+def validate_and_split(batch: pa.Table, specs: list[ColumnSpec], rules: list[Rule], split: SplitConfig,
+                       time_column: str) -> pa.Table:
     """map_batches body: the rules each row breaks, and the split it belongs to (quarantine if it broke any)."""
     table = validate_batch(batch, specs, rules)
-    time = table.column(time_column).fill_null(-1).to_numpy()
-    assigned = np.full(table.num_rows, "unused", dtype=object)
-    for value, name in splits.items():
-        assigned[time == value] = name
+    assigned = assign_splits(table, split, time_column, [spec.name for spec in specs])
     assigned[table.column(RULES_COLUMN).is_valid().to_numpy(zero_copy_only=False)] = "quarantine"
     return table.append_column(SPLIT_COLUMN, pa.array(assigned, pa.string()))
+
+
+def require_split_column(config: PipelineConfig, specs: list[ColumnSpec]) -> None:
+    """A time split over a column the schema does not declare fails before any data is read, naming both."""
+    column = split_column(config.split, config.data.time_column)
+    declared = [spec.name for spec in specs]
+    if column is not None and column not in declared:
+        raise ConfigError(f"split: time column {column!r} is not in the data's schema ({', '.join(declared)}); set "
+                          f"split.column (or data.time_column), or split by hash / random")
+    for key in config.split.keys or []:
+        if config.split.method == "hash" and key not in declared:
+            raise ConfigError(f"split.keys: column {key!r} is not in the data's schema ({', '.join(declared)})")
 
 
 def _keys_batch(batch: pa.Table, specs: list[ColumnSpec], key: list[str]) -> pa.Table:
@@ -118,7 +134,7 @@ def _repeated(batch: pa.Table) -> pa.Table:
 def find_duplicate_keys(dataset: ray.data.Dataset, specs: list[ColumnSpec], key: list[str],
                         limit: int) -> list[str]:
     """Keys held by more than one row: a distributed group-by, bounded by `limit` (+1 to tell it was exceeded)."""
-    keys = dataset.map_batches(_keys_batch, fn_kwargs={"specs": specs, "key": key}, batch_format="pyarrow",
+    keys = dataset.map_batches(partial(_keys_batch, specs=specs, key=key), batch_format="pyarrow",
                                batch_size=None)
     repeated = keys.groupby("key").count().map_batches(_repeated, batch_format="pyarrow", batch_size=None)
     return [row["key"] for row in repeated.take(limit + 1)]
@@ -133,7 +149,7 @@ def _rule_counts(quarantine: Path, examples: int) -> list[dict[str, Any]]:
     if not quarantine.exists():
         return []
     partials = ray.data.read_parquet(str(quarantine), columns=[RULES_COLUMN, REASON_COLUMN]).map_batches(
-        rule_partials, fn_kwargs={"examples": examples}, batch_format="pyarrow", batch_size=None
+        partial(rule_partials, examples=examples), batch_format="pyarrow", batch_size=None
     )
     return [json.loads(row["partial"]) for row in partials.iter_rows()]
 
@@ -155,7 +171,7 @@ def manifest_path(config: PipelineConfig) -> Path:
 def _cached(config: PipelineConfig, key: str) -> PreparedData | None:
     try:
         prepared = load_prepared(config)
-    except FileNotFoundError:
+    except PreparedDataMissing:
         return None
     if prepared.cache_key != key or not prepared.report_path.exists():
         return None
@@ -167,6 +183,8 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
     """Read, validate, split and write the source; returns where everything went and the reconciled counts."""
     root = config.storage.root_path
     specs = schema_for(config)
+    require_split_column(config, specs)
+    build_rules(specs, config.validation, [])  # a bad rule expression fails here, before any data is read
     source = read_source(config.data, specs, root / "cache")
     key = prepare_key(config, source.fingerprint)
     if not force and (hit := _cached(config, key)) is not None:
@@ -179,9 +197,8 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
         rows_read = source.expected_rows if source.expected_rows is not None else source.dataset.count()
         rules = build_rules(specs, settings, duplicates)
         validated = source.dataset.map_batches(
-            validate_and_split,
-            fn_kwargs={"specs": specs, "rules": rules, "time_column": config.data.time_column,
-                       "splits": split_lookup(config)},
+            partial(validate_and_split, specs=specs, rules=rules, split=config.split,
+                    time_column=config.data.time_column),
             batch_format="pyarrow",
             batch_size=None,
         )
@@ -208,14 +225,26 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
         data_fingerprint=source.fingerprint,
         quarantine_reasons=report.counts_by_rule(),
         cache_key=key,
+        schema=[spec.model_dump() for spec in specs],
     )
     manifest_path(config).write_text(prepared.to_json())
     return prepared
 
 
 def load_prepared(config: PipelineConfig) -> PreparedData:
-    """The last prepare run's result for this pipeline, for stages run as separate jobs."""
+    """The last committed preparation of this pipeline (by `config.name`), for stages run as separate jobs.
+
+    Args:
+        config: the pipeline config (its name and storage root locate the manifest).
+
+    Returns:
+        Where the splits are and their counts.
+
+    Raises:
+        PreparedDataMissing: the prepare stage has not run for this name under this storage root.
+    """
     manifest = manifest_path(config)
     if not manifest.exists():
-        raise FileNotFoundError(f"no prepared data at {manifest}: run the prepare stage first (jobs/prepare.py)")
+        raise PreparedDataMissing(f"no prepared data for pipeline {config.name!r} at {manifest}: run the prepare "
+                                  f"stage first (mlscale prepare, or jobs/prepare.py)")
     return PreparedData.from_json(manifest.read_text())

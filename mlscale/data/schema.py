@@ -6,6 +6,7 @@ HTTP request gets a 422 (request_model), so training data and live traffic are h
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -35,15 +36,17 @@ class ColumnSpec(BaseModel):
         return ARROW_TYPES[self.dtype]
 
 
-class SchemaError(ValueError):
-    """The data does not have the declared columns: a schema break, not a bad row."""
-
-
 def arrow_schema(specs: list[ColumnSpec]) -> pa.Schema:
     return pa.schema([(spec.name, spec.arrow_type) for spec in specs])
 
 
 _PY_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
+
+
+def record_name(dataset: str) -> str:
+    """The request model's name for a dataset: `flights-small` -> `FlightsSmallRecord` (shown in /docs and errors)."""
+    words = re.split(r"[^A-Za-z0-9]+", dataset)
+    return "".join(word[:1].upper() + word[1:] for word in words if word) + "Record"
 
 
 def request_model(specs: list[ColumnSpec], name: str = "Record") -> type[BaseModel]:
@@ -52,7 +55,7 @@ def request_model(specs: list[ColumnSpec], name: str = "Record") -> type[BaseMod
     for spec in specs:
         annotation: Any = _PY_TYPES[spec.dtype]
         if spec.allowed is not None:
-            annotation = Literal[tuple(spec.allowed)]  # type: ignore[valid-type]
+            annotation = Literal[tuple(spec.allowed)]
         constraints: dict[str, Any] = {"description": spec.description or None}
         if spec.dtype == "float":
             constraints["allow_inf_nan"] = False

@@ -23,14 +23,11 @@ import ray.data
 
 from mlscale.config import DataConfig, ObjectStoreConfig
 from mlscale.data.flights import NULL_VALUES, read_flights, source_fingerprint
-from mlscale.data.schema import ColumnSpec, SchemaError
+from mlscale.data.schema import ColumnSpec, DType
 from mlscale.data.synthetic import read_synthetic, synthetic_fingerprint
+from mlscale.errors import SchemaError, SourceError
 
 SUFFIXES = {"parquet": (".parquet", ".parq"), "csv": (".csv", ".csv.gz")}
-
-
-class SourceError(RuntimeError):
-    """A source that cannot be read: the message names the path and what is wrong with it."""
 
 
 @dataclass
@@ -187,6 +184,29 @@ def read_files(config: DataConfig, schema: list[ColumnSpec]) -> Source:
     return Source(dataset=dataset, fingerprint=f"{config.source}-{files_fingerprint(files)}",
                   description=description, files=paths, filesystem=filesystem,
                   kind=config.source)
+
+
+def _declared_type(arrow_type: pa.DataType) -> DType:
+    if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
+        return "int"
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "float"
+    return "str"  # text, and dates/timestamps as their ISO text (a time split compares ISO strings in order)
+
+
+def infer_schema(config: DataConfig) -> list[ColumnSpec]:
+    """For a parquet or CSV source with no declared schema: the first file's columns and types (nullable, no range
+    rules). Declare `data.schema` for rules, or when files differ; hive partition columns must be declared."""
+    assert config.path is not None
+    filesystem, path = resolve(config.path, config.object_store)
+    first = list_files(filesystem, path, config.source)[0].path
+    with diagnosed([first], filesystem, config.source, f"{config.source} source {config.path}"):
+        if config.source == "parquet":
+            schema = pq.read_schema(first, filesystem=filesystem)
+        else:
+            with filesystem.open_input_stream(first) as handle:
+                schema = pacsv.open_csv(handle, convert_options=pacsv.ConvertOptions(null_values=NULL_VALUES)).schema
+    return [ColumnSpec(name=field.name, dtype=_declared_type(field.type)) for field in schema]
 
 
 def read_source(config: DataConfig, schema: list[ColumnSpec], cache_dir: Path) -> Source:

@@ -9,6 +9,8 @@ fraction of rows carries exactly one injected defect, one kind per validation ru
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pyarrow as pa
 import ray.data
@@ -182,8 +184,7 @@ def read_synthetic(config: SyntheticConfig) -> ray.data.Dataset:
     """config.rows synthetic flights, generated lazily block by block across the cluster."""
     blocks = config.blocks or max(1, -(-config.rows // ROWS_PER_BLOCK))
     return ray.data.range(config.rows, override_num_blocks=blocks).map_batches(
-        _generate_batch,
-        fn_kwargs={"seed": config.seed, "bad_fraction": config.bad_fraction},
+        partial(_generate_batch, seed=config.seed, bad_fraction=config.bad_fraction),
         batch_format="numpy",
         batch_size=None,
     )

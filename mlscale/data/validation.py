@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 
 from mlscale.config import ValidationConfig
 from mlscale.data.expressions import columns_of, evaluate
-from mlscale.data.schema import ColumnSpec, SchemaError, arrow_schema
+from mlscale.data.schema import ColumnSpec, arrow_schema
+from mlscale.errors import ExpressionError, SchemaError
 
 REASON_COLUMN = "quarantine_reason"
 RULES_COLUMN = "quarantine_rules"
@@ -99,7 +100,8 @@ def build_rules(specs: list[ColumnSpec], config: ValidationConfig,
     for check in config.checks:
         unknown = [name for name in columns_of(check.expr) if name not in known]
         if unknown:
-            raise SchemaError(f"validation.checks.{check.name}: {check.expr!r} names undeclared column(s) {unknown}")
+            raise ExpressionError(f"validation.checks.{check.name}: {check.expr!r} names undeclared column(s) "
+                                  f"{unknown}")
         rules.append(_check_rule(check.name, check.expr))
     if config.unique:
         rules.append(_unique_rule(config.unique, duplicate_keys or []))
@@ -300,11 +302,3 @@ class ValidationReport:
             lines.append(f"  dataset check {name}: {value}")
         return "\n".join(lines)
 
-
-class ValidationFailed(RuntimeError):
-    """The data broke the validation thresholds; the message is the readable report."""
-
-    def __init__(self, report: ValidationReport, report_path: Path) -> None:
-        super().__init__(f"{report.render()}\nfull report and quarantined rows kept at {report_path.parent}")
-        self.report = report
-        self.report_path = report_path

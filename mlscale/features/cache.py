@@ -7,6 +7,7 @@ state and the transformed parquet; changing any of them gives a new key, so a st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import ray.data
@@ -66,8 +67,7 @@ class FeatureCache:
 def featurize(dataset: ray.data.Dataset, features: FittedFeatures, config: PipelineConfig) -> ray.data.Dataset:
     columns = list(dict.fromkeys([*features.input_columns, config.data.label]))
     return dataset.select_columns(columns).map_batches(  # projected: parquet decodes only what is used
-        transform_batch,
-        fn_kwargs={"features": features, "label": config.data.label, "threshold": label_threshold(config)},
+        partial(transform_batch, features=features, label=config.data.label, threshold=label_threshold(config)),
         batch_format="pyarrow",
         batch_size=None,  # whole blocks: the transform is vectorized, and small output blocks make small files
     )

@@ -14,7 +14,8 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -22,12 +23,12 @@ import pyarrow.compute as pc
 import ray.data
 
 from mlscale.config import FeaturesConfig, NumericFeature
-from mlscale.features.hashing import bucket_ids
 from mlscale.features.sketch import QuantileSketch
 from mlscale.features.stats import CategoryStats, NumericStats, TableStats
+from mlscale.hashing import bucket_ids
 
 STATE_VERSION = 2
-ColumnLike = np.ndarray | pa.Array | pa.ChunkedArray | list
+ColumnLike: TypeAlias = np.ndarray | pa.Array | pa.ChunkedArray | list
 
 
 def _arrow(values: ColumnLike) -> pa.Array | pa.ChunkedArray:
@@ -214,16 +215,16 @@ class FeatureSet:
                 edges = stats.sketches[feature.column].quantiles(np.arange(1, feature.buckets) / feature.buckets)
                 buckets.append({"name": feature.column, "edges": np.unique(edges[~np.isnan(edges)]).tolist()})
         categorical = []
-        for feature in config.categorical:
-            if feature.hash_buckets:
-                categorical.append({"name": feature.column, "hash_buckets": feature.hash_buckets, "vocab": []})
+        for category in config.categorical:
+            if category.hash_buckets:
+                categorical.append({"name": category.column, "hash_buckets": category.hash_buckets, "vocab": []})
                 continue
-            min_count = feature.min_count or config.min_category_count
-            frequent = [(value, count) for value, count in stats.categorical[feature.column].counts.items()
+            min_count = category.min_count or config.min_category_count
+            frequent = [(value, count) for value, count in stats.categorical[category.column].counts.items()
                         if count >= min_count]
             frequent.sort(key=lambda item: (-item[1], item[0]))
-            limit = feature.max_categories or config.max_categories
-            categorical.append({"name": feature.column, "hash_buckets": None,
+            limit = category.max_categories or config.max_categories
+            categorical.append({"name": category.column, "hash_buckets": None,
                                 "vocab": [value for value, _ in frequent[:limit]]})
         rows = max(stats.rows, 1)
         state = {
@@ -252,7 +253,7 @@ class FeatureSet:
     def fit(self, dataset: ray.data.Dataset) -> FittedFeatures:
         """One streaming pass: per-batch statistics in parallel, merged on the driver (bounded memory)."""
         partials = dataset.select_columns(self.config.raw_columns).map_batches(  # parquet reads only these
-            _batch_stats, fn_kwargs={"config": self.config}, batch_format="pyarrow", batch_size=None,
+            partial(_batch_stats, config=self.config), batch_format="pyarrow", batch_size=None,
         )
         merged: TableStats | None = None
         for row in partials.iter_rows():

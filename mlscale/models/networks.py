@@ -11,6 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlscale.config import ModelConfig
+from mlscale.features.featureset import FittedFeatures
+
 FAMILY_KEYS: dict[str, tuple[str, ...]] = {
     "mlp": ("hidden", "dropout", "norm"),
     "resmlp": ("width", "blocks", "dropout"),
@@ -70,8 +73,9 @@ class TabularMLP(nn.Module):
         layers: list[nn.Module] = []
         for hidden in spec["hidden"]:
             layers.append(nn.Linear(width, hidden))
-            if NORMS[norm] is not None:
-                layers.append(NORMS[norm](hidden))
+            normalization = NORMS[norm]
+            if normalization is not None:
+                layers.append(normalization(hidden))
             layers += [nn.ReLU(), nn.Dropout(spec["dropout"])]
             width = hidden
         layers.append(nn.Linear(width, 1))
@@ -142,3 +146,9 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
     if family not in FAMILIES:
         raise ValueError(f"network spec family {family!r} is unknown; known: {sorted(FAMILIES)}")
     return FAMILIES[family](spec)
+
+
+def spec_for_features(model: ModelConfig, features: FittedFeatures) -> dict[str, Any]:
+    """The spec of the configured network over these fitted features' inputs."""
+    return network_spec(model.family, len(features.numeric_names), features.cardinalities, model.embedding_cap,
+                        **model.model_dump(exclude={"family", "embedding_cap"}))

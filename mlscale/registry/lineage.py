@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import mlscale
+from mlscale.version import __version__
 
 
 def code_version() -> str:
     """The git commit of the mlscale source (with '-dirty' for local edits), else the package version."""
-    source = Path(mlscale.__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]  # the folder holding the mlscale package
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
@@ -18,4 +18,4 @@ def code_version() -> str:
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         return f"{commit}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
-        return f"mlscale-{mlscale.__version__}"
+        return f"mlscale-{__version__}"

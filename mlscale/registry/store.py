@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import os
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 
-import mlscale
 from mlscale.registry.bundle import Bundle
+from mlscale.tracking import tracking_client
+from mlscale.version import __version__
 
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_model.py")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per replica and actor is noise
+LABEL_TAG = "mlscale.label"  # the bundle's label spec, readable without downloading the bundle
 
 
 @dataclass(frozen=True)
@@ -45,36 +47,21 @@ class VersionInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def tracking_client(tracking_uri: str) -> MlflowClient:
-    """A client for one store, registry included.
-
-    `MlflowClient(uri)` alone takes the registry from MLflow's process-wide setting, which may point at another store.
-    """
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def use_tracking(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns its id.
-
-    A local store gets an explicit artifact folder beside it, so artifacts never land in the current directory.
-    """
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    existing = mlflow.get_experiment_by_name(experiment)
-    if existing is not None:
-        mlflow.set_experiment(experiment_id=existing.experiment_id)
-        return existing.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
-
-
 def register_bundle(bundle: Bundle, model_name: str) -> RegisteredBundle:
     """Log the bundle as a pyfunc model in the active run and register a new version (no alias moved yet).
 
-    The version is tagged with the bundle's lineage and metrics, so `list_versions` shows where it came from.
+    The version is tagged with the bundle's lineage, metrics and label spec, so `list_versions` shows where it came
+    from and evaluation reads the label without downloading the bundle.
+
+    Args:
+        bundle: the model bundle (weights, fitted features, input schema, label, lineage).
+        model_name: the registered model's name.
+
+    Returns:
+        The new version.
+
+    Raises:
+        RuntimeError: no MLflow run is active.
     """
     run = mlflow.active_run()
     if run is None:
@@ -85,54 +72,110 @@ def register_bundle(bundle: Bundle, model_name: str) -> RegisteredBundle:
             name="model",
             python_model=str(PYFUNC_ENTRY),
             artifacts={"bundle": str(bundle_dir)},
-            pip_requirements=[f"mlscale=={mlscale.__version__}", "torch", "pyarrow", "numpy", "pandas"],
+            pip_requirements=[f"mlscale=={__version__}", "torch", "pyarrow", "numpy", "pandas"],
             registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
     client = MlflowClient()
     for key, value in {**bundle.lineage, **{k: f"{v:.6g}" for k, v in bundle.metrics.items()}}.items():
         client.set_model_version_tag(model_name, version, key, str(value))
+    client.set_model_version_tag(model_name, version, LABEL_TAG, json.dumps(bundle.label, sort_keys=True))
     return RegisteredBundle(name=model_name, version=version, run_id=run.info.run_id)
 
 
 def register_path(directory: str | Path, model_name: str, run_name: str | None = None) -> RegisteredBundle:
-    """Register a bundle folder (e.g. one saved by a notebook) as a new version, in a run of its own."""
+    """Register a bundle folder (e.g. one saved by a notebook) as a new version, in a run of its own.
+
+    Args:
+        directory: a folder written by `Bundle.save`.
+        model_name: the registered model's name.
+        run_name: the MLflow run's name (default register-<model_name>).
+
+    Returns:
+        The new version.
+    """
     bundle = Bundle.load(directory)
     with mlflow.start_run(run_name=run_name or f"register-{model_name}"):
         mlflow.set_tags({f"mlscale.{k}": v for k, v in bundle.lineage.items()} | {"mlscale.stage": "register"})
         return register_bundle(bundle, model_name)
 
 
-def set_alias(model_name: str, alias: str, version: str | int) -> None:
-    """Point the alias (champion, challenger, ...) at a version; serving by alias follows on its next deploy."""
-    MlflowClient().set_registered_model_alias(model_name, alias, str(version))
+def _client(tracking_uri: str | None) -> MlflowClient:
+    return tracking_client(tracking_uri) if tracking_uri else MlflowClient()
 
 
-def version_of(model_name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the alias is not set."""
+def set_alias(model_name: str, alias: str, version: str | int, tracking_uri: str | None = None) -> None:
+    """Point the alias (champion, challenger, ...) at a version; serving by alias follows on its next deploy.
+
+    Moving the serving alias after a judgement goes through promotion.apply_decision instead, which checks that
+    the alias is still where the judgement saw it.
+
+    Args:
+        model_name: the registered model.
+        alias: the alias to set or move.
+        version: the version it points at afterwards.
+        tracking_uri: the store; None uses the process's MLflow setting.
+    """
+    _client(tracking_uri).set_registered_model_alias(model_name, alias, str(version))
+
+
+def version_of(model_name: str, alias: str, tracking_uri: str | None = None) -> str | None:
+    """The version an alias points at.
+
+    Args:
+        model_name: the registered model.
+        alias: e.g. champion.
+        tracking_uri: the store; None uses the process's MLflow setting.
+
+    Returns:
+        The version number as a string, or None when the alias (or the model) is not set.
+    """
     try:
-        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+        return str(_client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
 
 
-def promote(model_name: str, source_alias: str = "challenger", target_alias: str = "champion") -> str:
-    """Move target_alias to the version source_alias points at; the old target stays reachable as previous_<target>.
+def label_of(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """A registered version's label spec from its tags (no download); the bundle itself for older versions."""
+    parsed = _parse_models_uri(model_uri)
+    if parsed is not None:
+        name, reference = parsed
+        client = _client(tracking_uri)
+        try:
+            version = (client.get_model_version(name, reference) if reference.isdigit()
+                       else client.get_model_version_by_alias(name, reference))
+        except mlflow.exceptions.MlflowException:
+            version = None
+        if version is not None and LABEL_TAG in version.tags:
+            return json.loads(version.tags[LABEL_TAG])
+    return load_bundle(model_uri, tracking_uri).label
 
-    Returns the promoted version.
-    """
-    version = version_of(model_name, source_alias)
-    if version is None:
-        raise ValueError(f"model {model_name!r} has no version with alias {source_alias!r}")
-    previous = version_of(model_name, target_alias)
-    if previous is not None and previous != version:
-        set_alias(model_name, f"previous_{target_alias}", previous)
-    set_alias(model_name, target_alias, version)
-    return version
+
+def _parse_models_uri(model_uri: str) -> tuple[str, str] | None:
+    """models:/name/3 -> (name, "3"); models:/name@alias -> (name, alias); anything else -> None."""
+    if not model_uri.startswith("models:/"):
+        return None
+    rest = model_uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        return name, alias
+    name, _, version = rest.rpartition("/")
+    return (name, version) if name and version.isdigit() else None
 
 
 def list_versions(model_name: str) -> list[VersionInfo]:
-    """Every version of a registered model, newest first, with aliases and its run's validation/test metrics."""
+    """Every version of a registered model, newest first, with aliases and its run's validation/test metrics.
+
+    Args:
+        model_name: the registered model.
+
+    Returns:
+        One VersionInfo per version.
+
+    Raises:
+        MlflowException: the model is not registered.
+    """
     client = MlflowClient()
     aliases: dict[str, list[str]] = {}
     for alias, version in client.get_registered_model(model_name).aliases.items():
@@ -152,7 +195,16 @@ def list_versions(model_name: str) -> list[VersionInfo]:
 
 
 def load_bundle(model_uri: str, tracking_uri: str | None = None) -> Bundle:
-    """Load a bundle from models:/name@alias, models:/name/version, runs:/..., or a local folder."""
+    """Load a bundle; predict with `bundle.predict_records(records)` or `bundle.predict_columns(columns)`.
+
+    Args:
+        model_uri: models:/name@alias, models:/name/<version>, runs:/<run>/model, or a local bundle folder.
+        tracking_uri: the store to download from; None uses the process's MLflow setting.
+
+    Returns:
+        The bundle: network, fitted features, input schema, label spec and lineage (weights loaded without
+        executing pickled code).
+    """
     if Path(model_uri).exists():
         return Bundle.load(model_uri)
     if tracking_uri:

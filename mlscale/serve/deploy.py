@@ -5,6 +5,7 @@ from __future__ import annotations
 from ray import serve
 
 from mlscale.config import PipelineConfig
+from mlscale.data.schema import record_name
 from mlscale.serve.app import build_app
 
 
@@ -17,6 +18,6 @@ def deploy(config: PipelineConfig, model_uri: str) -> str:
     """Start Serve (idempotent) and run the app for model_uri; returns the predict URL."""
     settings = config.serve
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    app = build_app(model_uri, config.tracking_uri, settings)
+    app = build_app(model_uri, config.tracking_uri, settings, record_name(config.name))
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
     return endpoint_url(config)

@@ -1,6 +1,6 @@
 """The per-worker training function run by Ray Train: sharded ingest, DDP, evaluation, checkpoints and resume.
 
-Everything a run needs arrives as plain data in `config` (built by trainer.loop_config); where it runs comes in a
+Everything a run needs arrives in one frozen LoopConfig (built by trainer.loop_config); where it runs comes in a
 `Session`: a Ray Train worker (the default), or a Ray Tune trial's own process for searches over models too small
 to be worth a worker group. Determinism on CPU: the
 model is initialised from the seed, each shard is read in a fixed order with a seeded local shuffle, and the dropout
@@ -14,16 +14,20 @@ import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from mlscale.config import EarlyStoppingConfig, OptimizerConfig, ScheduleConfig
 from mlscale.models.networks import build_network
 from mlscale.train.metrics import metrics_for, metrics_from_vector
 from mlscale.train.optim import EarlyStopping, build_optimizer, build_scheduler
@@ -34,6 +38,41 @@ HISTORY_FILE = "history.json"
 BATCH_DTYPES = {"x_num": torch.float32, "x_cat": torch.int64, "label": torch.float32}
 PROGRESS_EVERY_STEPS = 10
 PROGRESS_MIN_INTERVAL_S = 0.5  # fast GPU steps with checkpoints on S3 would otherwise be a PUT every few ms
+
+
+@dataclass(frozen=True)
+class MlflowTarget:
+    """The MLflow run rank 0 logs each evaluation to."""
+
+    tracking_uri: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything one training loop needs, typed and immutable; it travels to every worker (and trial) by pickle."""
+
+    network_spec: dict[str, Any]
+    task: Literal["classification", "regression"]
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    seed: int
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    early_stopping: EarlyStoppingConfig
+    grad_clip_norm: float | None
+    metric: str
+    mode: Literal["max", "min"]
+    every_n_steps: int | None
+    use_bf16: bool
+    cache_val_bytes: int
+    filesystem: pafs.FileSystem
+    run_dir: str
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    mlflow: MlflowTarget | None = None
+    extra_metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 def _all_reduce(values: np.ndarray) -> np.ndarray:
@@ -52,7 +91,9 @@ def _autocast(device: torch.device, use_bf16: bool) -> contextlib.AbstractContex
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the network as .module
+    assert isinstance(inner, nn.Module)
+    return inner
 
 
 class Session:
@@ -109,9 +150,9 @@ def _reseed(seed: int, rank: int, step: int) -> None:
 class Target:
     """Turns the label into what the loss sees and the network's output into a prediction, per task."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.task = config["task"]
-        self.mean, self.std = config.get("target_mean", 0.0), config.get("target_std", 1.0)
+    def __init__(self, config: LoopConfig) -> None:
+        self.task = config.task
+        self.mean, self.std = config.target_mean, config.target_std
         self.loss = nn.BCEWithLogitsLoss() if self.task == "classification" else nn.MSELoss()
 
     def training_loss(self, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -168,13 +209,13 @@ def evaluate_shard(model: nn.Module, batches: Any, target: Target, device: torch
 class _MlflowLogger:
     """Rank 0 logs each evaluation to the run as it happens, asynchronously: never one blocking call per step."""
 
-    def __init__(self, settings: dict[str, str] | None) -> None:
-        self.run_id = settings["run_id"] if settings else None
+    def __init__(self, target: MlflowTarget | None) -> None:
+        self.run_id = target.run_id if target else None
         self.pending: list[Any] = []
-        if self.run_id:
-            from mlscale.registry.store import tracking_client
+        if target is not None:
+            from mlscale.tracking import tracking_client
 
-            self.client = tracking_client(settings["tracking_uri"])
+            self.client = tracking_client(target.tracking_uri)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.run_id:
@@ -198,45 +239,48 @@ def read_checkpoint(checkpoint: ray.train.Checkpoint) -> tuple[dict[str, Any], l
     return state, history
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+LOOP_KEY = "loop"  # Ray Train passes a dict to the worker function: the typed config travels under this key
+
+
+def train_loop_per_worker(train_loop_config: dict[str, LoopConfig]) -> None:
     """One Ray Train worker's loop. Resumes from the latest checkpoint after a failure or when the job is rerun."""
-    run_loop(config, Session())
+    run_loop(train_loop_config[LOOP_KEY], Session())
 
 
-def run_loop(config: dict[str, Any], session: Session) -> None:
-    """The training loop wherever it runs; `config["extra_metrics"]` (e.g. a trial's model cost) joins each report."""
+def run_loop(config: LoopConfig, session: Session) -> None:
+    """The training loop wherever it runs; `config.extra_metrics` (e.g. a trial's model cost) joins each report."""
     rank, device = session.rank, session.device
-    use_bf16 = bool(config["use_bf16"])
+    use_bf16 = config.use_bf16
     target = Target(config)
-    epochs, steps_per_epoch = config["epochs"], config["steps_per_epoch"]
-    every = config["every_n_steps"]
-    metric, mode = config["metric"], config["mode"]
+    epochs, steps_per_epoch = config.epochs, config.steps_per_epoch
+    every = config.every_n_steps
+    metric, mode = config.metric, config.mode
 
-    torch.manual_seed(config["seed"])
-    network = build_network(config["network_spec"])
+    torch.manual_seed(config.seed)
+    network = build_network(config.network_spec)
     history: list[dict[str, float]] = []
     position = {"step": 0, "epoch": 0, "step_in_epoch": 0}
-    stopper = EarlyStopping(mode, **config["early_stopping"])
+    stopper = EarlyStopping(mode, **config.early_stopping.model_dump())
     state = None
     checkpoint = session.checkpoint()
     if checkpoint is not None:
         state, history = read_checkpoint(checkpoint)
         network.load_state_dict(state["model"])
         position = state["position"]
-        stopper = EarlyStopping(mode, **config["early_stopping"], **state["early_stopping"])
+        stopper = EarlyStopping(mode, **config.early_stopping.model_dump(), **state["early_stopping"])
     model = session.prepare_model(network)
-    optimizer = build_optimizer(model.parameters(), config["optimizer"])
-    scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, steps_per_epoch, config["schedule"])
+    optimizer = build_optimizer(model.parameters(), config.optimizer)
+    scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, steps_per_epoch, config.schedule)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    _reseed(config["seed"], rank, position["step"])
+    _reseed(config.seed, rank, position["step"])
 
-    progress = ProgressLog(config["filesystem"], config["run_dir"]).start(position["step"]) if rank == 0 else None
-    logger = _MlflowLogger(config.get("mlflow") if rank == 0 else None)
+    progress = ProgressLog(config.filesystem, config.run_dir).start(position["step"]) if rank == 0 else None
+    logger = _MlflowLogger(config.mlflow if rank == 0 else None)
     train_shard = session.shard("train")
-    val_batches = ValidationBatches(session.shard("val"), config["batch_size"] * 4, device,
-                                    config["cache_val_bytes"])
+    val_batches = ValidationBatches(session.shard("val"), config.batch_size * 4, device,
+                                    config.cache_val_bytes)
     totals = np.zeros(2)  # loss sum, rows since the last evaluation
     timing = {"wait": 0.0, "compute": 0.0, "since": time.perf_counter()}
 
@@ -248,13 +292,13 @@ def run_loop(config: dict[str, Any], session: Session) -> None:
         metrics: dict[str, float] = {
             "step": position["step"],
             "epoch": position["epoch"] + (1.0 if epoch_done else position["step_in_epoch"] / steps_per_epoch),
-            "lr": scheduler.get_last_lr()[0],
+            "lr": float(scheduler.get_last_lr()[0]),
             "train_loss": float(reduced[0] / max(reduced[1], 1)),
             "train_samples_per_s": float(reduced[1] / max(reduced[4] / workers, 1e-9)),
             "data_wait_fraction": float(reduced[2] / max(reduced[2] + reduced[3], 1e-9)),
         }
         metrics.update(evaluate_shard(model, val_batches, target, device, use_bf16))
-        metrics.update(config.get("extra_metrics") or {})
+        metrics.update(config.extra_metrics)
         stop = stopper.update(metrics[metric])
         metrics["early_stopped"] = float(stop)
         history.append(metrics)
@@ -274,7 +318,7 @@ def run_loop(config: dict[str, Any], session: Session) -> None:
         logger.log(metrics, position["step"])
         if progress is not None:
             progress.step(position["step"])
-        _reseed(config["seed"], rank, position["step"])
+        _reseed(config.seed, rank, position["step"])
         timing.update(wait=0.0, compute=0.0, since=time.perf_counter())
         return stop
 
@@ -283,8 +327,8 @@ def run_loop(config: dict[str, Any], session: Session) -> None:
     while position["epoch"] < epochs and not stopped:
         skip = position["step_in_epoch"]  # resuming mid-epoch: the same seeded order, minus what was done
         batches = iter(train_shard.iter_torch_batches(
-            batch_size=config["batch_size"], dtypes=BATCH_DTYPES, device=device,
-            local_shuffle_buffer_size=config["batch_size"] * 8, local_shuffle_seed=config["seed"] + position["epoch"],
+            batch_size=config.batch_size, dtypes=BATCH_DTYPES, device=device,
+            local_shuffle_buffer_size=config.batch_size * 8, local_shuffle_seed=config.seed + position["epoch"],
         ))
         index = 0
         while True:
@@ -302,8 +346,8 @@ def run_loop(config: dict[str, Any], session: Session) -> None:
             loss = target.training_loss(output, batch["label"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config["grad_clip_norm"]:
-                nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip_norm"])
+            if config.grad_clip_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
             optimizer.step()
             scheduler.step()
             totals += [float(loss.detach()) * len(batch["label"]), len(batch["label"])]

@@ -12,37 +12,39 @@ from typing import Any
 
 import torch
 
+from mlscale.config import OptimizerConfig, ScheduleConfig
 
-def build_optimizer(parameters: Iterable[torch.nn.Parameter], settings: dict[str, Any]) -> torch.optim.Optimizer:
-    name, lr, decay = settings["name"], settings["lr"], settings["weight_decay"]
+
+def build_optimizer(parameters: Iterable[torch.nn.Parameter], settings: OptimizerConfig) -> torch.optim.Optimizer:
+    name, lr, decay = settings.name, settings.lr, settings.weight_decay
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, weight_decay=decay, momentum=settings["momentum"], nesterov=True)
+        return torch.optim.SGD(parameters, lr=lr, weight_decay=decay, momentum=settings.momentum, nesterov=True)
     raise ValueError(f"optimizer.name {name!r} is unknown; known: adamw, adam, sgd")
 
 
-def lr_factor(step: int, total_steps: int, steps_per_epoch: int, settings: dict[str, Any]) -> float:
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, settings: ScheduleConfig) -> float:
     """Multiplier of the peak lr at a global step: linear warmup, then constant, cosine or step decay."""
-    warmup = int(settings["warmup_fraction"] * total_steps)
+    warmup = int(settings.warmup_fraction * total_steps)
     if step < warmup:
         return (step + 1) / warmup
-    name = settings["name"]
+    name = settings.name
     if name == "constant":
         return 1.0
     if name == "cosine":
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        floor = settings["min_lr_ratio"]
+        floor = settings.min_lr_ratio
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     if name == "step":
-        return settings["gamma"] ** (step // (settings["step_every_epochs"] * max(1, steps_per_epoch)))
+        return settings.gamma ** (step // (settings.step_every_epochs * max(1, steps_per_epoch)))
     raise ValueError(f"schedule.name {name!r} is unknown; known: constant, cosine, step")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
-                    settings: dict[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
+                    settings: ScheduleConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, settings)
     )

@@ -26,7 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from mlscale.caching import cache_key
 from mlscale.config import PipelineConfig
 from mlscale.data.sources import resolve
-from mlscale.train.loop import read_checkpoint, train_loop_per_worker
+from mlscale.train.loop import LOOP_KEY, LoopConfig, MlflowTarget, read_checkpoint, train_loop_per_worker
 from mlscale.train.progress import Attempt, ProgressLog, repeated_steps
 
 
@@ -86,38 +86,39 @@ def first_unfinished(base: str, finished: Callable[[str], bool]) -> str:
 
 def loop_config(config: PipelineConfig, network_spec: dict[str, Any], train_rows: int,
                 target_stats: tuple[float, float] | None, filesystem: pafs.FileSystem, run_dir: str,
-                mlflow_run: dict[str, str] | None) -> dict[str, Any]:
-    """Everything the workers need, as plain data (the filesystem object pickles its settings)."""
+                mlflow_run: MlflowTarget | None, extra_metrics: dict[str, float] | None = None) -> LoopConfig:
+    """Everything the workers need (the filesystem object pickles its settings)."""
     settings = config.train
     metric, mode = config.metric
     mean, std = target_stats or (0.0, 1.0)
-    return {
-        "network_spec": network_spec,
-        "task": config.data.task,
-        "target_mean": mean,
-        "target_std": std,
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "steps_per_epoch": max(1, math.ceil(train_rows / settings.num_workers / settings.batch_size)),
-        "seed": settings.seed,
-        "optimizer": settings.optimizer.model_dump(),
-        "schedule": settings.schedule.model_dump(),
-        "grad_clip_norm": settings.grad_clip_norm,
-        "metric": metric,
-        "mode": mode,
-        "early_stopping": settings.early_stopping.model_dump(),
-        "every_n_steps": settings.checkpoint.every_n_steps,
-        "use_bf16": settings.bf16,
-        "cache_val_bytes": settings.cache_val_mb * 2**20,
-        "filesystem": filesystem,
-        "run_dir": run_dir,
-        "mlflow": mlflow_run,
-    }
+    return LoopConfig(
+        network_spec=network_spec,
+        task=config.data.task,
+        target_mean=mean,
+        target_std=std,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        steps_per_epoch=max(1, math.ceil(train_rows / settings.num_workers / settings.batch_size)),
+        seed=settings.seed,
+        optimizer=settings.optimizer,
+        schedule=settings.schedule,
+        grad_clip_norm=settings.grad_clip_norm,
+        metric=metric,
+        mode=mode,
+        early_stopping=settings.early_stopping,
+        every_n_steps=settings.checkpoint.every_n_steps,
+        use_bf16=settings.bf16,
+        cache_val_bytes=settings.cache_val_mb * 2**20,
+        filesystem=filesystem,
+        run_dir=run_dir,
+        mlflow=mlflow_run,
+        extra_metrics=extra_metrics or {},
+    )
 
 
 def make_trainer(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.Dataset, network_spec: dict[str, Any],
                  run_name: str, target_stats: tuple[float, float] | None = None,
-                 mlflow_run: dict[str, str] | None = None, callbacks: list[Any] | None = None,
+                 mlflow_run: MlflowTarget | None = None, callbacks: list[Any] | None = None,
                  extra_metrics: dict[str, float] | None = None) -> TorchTrainer:
     """The TorchTrainer for one run (a training job, or one trial of a search with Tune's report callback)."""
     settings = config.train
@@ -126,10 +127,10 @@ def make_trainer(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # a fixed order per shard: same seed, same batches, same metrics
     loop = loop_config(config, network_spec, train.count(), target_stats, filesystem, f"{storage_path}/{run_name}",
-                       mlflow_run)
+                       mlflow_run, extra_metrics)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**loop, "extra_metrics": extra_metrics or {}},
+        train_loop_config={LOOP_KEY: loop},
         torch_config=TorchConfig(),  # gloo on CPU, NCCL when use_gpu
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
@@ -154,10 +155,10 @@ def make_trainer(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.
 def run_training(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.Dataset,
                  network_spec: dict[str, Any], run_name: str | None = None,
                  target_stats: tuple[float, float] | None = None,
-                 mlflow_run: dict[str, str] | None = None) -> TrainingOutcome:
+                 mlflow_run: MlflowTarget | None = None) -> TrainingOutcome:
     """Fit with Ray Train; rerunning with the same run_name resumes from its latest checkpoint.
 
-    mlflow_run ({"tracking_uri", "run_id"}) makes rank 0 log every evaluation to that run as training goes.
+    mlflow_run makes rank 0 log every evaluation to that run as training goes.
     """
     run_name = run_name or f"{config.name}-{uuid.uuid4().hex[:8]}"
     filesystem, storage_path = checkpoint_storage(config)

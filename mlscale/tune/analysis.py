@@ -47,14 +47,14 @@ def best_of(values: list[float], mode: str) -> float:
 
 def pareto_front(records: list[TrialRecord], cost: str, mode: str) -> list[TrialRecord]:
     """Trials no other trial beats on both the metric and the cost (lower cost is better), cheapest first."""
-    scored = [r for r in records if r.value is not None and cost in r.cost]
+    scored = [(r, r.value) for r in records if r.value is not None and cost in r.cost]
     front = []
-    for record in scored:
+    for record, value in scored:
         dominated = any(
             other is not record
-            and not better(record.value, other.value, mode) and other.cost[cost] <= record.cost[cost]
-            and (better(other.value, record.value, mode) or other.cost[cost] < record.cost[cost])
-            for other in scored
+            and not better(value, other_value, mode) and other.cost[cost] <= record.cost[cost]
+            and (better(other_value, value, mode) or other.cost[cost] < record.cost[cost])
+            for other, other_value in scored
         )
         if not dominated:
             front.append(record)
@@ -64,12 +64,12 @@ def pareto_front(records: list[TrialRecord], cost: str, mode: str) -> list[Trial
 def pick_winner(records: list[TrialRecord], mode: str, cost: str | None = None,
                 max_cost: float | None = None) -> TrialRecord | None:
     """The trial with the best metric (with a cost ceiling: the best among those under it)."""
-    candidates = [r for r in records if r.value is not None and r.outcome != "failed"]
+    candidates = [(r, r.value) for r in records if r.value is not None and r.outcome != "failed"]
     if cost and max_cost is not None:
-        candidates = [r for r in candidates if r.cost.get(cost, float("inf")) <= max_cost]
+        candidates = [(r, v) for r, v in candidates if r.cost.get(cost, float("inf")) <= max_cost]
     if not candidates:
         return None
-    return max(candidates, key=lambda r: r.value if mode == "max" else -r.value)
+    return max(candidates, key=lambda pair: pair[1] if mode == "max" else -pair[1])[0]
 
 
 def budget_curve(reports: list[Report], mode: str) -> list[tuple[float, float]]:

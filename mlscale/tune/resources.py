@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mlscale.config import ConfigError, PipelineConfig
+from mlscale.config import PipelineConfig
+from mlscale.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ ARCH = "arch"
 def suggest_value(trial: optuna.Trial, name: str, distribution: Distribution) -> Any:
     if distribution.choices is not None:
         return trial.suggest_categorical(name, distribution.choices)
+    low, high = distribution.low, distribution.high
+    assert low is not None and high is not None  # the config allows choices or low/high, nothing else
     if distribution.is_int:
         step = int(distribution.step or 1)
-        return trial.suggest_int(name, int(distribution.low), int(distribution.high), step=step, log=distribution.log)
-    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        return trial.suggest_int(name, int(low), int(high), step=step, log=distribution.log)
+    return trial.suggest_float(name, low, high, step=distribution.step, log=distribution.log)
 
 
 def suggest_architecture(trial: optuna.Trial, space: ArchitectureSpace) -> None:

@@ -87,7 +87,8 @@ class EpochBudget(ray.tune.Stopper):
     """Ends the sweep once its trials have trained `budget` epochs in total (running trials are stopped too)."""
 
     def __init__(self, budget: float) -> None:
-        self.budget, self.reached = budget, {}
+        self.budget = budget
+        self.reached: dict[str, float] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         self.reached[trial_id] = max(float(result.get("epoch", 0.0)), self.reached.get(trial_id, 0.0))
@@ -205,6 +206,8 @@ def best_checkpoint(config: PipelineConfig, result: ray.tune.Result) -> Any:
         scored = [(c, m) for c, m in result.best_checkpoints if metric in m]
         chosen = max(scored, key=lambda pair: pair[1][metric] if mode == "max" else -pair[1][metric])
         return chosen[0]
+    if result.metrics_dataframe is None:
+        raise RuntimeError(f"trial {result.path} reported no metrics")
     frame = result.metrics_dataframe.dropna(subset=[metric])
     if "checkpoint_path" in frame:
         frame = frame.dropna(subset=["checkpoint_path"])
@@ -254,8 +257,8 @@ def run_sweep(config: PipelineConfig, inputs: TrialInputs, name: str) -> tuple[S
     close_orphans(name, storage_url)
     pruned = pruned_trials(filesystem, sweep_dir)
     trials, reports = [], []
-    for result in grid:
-        record, trial_reports = _record(result, config, pruned)
+    for index in range(len(grid)):  # ResultGrid indexes; its type hints do not declare iteration
+        record, trial_reports = _record(grid[index], config, pruned)
         trials.append(record)
         reports += trial_reports
     cost = config.tune.cost
@@ -276,9 +279,9 @@ def close_orphans(name: str, storage_url: str) -> None:
 
 
 def result_of(grid: ray.tune.ResultGrid, trial_id: str) -> ray.tune.Result:
-    for result in grid:
-        if trial_id_of(result) == trial_id:
-            return result
+    for index in range(len(grid)):
+        if trial_id_of(grid[index]) == trial_id:
+            return grid[index]
     raise KeyError(trial_id)
 
 

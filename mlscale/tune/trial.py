@@ -18,10 +18,9 @@ from mlflow.entities import Param
 
 from mlscale.config import PipelineConfig
 from mlscale.features.featureset import FittedFeatures
-from mlscale.models.networks import build_network, parameter_count
-from mlscale.pipeline import model_network_spec
-from mlscale.registry.store import tracking_client
-from mlscale.train.loop import TrialSession, run_loop
+from mlscale.models.networks import build_network, parameter_count, spec_for_features
+from mlscale.tracking import tracking_client
+from mlscale.train.loop import MlflowTarget, TrialSession, run_loop
 from mlscale.train.trainer import checkpoint_storage, loop_config, make_trainer
 from mlscale.tune.space import apply_params, architecture_of
 
@@ -94,18 +93,17 @@ def run_trial(params: dict[str, Any], inputs: TrialInputs) -> None:
 
     context = inputs.context
     config = apply_params(inputs.config, params)
-    spec = model_network_spec(config, inputs.features)
+    spec = spec_for_features(config.train.model, inputs.features)
     trial_id = ray.tune.get_context().get_trial_id()
-    mlflow_run = {"tracking_uri": context.tracking_uri,
-                  "run_id": trial_run_id(context, trial_id, params, config)}
+    mlflow_run = MlflowTarget(context.tracking_uri, trial_run_id(context, trial_id, params, config))
     cost = model_cost(spec)
     run_name = f"{context.name}-{trial_id}"
     if config.tune.trial_workers == 0:
         filesystem, storage_path = checkpoint_storage(config)
         loop = loop_config(config, spec, inputs.train.count(), inputs.target_stats, filesystem,
-                           f"{storage_path}/{run_name}", mlflow_run)
+                           f"{storage_path}/{run_name}", mlflow_run, cost)
         session = TrialSession({"train": inputs.train, "val": inputs.val}, config.train.use_gpu)
-        run_loop({**loop, "extra_metrics": cost}, session)
+        run_loop(loop, session)
         return
     workers = config.model_copy(update={"train": config.train.model_copy(
         update={"num_workers": config.tune.trial_workers})})

@@ -8,7 +8,7 @@ import pyarrow.fs as pafs
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from mlscale.registry.store import tracking_client
+from mlscale.tracking import tracking_client
 from mlscale.train.progress import ProgressLog
 from mlscale.tune.analysis import OUTCOMES
 from tests.e2e.test_job import submit, summary_from_logs, wait

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import requests
 
-from mlscale.registry.store import load_bundle, promote, register_bundle, set_alias, tracking_client, use_tracking
+from mlscale.errors import PromotionConflict
+from mlscale.promotion import Measurement, apply_decision, decide
+from mlscale.registry.store import load_bundle, register_bundle, set_alias, version_of
+from mlscale.tracking import tracking_client, use_tracking
 from tests.conftest import free_port, restore_env
 from tests.unit.test_bundle import make_bundle
 from tests.unit.test_featureset import sample_table
@@ -75,13 +78,62 @@ def test_register_alias_load_predict_through_the_server(mlflow_server):
     for uri in (first.alias_uri("champion"), second.alias_uri("challenger"), second.version_uri):
         np.testing.assert_array_equal(load_bundle(uri, url).predict_columns(table), expected)
     assert any((root / "artifacts").rglob("weights.pt")), "artifacts were not proxied to the server's store"
-    assert promote("server-model") == "2"  # challenger -> champion; the old champion stays reachable
+    decision = decide("server-model", "champion", "if_better", "test_auc", "max", 0.0,
+                      Measurement("2", {"test_auc": 0.9}), Measurement("1", {"test_auc": 0.8}))
+    assert apply_decision(decision, url)  # challenger -> champion; the old champion stays reachable
     client = tracking_client(url)
     assert client.get_model_version_by_alias("server-model", "champion").version in (2, "2")
     assert client.get_model_version_by_alias("server-model", "previous_champion").version in (1, "1")
     assert client.get_model_version("server-model", "1").tags["config_hash"] == "abc"
-    with pytest.raises(ValueError, match="no version with alias 'canary'"):
-        promote("server-model", "canary")
+
+
+def _apply_in_another_process(decision, url):
+    """One trainer finishing: applies its decision from its own process (as two jobs on a cluster would)."""
+    try:
+        return "applied" if apply_decision(decision, url) else "not promoted"
+    except PromotionConflict as error:
+        return f"conflict: {error}"
+
+
+def test_concurrent_challengers_only_a_judged_version_becomes_champion(mlflow_server):
+    """Two trainings judge their versions against the same (empty) champion and promote at the same moment from
+    two processes, while a third version sits behind `challenger` unjudged. Exactly one judged version wins; the
+    other decision is refused as stale instead of silently replacing the winner, and the unjudged challenger is
+    never promoted."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import mlflow
+
+    url, _ = mlflow_server
+    use_tracking(url, "concurrent-promotion")
+    with mlflow.start_run():
+        versions = [register_bundle(make_bundle(), "race-model").version for _ in range(3)]
+    assert versions == ["1", "2", "3"]
+    set_alias("race-model", "challenger", "3", url)  # the newest registration: never judged
+    decisions = [decide("race-model", "champion", "if_better", "test_auc", "max", 0.0,
+                        Measurement(version, {"test_auc": auc}), None)
+                 for version, auc in (("1", 0.81), ("2", 0.82))]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        outcomes = list(pool.map(_apply_in_another_process, decisions, [url, url]))
+    assert sorted(o.split(":")[0] for o in outcomes) == ["applied", "conflict"], outcomes
+    winner = decisions[outcomes.index("applied")].challenger_version
+    loser = decisions[1 - outcomes.index("applied")]
+    assert version_of("race-model", "champion", url) == winner
+    assert version_of("race-model", "challenger", url) == "3"
+    assert f"is v{winner} now" in outcomes[1 - outcomes.index("applied")]
+    client = tracking_client(url)
+    recorded = json.loads(client.get_model_version("race-model", winner).tags["mlscale.promotion"])
+    assert recorded["challenger_version"] == winner and recorded["champion_version"] is None and recorded["by"]
+    assert "mlscale.promotion" not in client.get_model_version("race-model", "3").tags
+    # the loser is judged again, against the champion that now exists, and replaces it only through that decision
+    again = decide("race-model", "champion", "if_better", "test_auc", "max", 0.0, Measurement(loser.challenger_version,
+                   {"test_auc": 0.83}), Measurement(winner, {"test_auc": 0.8}))
+    assert apply_decision(again, url)
+    assert version_of("race-model", "champion", url) == loser.challenger_version
+    assert version_of("race-model", "previous_champion", url) == winner
+    with pytest.raises(PromotionConflict):  # the first round's decision is stale for good
+        apply_decision(decisions[0] if winner == "2" else decisions[1], url)
 
 
 @pytest.mark.slow
@@ -134,12 +186,13 @@ def test_train_job_against_the_server_then_the_registry_cli(mlflow_server, pipel
 
     compared = runner.invoke(app, ["registry", "compare", *base])
     assert compared.exit_code == 0, compared.output
-    comparison = json.loads(compared.output.split("MLSCALE_COMPARISON ", 1)[1].splitlines()[0])
-    assert comparison["champion"]["uri"].endswith("@champion") and comparison["delta"] == pytest.approx(0, abs=1e-9)
-    assert comparison["better"] is False  # the same weights on the same rows: nothing to gain
+    decision = json.loads(compared.output.split("MLSCALE_DECISION ", 1)[1].splitlines()[0])
+    assert (decision["challenger_version"], decision["champion_version"]) == ("2", "1")
+    assert decision["delta"] == pytest.approx(0, abs=1e-9)
+    assert decision["promote"] is False  # the same weights on the same rows: nothing to gain
 
     refused = runner.invoke(app, ["registry", "promote", "--if-better", *base])
-    assert refused.exit_code == 3 and "not promoted" in refused.output
+    assert refused.exit_code == 6 and "not promoted" in refused.output
     promoted = runner.invoke(app, ["registry", "promote", *base])
     assert promoted.exit_code == 0, promoted.output
     listed = runner.invoke(app, ["registry", "list", *base])

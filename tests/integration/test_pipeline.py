@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mlscale.evaluate import score
-from mlscale.registry.store import load_bundle, tracking_client
+from mlscale.registry.store import load_bundle
+from mlscale.tracking import tracking_client
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,7 @@ def test_cli_predict_uses_the_registered_champion(pipeline_result, tmp_path):
     from typer.testing import CliRunner
 
     from mlscale.cli import app
-    from mlscale.pipeline import json_value
+    from mlscale.data.records import json_value
 
     config, result = pipeline_result
     rows = result.prepared.read("test").limit(3).take_all()
@@ -130,7 +131,7 @@ def test_stage_timings_are_recorded(pipeline_result):
 def test_behavioural_checks_pass_on_the_trained_bundle(pipeline_result):
     """Model tests on the registered bundle: invariance, direction and minimum functionality (evaluate.behaviour)."""
     from mlscale.behaviour import run_behaviour
-    from mlscale.pipeline import json_value
+    from mlscale.data.records import json_value
 
     config, result = pipeline_result
     bundle = load_bundle(result.trained.model_uri, config.tracking_uri)

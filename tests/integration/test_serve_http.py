@@ -3,7 +3,7 @@
 import pytest
 import requests
 
-from mlscale.pipeline import json_value
+from mlscale.data.records import json_value
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ import pytest
 from mlscale.config import ObjectStoreConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
 from mlscale.data.prepare import PARTITIONS, prepare
-from mlscale.data.schema import SchemaError
-from mlscale.data.sources import SourceError, object_store
+from mlscale.data.sources import object_store
 from mlscale.data.synthetic import DEFECTS, generate_table
-from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN, ValidationFailed
+from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN
+from mlscale.errors import SchemaError, SourceError, ValidationFailed
 from mlscale.features.cache import FeatureCache
 from tests.expected_rules import expected_rule_counts
 

@@ -19,7 +19,9 @@ import ray
 from ray.util.state import list_actors
 
 from mlscale.data.prepare import load_prepared
-from mlscale.pipeline import model_network_spec, train_stage, training_data
+from mlscale.models.networks import spec_for_features
+from mlscale.stages.train import train_stage
+from mlscale.train.inputs import training_data
 from mlscale.train.progress import ProgressLog
 from mlscale.train.trainer import checkpoint_storage, run_training
 
@@ -35,7 +37,7 @@ def setup(pipeline_result):
         "early_stopping": config.train.early_stopping.model_copy(update={"enabled": False}),
     })})
     data = training_data(config, load_prepared(config))
-    return config, data, model_network_spec(config, data.features)
+    return config, data, spec_for_features(config.train.model, data.features)
 
 
 def train(setup, config=None, run_name=None):
@@ -149,8 +151,8 @@ def test_regression_task_end_to_end(pipeline_result):
         "tracking": config.tracking.model_copy(update={"registered_model": "flights-small-arrival-delay",
                                                        "experiment": "regression"}),
     })
-    from mlscale.pipeline import start_tracking
     from mlscale.registry.store import load_bundle
+    from mlscale.tracking import start_tracking
 
     start_tracking(regression)
     trained = train_stage(regression, result.prepared, run_name=f"regression-{uuid.uuid4().hex[:6]}")

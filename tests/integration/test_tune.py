@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from mlscale.config import load_config
-from mlscale.registry.store import load_bundle, tracking_client
+from mlscale.registry.store import load_bundle
+from mlscale.tracking import tracking_client
 from mlscale.tune.analysis import OUTCOMES, better
 from tests.conftest import REPO
 
@@ -17,8 +18,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def tuned(pipeline_result):
-    from mlscale.pipeline import start_tracking
-    from mlscale.tune.stage import tune_stage
+    from mlscale.stages.tune import tune_stage
+    from mlscale.tracking import start_tracking
 
     base, _ = pipeline_result  # the same prepared data and feature cache, its own experiment and model name
     config = load_config(REPO / "jobs" / "configs" / "flights-small.yaml", {

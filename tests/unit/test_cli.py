@@ -44,3 +44,78 @@ def test_registry_list_of_an_unknown_model_is_a_readable_error(tmp_path, monkeyp
     result = runner.invoke(app, ["registry", "list", "--set", f"storage.root={tmp_path}", "--name", "nobody"])
     assert result.exit_code == 2
     assert "cannot list 'nobody'" in result.output
+
+
+ERROR_KINDS = [
+    ("ConfigError", 2), ("SourceError", 3), ("SchemaError", 3), ("PreparedDataMissing", 3),
+    ("ExpressionError", 5), ("PromotionError", 6), ("PromotionConflict", 6), ("NothingToServe", 6),
+    ("SearchError", 7), ("NoWinner", 7), ("ServingError", 8), ("MlscaleError", 1),
+]
+
+
+@pytest.mark.parametrize(("kind", "code"), ERROR_KINDS)
+def test_each_error_kind_is_a_message_and_its_exit_code(kind, code, monkeypatch):
+    """Every stage error reaches the shell as one line and the documented code; no traceback without --debug."""
+    import mlscale.entry
+    import mlscale.errors
+
+    error = getattr(mlscale.errors, kind)(f"the {kind} message")
+
+    def fail(config, **kwargs):
+        raise error
+
+    monkeypatch.setitem(mlscale.entry.STAGES, "train", fail)
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == code == mlscale.errors.EXIT_CODES[kind]
+    assert f"the {kind} message" in result.output and "Traceback" not in result.output
+    debug = runner.invoke(app, ["--debug", "train"])
+    assert debug.exit_code == code and "Traceback" in debug.output
+
+
+def test_job_scripts_map_errors_the_same_way(monkeypatch, capsys):
+    import mlscale.entry
+    from mlscale.errors import ValidationFailed
+
+    class Report:
+        def render(self) -> str:
+            return "rule x broke 9 rows"
+
+    def fail(config):
+        raise ValidationFailed(Report(), __import__("pathlib").Path("/tmp/prepared/_report.json"))
+
+    monkeypatch.setitem(mlscale.entry.STAGES, "prepare", fail)
+    assert mlscale.entry.job_main("prepare", []) == 4
+    assert "rule x broke 9 rows" in capsys.readouterr().err
+
+
+def test_a_bug_is_not_swallowed(monkeypatch):
+    """Only mlscale's own errors become messages: anything else keeps its traceback."""
+    import mlscale.entry
+
+    def fail(config):
+        raise KeyError("a bug")
+
+    monkeypatch.setitem(mlscale.entry.STAGES, "train", fail)
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+def test_version():
+    from mlscale.version import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mlscale {__version__}"
+
+
+def test_the_public_api_lists_what_it_exports():
+    import mlscale
+
+    assert set(mlscale.__all__) == set(mlscale._EXPORTS) | {"__version__"}
+    import inspect
+
+    for name in mlscale.__all__:
+        value = getattr(mlscale, name)
+        if callable(value) and not isinstance(value, type):
+            assert value.__doc__, f"mlscale.{name} has no docstring"
+            missing = [p for p in inspect.signature(value).parameters if p not in value.__doc__]
+            assert not missing, f"mlscale.{name}'s docstring does not describe {missing}"

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from mlscale.config import ConfigError, PipelineConfig, load_config, parse_overrides
+from mlscale.config import PipelineConfig, load_config, parse_overrides
+from mlscale.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,3 +105,69 @@ def test_feature_shorthand_and_detailed_forms_mix():
 def test_data_and_feature_errors_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "has space", "x\n"])
+def test_pipeline_name_is_a_plain_identifier(name):
+    """Folders under storage.root are named after it: '' or '../x' would replace or escape them."""
+    with pytest.raises(ConfigError, match="name"):
+        load_config(None, {"name": name})
+
+
+def test_name_override_from_the_cli_is_refused_before_anything_is_touched(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlscale.cli import app
+
+    prepared = tmp_path / "prepared" / "flights"
+    prepared.mkdir(parents=True)
+    (prepared / "keep.parquet").write_text("data")
+    for name in ("", "../x"):
+        result = CliRunner().invoke(app, ["prepare", "--set", f"name={name}", "--set", f"storage.root={tmp_path}"])
+        assert result.exit_code == 2, result.output
+        assert "name" in result.output
+    assert (prepared / "keep.parquet").read_text() == "data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_env_is_expanded_in_values_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLSCALE_UNSET_VAR", raising=False)
+    monkeypatch.setenv("MLSCALE_TRICKY", "line one\nserve:\n  port: 1 # not a comment")
+    path = tmp_path / "env.yaml"
+    path.write_text("# ${MLSCALE_UNSET_VAR} in a comment is never read\n"
+                    "tracking:\n  experiment: ${MLSCALE_TRICKY}  # a trailing comment\n")
+    config = load_config(path)
+    assert config.tracking.experiment == "line one\nserve:\n  port: 1 # not a comment"
+    assert config.serve.port == 8000  # the variable's text did not become YAML
+
+
+def test_a_reference_expanding_to_nothing_is_unset(tmp_path, monkeypatch):
+    """`address: ${MLSCALE_RAY_ADDRESS:-}` means no address (start the embedded Ray), not the address ''."""
+    monkeypatch.delenv("MLSCALE_RAY_ADDRESS", raising=False)
+    path = tmp_path / "empty.yaml"
+    path.write_text("ray:\n  address: ${MLSCALE_RAY_ADDRESS:-}\ntracking:\n  experiment: x${MLSCALE_RAY_ADDRESS:-}\n")
+    config = load_config(path)
+    assert config.ray.address is None
+    assert config.tracking.experiment == "x"
+    for name in ("flights.yaml", "flights-small.yaml"):
+        assert load_config(REPO / "jobs" / "configs" / name).ray.address is None
+
+
+def test_logged_params_hold_no_credentials():
+    from mlscale.tracking import flat_params
+
+    config = load_config(None, {
+        "tracking.uri": "postgresql://ml:s3cret-pw@db.internal:5432/mlflow",
+        "tune.study_storage": "postgresql://optuna:other-pw@db/optuna?password=qs-pw&sslmode=require",
+        "data.object_store.endpoint_url": "http://minio:9000/?token=tok-123",
+        "data.object_store.region": "private-region",
+        "tracking.secrets": ["data.object_store.region"],
+    })
+    params = {**flat_params(config), **flat_params(config, "tune")}
+    text = "\n".join(params.values())
+    for secret in ("s3cret-pw", "other-pw", "qs-pw", "tok-123", "private-region"):
+        assert secret not in text
+    assert params["tracking.uri"] == "postgresql://ml:***@db.internal:5432/mlflow"
+    assert params["tune.study_storage"] == "postgresql://optuna:***@db/optuna?password=***&sslmode=require"
+    assert params["data.object_store.region"] == "***"
+    assert params["data.object_store.access_key_env"] == "AWS_ACCESS_KEY_ID"  # the variable's name, not a secret

@@ -112,7 +112,7 @@ def test_hashing_and_crosses_are_stable_and_null_aware():
     assert tail[0] == tail[1] and 1 <= tail[0] <= 64 and tail[2] == 0
     assert cross[0] == cross[1] and 1 <= cross[0] <= 32 and cross[2] == 0
     # a value fixed here, so a change of hash function (which would silently re-bucket served traffic) fails
-    from mlscale.features.hashing import bucket_ids
+    from mlscale.hashing import bucket_ids
     assert bucket_ids([pa.array(["N123AB", "EWR", ""])], 1_000_003).tolist() == \
         bucket_ids([pa.array(["N123AB", "EWR", ""])], 1_000_003).tolist()
     assert len(set(bucket_ids([pa.array([f"id{i}" for i in range(5000)])], 64).tolist())) == 64

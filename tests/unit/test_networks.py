@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlscale.config import ConfigError, load_config
+from mlscale.config import load_config
+from mlscale.errors import ConfigError
 from mlscale.models.networks import FAMILIES, build_network, network_spec
 from mlscale.registry.bundle import Bundle
 from tests.unit.test_bundle import make_bundle

@@ -6,10 +6,11 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
+from mlscale.config import OptimizerConfig, ScheduleConfig
 from mlscale.train.optim import EarlyStopping, build_optimizer, build_scheduler, lr_factor
 from mlscale.train.progress import ProgressLog, repeated_steps
 
-SCHEDULE = {"name": "cosine", "warmup_fraction": 0.1, "min_lr_ratio": 0.1, "step_every_epochs": 1, "gamma": 0.5}
+SCHEDULE = ScheduleConfig(name="cosine", warmup_fraction=0.1, min_lr_ratio=0.1, step_every_epochs=1, gamma=0.5)
 
 
 def test_warmup_then_cosine_to_the_floor():
@@ -21,14 +22,14 @@ def test_warmup_then_cosine_to_the_floor():
 
 
 def test_step_and_constant_schedules():
-    step = {**SCHEDULE, "name": "step", "warmup_fraction": 0.0, "step_every_epochs": 2}
+    step = SCHEDULE.model_copy(update={"name": "step", "warmup_fraction": 0.0, "step_every_epochs": 2})
     assert [lr_factor(s, 100, 10, step) for s in (0, 19, 20, 45)] == [1.0, 1.0, 0.5, 0.25]
-    assert lr_factor(50, 100, 10, {**SCHEDULE, "name": "constant"}) == 1.0
+    assert lr_factor(50, 100, 10, SCHEDULE.model_copy(update={"name": "constant"})) == 1.0
 
 
 def test_scheduler_state_resumes_the_same_rate():
     model = torch.nn.Linear(2, 1)
-    settings = {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9}
+    settings = OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.0, momentum=0.9)
     first = build_optimizer(model.parameters(), settings)
     scheduler = build_scheduler(first, 100, 10, SCHEDULE)
     for _ in range(37):

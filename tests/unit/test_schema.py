@@ -3,8 +3,8 @@ import pytest
 from pydantic import ValidationError
 
 from mlscale.config import ValidationConfig
-from mlscale.data.expressions import ExpressionError, columns_of, evaluate
-from mlscale.data.schema import ColumnSpec, SchemaError, request_model
+from mlscale.data.expressions import columns_of, evaluate
+from mlscale.data.schema import ColumnSpec, request_model
 from mlscale.data.validation import (
     REASON_COLUMN,
     RULES_COLUMN,
@@ -14,6 +14,7 @@ from mlscale.data.validation import (
     rule_partials,
     validate_batch,
 )
+from mlscale.errors import ExpressionError, SchemaError
 
 SPECS = [
     ColumnSpec(name="month", dtype="int", nullable=False, min=1, max=12),
@@ -76,7 +77,7 @@ def test_uncastable_column_names_column_and_type():
 
 
 def test_check_on_unknown_column_is_refused():
-    with pytest.raises(SchemaError, match=r"undeclared column\(s\) \['speed'\]"):
+    with pytest.raises(ExpressionError, match=r"undeclared column\(s\) \['speed'\]"):
         build_rules(SPECS, ValidationConfig(checks=[{"name": "fast", "expr": "speed < 700"}]))
 
 

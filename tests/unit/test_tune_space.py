@@ -3,7 +3,8 @@
 import optuna
 import pytest
 
-from mlscale.config import ConfigError, load_config
+from mlscale.config import load_config
+from mlscale.errors import ConfigError
 from mlscale.tune.analysis import Report, TrialRecord, budget_curve, budget_to_reach, pareto_front, pick_winner
 from mlscale.tune.resources import plan_trials
 from mlscale.tune.space import DefineByRun, apply_params, architecture_of, overrides_from_params

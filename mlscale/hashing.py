@@ -42,15 +42,21 @@ def hash_strings(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     return _finish(h), nulls
 
 
-def bucket_ids(columns: list[pa.Array | pa.ChunkedArray], buckets: int) -> np.ndarray:
-    """1 + hash(values) mod buckets per row, combining several columns for a cross; 0 when any value is null."""
+def combined_hash(columns: list[pa.Array | pa.ChunkedArray]) -> np.ndarray:
+    """One uint64 hash per row over several columns, order-sensitive (a cross of a and b is not b and a)."""
     combined: np.ndarray | None = None
-    any_null: np.ndarray | None = None
     for column in columns:
-        h, nulls = hash_strings(column)
+        h, _ = hash_strings(column)
         with np.errstate(over="ignore"):
             combined = h if combined is None else _finish(combined * _FNV_PRIME ^ h)
-        any_null = nulls if any_null is None else any_null | nulls
-    assert combined is not None and any_null is not None
-    ids = (combined % np.uint64(buckets)).astype(np.int64) + 1
+    assert combined is not None, "combined_hash needs at least one column"
+    return combined
+
+
+def bucket_ids(columns: list[pa.Array | pa.ChunkedArray], buckets: int) -> np.ndarray:
+    """1 + hash(values) mod buckets per row, combining several columns for a cross; 0 when any value is null."""
+    any_null = np.zeros(len(columns[0]), dtype=bool)
+    for column in columns:
+        any_null |= np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    ids = (combined_hash(columns) % np.uint64(buckets)).astype(np.int64) + 1
     return np.where(any_null, 0, ids)

@@ -21,24 +21,15 @@ from mlflow.entities import Metric
 
 from mlscale.config import PipelineConfig
 from mlscale.data.prepare import PreparedData, load_prepared
-from mlscale.pipeline import (
-    TrainedModel,
-    child_run,
-    data_lineage,
-    flat_params,
-    label_spec,
-    log_history,
-    log_training_inputs,
-    model_network_spec,
-    register_and_judge,
-    target_stats,
-    trained_model,
-    training_data,
-)
+from mlscale.errors import NoWinner
+from mlscale.features.label import label_spec, target_stats
+from mlscale.models.networks import spec_for_features
 from mlscale.plots import bar_chart, optimization_history, pareto_plot
-from mlscale.registry.store import tracking_client
+from mlscale.stages.judge import register_and_judge
+from mlscale.stages.train import TrainedModel, data_lineage, log_history, log_training_inputs, trained_model
+from mlscale.tracking import child_run, experiment_id, flat_params, tracking_client
+from mlscale.train.inputs import training_data
 from mlscale.tune.analysis import TrialRecord
-from mlscale.tune.errors import NoWinner
 from mlscale.tune.space import apply_params, architecture_of
 from mlscale.tune.sweep import SweepResult, read_best, run_sweep, sweep_name
 from mlscale.tune.trial import SweepContext, TrialInputs
@@ -55,6 +46,7 @@ class TunedModel:
 
     def summary(self) -> dict:
         sweep, best = self.sweep, self.sweep.best
+        assert best is not None, "a TunedModel exists only for a sweep with a winner"
         return {
             "sweep": sweep.name, "resumed": sweep.resumed, "mlflow_run_id": self.run_id,
             "trials": len(sweep.trials), **{f"trials_{k}": v for k, v in sweep.counts().items()},
@@ -62,15 +54,14 @@ class TunedModel:
             f"best_{sweep.metric}": best.value, "best_trial": best.trial_id, "architecture": self.architecture,
             "pareto_front": [{"trial": r.trial_id, sweep.metric: r.value, **r.cost} for r in sweep.pareto],
             "model_uri": self.trained.model_uri, "model_version": self.trained.version,
-            "promoted": self.trained.promoted, "promotion": self.trained.comparison.get("reason", ""),
+            "promoted": self.trained.promoted, "promotion": self.trained.decision.get("reason", ""),
             **self.trained.test_metrics,
         }
 
 
 def _sweep_run(config: PipelineConfig, name: str) -> mlflow.ActiveRun:
     """The sweep's MLflow run: the one an interrupted attempt of this sweep started, or a new one."""
-    experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
-    found = mlflow.search_runs([experiment.experiment_id], f"tags.`mlscale.sweep` = '{name}' and "
+    found = mlflow.search_runs([experiment_id(config.tracking.experiment)], f"tags.`mlscale.sweep` = '{name}' and "
                                f"tags.`mlscale.stage` = 'tune'", output_format="list", max_results=1)
     if found:
         return mlflow.start_run(run_id=found[0].info.run_id, nested=mlflow.active_run() is not None)
@@ -80,11 +71,11 @@ def _sweep_run(config: PipelineConfig, name: str) -> mlflow.ActiveRun:
     return run
 
 
-def close_trial_runs(config: PipelineConfig, sweep: SweepResult, experiment_id: str) -> None:
+def close_trial_runs(config: PipelineConfig, sweep: SweepResult, experiment: str) -> None:
     """Each trial's run gets its outcome (completed / pruned / stopped / failed), a matching status, and any point
     of its curve that Tune saw but the trial could not log (a pruned trial is stopped right after it reports)."""
     client = tracking_client(config.tracking_uri)
-    runs = client.search_runs([experiment_id], f"tags.`mlscale.sweep` = '{sweep.name}' and "
+    runs = client.search_runs([experiment], f"tags.`mlscale.sweep` = '{sweep.name}' and "
                               f"tags.`mlscale.stage` = 'tune_trial'", max_results=10_000)
     by_trial = {run.data.tags["mlscale.trial_id"]: run.info.run_id for run in runs}
     for record in sweep.trials:
@@ -121,7 +112,7 @@ def log_sweep(sweep: SweepResult, directory: Path) -> None:
     table.to_csv(directory / "trials.csv", index=False)
     mlflow.log_artifact(str(directory / "trials.csv"), "tune")
     mlflow.log_metrics({f"trials_{k}": float(v) for k, v in sweep.counts().items()})
-    if sweep.best is not None:
+    if sweep.best is not None and sweep.best.value is not None:
         mlflow.log_metric(f"best_{sweep.metric}", sweep.best.value)
         mlflow.set_tag("mlscale.best_trial", sweep.best.trial_id)
     finished = [r.value for r in sorted(sweep.trials, key=_finish_time(sweep))]
@@ -135,35 +126,47 @@ def log_sweep(sweep: SweepResult, directory: Path) -> None:
     cost_key = sweep.cost
     if cost_key:
         points = [(r.cost[cost_key], r.value) for r in sweep.trials if r.value is not None and cost_key in r.cost]
-        front = [(r.cost[cost_key], r.value) for r in sweep.pareto]
-        mlflow.log_dict([{"trial": r.trial_id, sweep.metric: r.value, **r.cost, "params": r.params}
-                         for r in sweep.pareto], "tune/pareto_front.json")
+        front = [(r.cost[cost_key], r.value) for r in sweep.pareto if r.value is not None]
+        mlflow.log_text(json.dumps([{"trial": r.trial_id, sweep.metric: r.value, **r.cost, "params": r.params}
+                                    for r in sweep.pareto], indent=2, default=str), "tune/pareto_front.json")
         mlflow.log_artifact(str(pareto_plot(points, front, directory / "pareto_front.png", cost_key, sweep.metric,
                                             f"{sweep.name}: {sweep.metric} against {cost_key}")), "plots")
 
 
 def _finish_time(sweep: SweepResult) -> Callable[[TrialRecord], float]:
-    last = {}
+    last: dict[str, float] = {}
     for report in sweep.reports:
         last[report.trial_id] = max(report.time, last.get(report.trial_id, 0.0))
     return lambda record: last.get(record.trial_id, float("inf"))
 
 
 def tune_stage(config: PipelineConfig, prepared: PreparedData | None = None) -> TunedModel:
-    """Run or resume the sweep, then register its winner as challenger and judge it like a trained model."""
+    """Run or resume the sweep, then register its winner as challenger and judge it like a trained model.
+
+    Args:
+        config: the pipeline config with its `tune` section; call `mlscale.start(config)` first.
+        prepared: the prepare stage's result; None reads the last committed preparation of `config.name`.
+
+    Returns:
+        The sweep (trials, best, Pareto front), its MLflow run and the winner as a judged TrainedModel.
+
+    Raises:
+        NoWinner: no trial reported the metric.
+        PreparedDataMissing: nothing prepared for this pipeline name.
+    """
     prepared = prepared or load_prepared(config)
     data = training_data(config, prepared)
-    label = label_spec(config, prepared)
+    label = label_spec(config.data, prepared.read("train"))
     name = sweep_name(config, prepared.cache_key or prepared.data_fingerprint)
-    experiment_id = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
+    experiment = experiment_id(config.tracking.experiment)
     lineage = data_lineage(config, prepared, data.features)  # parent_run: the pipeline's run, if any
     with _sweep_run(config, name) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tags({f"mlscale.{k}": v for k, v in lineage.items()})
-        log_training_inputs(config, prepared, data)
-        context = SweepContext(name, config.tracking_uri, experiment_id, run.info.run_id)
+        log_training_inputs(prepared, data)
+        context = SweepContext(name, config.tracking_uri, experiment, run.info.run_id)
         inputs = TrialInputs(config, data.features, data.train, data.val, target_stats(label), context)
         sweep, grid = run_sweep(config, inputs, name)
-        close_trial_runs(config, sweep, experiment_id)
+        close_trial_runs(config, sweep, experiment)
         log_sweep(sweep, Path(tmp))
         best = sweep.best
         if best is None:
@@ -177,7 +180,8 @@ def tune_stage(config: PipelineConfig, prepared: PreparedData | None = None) -> 
             log_history(chosen, history, Path(trial_tmp))
             lineage = {**lineage, "config_hash": chosen.fingerprint(), "parent_run": run.info.run_id,
                        "tune_sweep": name, "tune_trial": best.trial_id, "architecture": json.dumps(architecture)}
-            judged = register_and_judge(chosen, prepared, data.features, model_network_spec(chosen, data.features),
+            judged = register_and_judge(chosen, prepared, data.features, spec_for_features(chosen.train.model,
+                                                                                           data.features),
                                         label, state, history[-1], lineage, Path(trial_tmp))
         mlflow.set_tag("mlscale.registered_version", judged.registered.version)
     trained = trained_model(chosen, judged, best.run_id, history[-1], history)

@@ -1,10 +1,13 @@
-"""Each stage as one call that returns a printable summary: what jobs/ scripts and the CLI both run."""
+"""Entry points shared by the `mlscale` CLI and the jobs/ scripts: run one stage by name, print its summary for
+people (a table) and machines (one JSON line), and turn an MlscaleError into its message and documented exit code
+(mlscale.errors) instead of a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,15 +15,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mlscale.config import ConfigError, PipelineConfig, load_config, parse_overrides
+from mlscale.config import PipelineConfig, load_config, parse_overrides
 from mlscale.data.prepare import load_prepared
-from mlscale.data.schema import SchemaError
-from mlscale.data.sources import SourceError
-from mlscale.data.validation import ValidationFailed
-from mlscale.pipeline import prepare_stage, run_pipeline, served_vs_batch, start, train_stage
-from mlscale.promotion import NothingToServe
-from mlscale.serve.deploy import deploy
-from mlscale.tune.errors import NoWinner
+from mlscale.errors import MlscaleError
+from mlscale.pipeline import run_pipeline
+from mlscale.stages.common import start
+from mlscale.stages.deploy import deploy_stage, served_vs_batch
+from mlscale.stages.prepare import prepare_stage
+from mlscale.stages.train import train_stage
 
 
 def prepare_summary(config: PipelineConfig) -> dict[str, Any]:
@@ -44,7 +46,7 @@ def train_summary(config: PipelineConfig) -> dict[str, Any]:
         "model_version": trained.version,
         "version_uri": trained.version_uri,
         "promoted": trained.promoted,
-        "promotion": trained.comparison.get("reason", ""),
+        "promotion": trained.decision.get("reason", ""),
         "behaviour_passed": trained.behaviour_passed,
         "mlflow_run_id": trained.run_id,
         "train_attempts": trained.attempts,
@@ -55,7 +57,7 @@ def train_summary(config: PipelineConfig) -> dict[str, Any]:
 
 
 def tune_summary(config: PipelineConfig) -> dict[str, Any]:
-    from mlscale.tune.stage import tune_stage
+    from mlscale.stages.tune import tune_stage
 
     start(config)
     return tune_stage(config).summary()
@@ -64,11 +66,12 @@ def tune_summary(config: PipelineConfig) -> dict[str, Any]:
 def deploy_summary(config: PipelineConfig, model_uri: str | None = None, check: bool = True) -> dict[str, Any]:
     start(config)
     model_uri = model_uri or f"models:/{config.tracking.registered_model}@{config.tracking.alias}"
-    endpoint = deploy(config, model_uri)
+    endpoint = deploy_stage(config, model_uri)
     summary: dict[str, Any] = {"model_uri": model_uri, "endpoint": endpoint}
     if check:
         result = served_vs_batch(config, load_prepared(config), model_uri, endpoint)
-        summary.update(served_vs_batch_rows=result.rows, served_vs_batch_max_abs_diff=result.max_abs_diff)
+        summary.update(served_vs_batch_rows=result.rows, served_vs_batch_max_abs_diff=result.max_abs_diff,
+                       served_vs_batch_max_rel_diff=result.max_rel_diff)
     return summary
 
 
@@ -80,10 +83,7 @@ def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
     return {**result.summary(), "report": str(report)}
 
 
-# The message is the whole story: no traceback needed.
-DATA_ERRORS = (ValidationFailed, SourceError, SchemaError, NothingToServe, NoWinner, ConfigError)
-
-STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "prepare": prepare_summary,
     "train": train_summary,
     "tune": tune_summary,
@@ -103,23 +103,31 @@ def print_summary(title: str, summary: dict[str, Any], console: Console | None =
     print("MLSCALE_SUMMARY " + json.dumps(summary, default=str), flush=True)
 
 
+def report_error(stage: str, error: MlscaleError, debug: bool = False) -> int:
+    """Print an mlscale error as its message (the traceback too with debug) and return its exit code."""
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"mlscale {stage} failed ({type(error).__name__}): {error}", file=sys.stderr, flush=True)
+    return error.exit_code
+
+
 def job_main(stage: str, argv: list[str] | None = None) -> int:
-    """Entry point of the jobs/ scripts: parse --config and --set, run one stage, print its summary."""
+    """Entry point of the jobs/ scripts: parse --config and --set, run one stage, print its summary.
+
+    Returns:
+        0, or the exit code of the MlscaleError that stopped the stage (see mlscale.errors).
+    """
     parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"Run the mlscale {stage} stage.")
-    parser.add_argument("--config", required=True, help="pipeline config YAML")
+    parser.add_argument("--config", help="pipeline config YAML (default: the built-in example)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     parser.add_argument("--summary-json", help="also write the summary to this file")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, parse_overrides(args.set))
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    try:
         summary = STAGES[stage](config)
-    except DATA_ERRORS as error:
-        print(f"mlscale {stage} failed: {error}", file=sys.stderr)
-        return 1
+    except MlscaleError as error:
+        return report_error(stage, error, args.debug)
     print_summary(f"mlscale {stage}", summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))

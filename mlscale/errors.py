@@ -1,0 +1,109 @@
+"""One error family: every failure a user can act on is an MlscaleError whose message is the whole story.
+
+The CLI and the jobs print the message (no traceback unless --debug) and exit with the code of its kind, so a
+scheduler or a shell script can tell a bad config from bad data from a refused promotion without parsing text.
+
+| exit code | kind |
+|---|---|
+| 1 | MlscaleError (any other) |
+| 2 | ConfigError: the config cannot be used |
+| 3 | SourceError / SchemaError / PreparedDataMissing: the data cannot be read as declared |
+| 4 | ValidationFailed: too many rows broke the rules (the report names them) |
+| 5 | ExpressionError: a validation rule expression cannot be parsed or names an unknown column |
+| 6 | PromotionError / NothingToServe / PromotionConflict: the registry refused or had nothing to serve |
+| 7 | SearchError / NoWinner: a search produced no usable model |
+| 8 | ServingError: the deployed service failed its checks |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class MlscaleError(Exception):
+    """Base of every error mlscale raises on purpose; its message names the field, value or file at fault."""
+
+    exit_code = 1
+
+
+class ConfigError(MlscaleError, ValueError):
+    """A pipeline config that cannot be used, with a message a person can act on."""
+
+    exit_code = 2
+
+
+class SourceError(MlscaleError, RuntimeError):
+    """A source that cannot be read: the file is named, and the reason."""
+
+    exit_code = 3
+
+
+class SchemaError(MlscaleError, ValueError):
+    """The data does not have the declared columns: a schema break, not a bad row."""
+
+    exit_code = 3
+
+
+class PreparedDataMissing(SourceError, FileNotFoundError):
+    """A stage that reads prepared data ran before the prepare stage wrote any for this pipeline name."""
+
+
+class ValidationFailed(MlscaleError, RuntimeError):
+    """The data broke the validation thresholds; the message is the readable report, kept at report_path."""
+
+    exit_code = 4
+
+    def __init__(self, report: Any, report_path: Path) -> None:
+        super().__init__(f"{report.render()}\nfull report and quarantined rows kept at {report_path.parent}")
+        self.report = report
+        self.report_path = report_path
+
+
+class ExpressionError(MlscaleError, ValueError):
+    """A rule expression that cannot be parsed, or that uses something other than columns, numbers and arithmetic."""
+
+    exit_code = 5
+
+
+class PromotionError(MlscaleError, RuntimeError):
+    """The registry refused to move an alias, or the decision did not promote."""
+
+    exit_code = 6
+
+
+class NothingToServe(PromotionError):
+    """The model alias that serving loads points at no version (e.g. the first model failed its checks)."""
+
+
+class PromotionConflict(PromotionError):
+    """The champion moved between the decision and its application: the decision is stale and was not applied."""
+
+
+class SearchError(MlscaleError, RuntimeError):
+    """A hyperparameter or architecture search could not produce a model."""
+
+    exit_code = 7
+
+
+class NoWinner(SearchError):
+    """Every trial failed or reported nothing: there is no model to register."""
+
+
+class ServingError(MlscaleError, RuntimeError):
+    """The service answered wrongly: an HTTP error, or predictions that differ from batch scoring."""
+
+    exit_code = 8
+
+
+EXIT_CODES: dict[str, int] = {
+    cls.__name__: cls.exit_code
+    for cls in (MlscaleError, ConfigError, SourceError, SchemaError, PreparedDataMissing, ValidationFailed,
+                ExpressionError, PromotionError, NothingToServe, PromotionConflict, SearchError, NoWinner,
+                ServingError)
+}
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The documented exit code for an mlscale error (1 for any other MlscaleError)."""
+    return error.exit_code if isinstance(error, MlscaleError) else 1

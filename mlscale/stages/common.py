@@ -1,0 +1,40 @@
+"""What every stage does first: Ray and MLflow for this process, and a timer that shows where a run is."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mlscale.cluster import ensure_ray
+from mlscale.config import PipelineConfig
+from mlscale.tracking import start_tracking
+
+
+def start(config: PipelineConfig) -> None:
+    """Ray and MLflow for this process: join the configured cluster, or start the embedded Ray with enough logical
+    CPUs for training plus ingest (a search's trial reservation included), then open the tracking store.
+
+    Args:
+        config: the pipeline config (its `ray`, `train`, `tune`, `storage` and `tracking` sections are read).
+    """
+    settings = config.train
+    trial = sum(reserved.get("CPU", 0.0) for reserved in config.trial_reservation())
+    needed = max(int(max(settings.num_workers, 1) * settings.cpus_per_worker) + 2,
+                 math.ceil(config.tune.data_cpus + trial))
+    ray_settings = config.ray
+    if ray_settings.address is None and ray_settings.num_cpus is None:
+        ray_settings = ray_settings.model_copy(update={"num_cpus": max(needed, 4)})
+    ensure_ray(ray_settings)
+    start_tracking(config)
+
+
+@contextmanager
+def timed(name: str, seconds: dict[str, float]) -> Iterator[None]:
+    """Announce a stage and record how long it took (long work shows where it is)."""
+    print(f"[mlscale] {name} ...", flush=True)
+    began = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - began, 1)
+    print(f"[mlscale] {name} done in {seconds[name]:.1f} s", flush=True)

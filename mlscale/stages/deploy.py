@@ -1,0 +1,113 @@
+"""The deploy stage: the registered bundle on Ray Serve, then the same held-out rows scored over HTTP and in batch,
+which must agree to float rounding (the proof that serving applies exactly the training-time transforms)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import requests
+
+from mlscale.config import PipelineConfig
+from mlscale.data.prepare import PreparedData
+from mlscale.data.records import json_value
+from mlscale.errors import NothingToServe, ServingError
+from mlscale.evaluate import PREDICTION_COLUMN, score
+from mlscale.features.label import label_scale
+from mlscale.registry.store import label_of, version_of
+from mlscale.serve.deploy import deploy
+from mlscale.tracking import redact_url
+
+REQUEST_SIZES = 50  # rows per request: several requests of different sizes exercise batching
+
+
+@dataclass
+class ServingCheck:
+    rows: int
+    max_abs_diff: float
+    max_rel_diff: float
+    tolerance_rtol: float
+    tolerance_atol: float
+    served: list[float]
+    batch: list[float]
+
+
+def deploy_stage(config: PipelineConfig, model_uri: str | None = None) -> str:
+    """Deploy a registered bundle with Ray Serve on the configured host, port and route.
+
+    Args:
+        config: the pipeline config (its `serve` section sizes the application).
+        model_uri: models:/name@alias, models:/name/<version>, runs:/... or a bundle folder; None serves
+            `models:/<tracking.registered_model>@<tracking.alias>`.
+
+    Returns:
+        The predict endpoint's URL.
+
+    Raises:
+        NothingToServe: the alias points at no version (e.g. no model has been promoted yet).
+    """
+    model, alias = config.tracking.registered_model, config.tracking.alias
+    model_uri = model_uri or f"models:/{model}@{alias}"
+    if model_uri.startswith("models:/") and "@" in model_uri:
+        name, alias = model_uri.removeprefix("models:/").rsplit("@", 1)
+        if version_of(name, alias, config.tracking_uri) is None:
+            raise NothingToServe(f"{name}@{alias} points at no version in {redact_url(config.tracking_uri)}: "
+                                 f"train and promote a model first (mlscale train, or mlscale registry promote)")
+    return deploy(config, model_uri)
+
+
+def within_tolerance(served: np.ndarray, batch: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """|served - batch| <= atol + rtol * |batch|, elementwise (numpy.isclose's rule, stated here because the
+    tolerances are part of the serving contract)."""
+    return np.abs(served - batch) <= atol + rtol * np.abs(batch)
+
+
+def served_vs_batch(config: PipelineConfig, prepared: PreparedData, model_uri: str, endpoint: str,
+                    rows: int | None = None) -> ServingCheck:
+    """Score held-out rows in batch (map_batches) and over HTTP; they must agree to float rounding.
+
+    The tolerance is relative to each prediction (`serve.compare_rtol`) plus an absolute floor in units of the
+    label's scale (`serve.compare_atol` x 1 for probabilities, x the label's std for regression), so the same
+    settings hold for probabilities and for prices in the thousands.
+
+    Args:
+        config: the pipeline config (its serve section holds the tolerances and the row count).
+        prepared: the prepared data; its test split supplies the rows.
+        model_uri: the model both paths use.
+        endpoint: the predict URL the deploy stage returned.
+        rows: how many held-out rows; None: serve.compare_rows.
+
+    Returns:
+        Both sets of predictions and the largest absolute and relative differences.
+
+    Raises:
+        ServingError: the service answered with an error, or served and batch predictions differ.
+    """
+    rows = rows or config.serve.compare_rows
+    scored = score(prepared.read("test").limit(rows), model_uri, config.tracking_uri).take_all()
+    inputs = [name for name in scored[0] if name != PREDICTION_COLUMN] if scored else []
+    records = [{name: json_value(row[name]) for name in inputs} for row in scored]
+    served: list[float] = []
+    for start_at in range(0, len(records), REQUEST_SIZES):
+        response = requests.post(endpoint, json=records[start_at:start_at + REQUEST_SIZES], timeout=60)
+        if response.status_code != 200:
+            raise ServingError(f"{endpoint} answered {response.status_code}: {response.text[:2000]}")
+        served += response.json()["predictions"]
+    batch = [float(row[PREDICTION_COLUMN]) for row in scored]
+    if len(batch) < rows:
+        raise ServingError(f"only {len(batch)} held-out rows to compare, wanted {rows}")
+    served_array, batch_array = np.asarray(served, dtype=np.float64), np.asarray(batch, dtype=np.float64)
+    rtol = config.serve.compare_rtol
+    atol = config.serve.compare_atol * label_scale(label_of(model_uri, config.tracking_uri))
+    difference = np.abs(served_array - batch_array)
+    relative = difference / np.maximum(np.abs(batch_array), np.finfo(np.float64).tiny)
+    check = ServingCheck(rows=len(batch), max_abs_diff=float(difference.max(initial=0.0)),
+                         max_rel_diff=float(relative.max(initial=0.0)), tolerance_rtol=rtol, tolerance_atol=atol,
+                         served=served, batch=batch)
+    outside = ~within_tolerance(served_array, batch_array, rtol, atol)
+    if outside.any():
+        worst = int(np.argmax(difference - (atol + rtol * np.abs(batch_array))))
+        raise ServingError(f"served and batch predictions differ on {int(outside.sum())} of {len(batch)} rows "
+                           f"(worst: served {served[worst]!r} vs batch {batch[worst]!r}; allowed |diff| <= "
+                           f"{atol:.3g} + {rtol:g} x |batch|)")
+    return check

@@ -1,0 +1,114 @@
+"""The judge stage: register a trained bundle as challenger, evaluate it on test, run its behavioural tests, decide
+its promotion against the champion it was measured with, and apply that decision (compare-and-set)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from mlscale.behaviour import BehaviourReport, run_behaviour
+from mlscale.config import PipelineConfig
+from mlscale.data.prepare import PreparedData, schema_for
+from mlscale.data.records import held_out_records
+from mlscale.errors import PromotionConflict
+from mlscale.evaluate import Evaluation
+from mlscale.features.featureset import FittedFeatures
+from mlscale.plots import reliability_diagram
+from mlscale.promotion import PromotionDecision, apply_decision, evaluate_model, judge_against_champion
+from mlscale.registry.bundle import Bundle
+from mlscale.registry.store import RegisteredBundle, register_bundle, set_alias
+from mlscale.tracking import active_run_id, tracking_client
+
+CHALLENGER = "challenger"
+JUDGE_ATTEMPTS = 3  # a champion moved by a concurrent promotion is measured again, this many times at most
+
+
+@dataclass
+class Judged:
+    """A new version registered as challenger, evaluated, and promoted or not."""
+
+    registered: RegisteredBundle
+    evaluation: Evaluation
+    behaviour: BehaviourReport
+    decision: PromotionDecision
+
+
+def register_and_judge(config: PipelineConfig, prepared: PreparedData, features: FittedFeatures,
+                       spec: dict[str, Any], label: dict[str, Any], state_dict: dict[str, Any],
+                       best_metrics: dict[str, float], lineage: dict[str, str], directory: Path) -> Judged:
+    """In the active MLflow run: bundle the weights with their features, register them as challenger, then judge.
+
+    Args:
+        config: the pipeline config the model was trained with.
+        prepared: the prepared data (its test split is evaluated, its held-out rows feed the behavioural tests).
+        features, spec, label, state_dict: the fitted features, network spec, label spec and trained weights.
+        best_metrics: the best evaluation's metrics (its val_* metrics go into the bundle).
+        lineage: where the model comes from (data fingerprint, config hash, code version, parent run).
+        directory: scratch space for plots.
+
+    Returns:
+        The registered version, its evaluation, behaviour report and the applied promotion decision.
+
+    Raises:
+        PromotionConflict: the champion kept moving under concurrent promotions (after JUDGE_ATTEMPTS tries).
+    """
+    columns = set(features.input_columns)
+    bundle = Bundle(
+        network_spec=spec,
+        features=features,
+        input_schema=[column for column in prepared.column_specs() or schema_for(config) if column.name in columns],
+        state_dict=state_dict,
+        label=label,
+        metrics={k: v for k, v in best_metrics.items() if k.startswith("val_")},
+        lineage={**lineage, "run_id": active_run_id()},
+    )
+    registered = register_bundle(bundle, config.tracking.registered_model)
+    set_alias(registered.name, CHALLENGER, registered.version, config.tracking_uri)
+    return Judged(registered, *judge(config, prepared, bundle, registered, directory))
+
+
+def judge(config: PipelineConfig, prepared: PreparedData, bundle: Bundle, registered: RegisteredBundle,
+          directory: Path) -> tuple[Evaluation, BehaviourReport, PromotionDecision]:
+    """Evaluate the registered version on test, run its behavioural tests, decide against the current champion and
+    apply the decision; all of it recorded in the active run and on the version's tags."""
+    test = prepared.read("test")
+    evaluation = evaluate_model(config.evaluate, test, registered.version_uri, config.tracking_uri, "test",
+                                bundle.label)
+    _log_evaluation(config, evaluation, directory)
+    behaviour = run_behaviour(bundle, held_out_records(test, config.evaluate.behaviour.rows),
+                              config.evaluate.behaviour)
+    print(behaviour.render(), flush=True)
+    mlflow.log_dict(behaviour.to_dict(), "evaluation/behaviour.json")
+    mlflow.set_tag("mlscale.behaviour_passed", str(behaviour.passed).lower())
+    failures = [result.name for result in behaviour.failures()]
+    for attempt in range(1, JUDGE_ATTEMPTS + 1):
+        decision = judge_against_champion(config, test, registered.version, challenger_evaluation=evaluation,
+                                          behaviour_passed=behaviour.passed, behaviour_failures=failures)
+        try:
+            apply_decision(decision, config.tracking_uri)
+            break
+        except PromotionConflict:
+            if attempt == JUDGE_ATTEMPTS:
+                raise
+            print(f"[mlscale] {config.tracking.alias} moved during judging; measuring again", flush=True)
+    print(f"[mlscale] promotion of v{registered.version}: {decision.reason}", flush=True)
+    mlflow.log_dict(decision.to_dict(), "evaluation/promotion.json")
+    mlflow.set_tag("mlscale.promoted", str(decision.promote).lower())
+    client = tracking_client(config.tracking_uri)
+    for key, value in evaluation.metrics.items():
+        client.set_model_version_tag(registered.name, registered.version, key, f"{value:.6f}")
+    return evaluation, behaviour, decision
+
+
+def _log_evaluation(config: PipelineConfig, evaluation: Evaluation, directory: Path) -> None:
+    """Test metrics, the slice table and (classification) the reliability diagram, in the active run."""
+    mlflow.log_metrics(evaluation.metrics)
+    mlflow.log_dict(evaluation.slices, "evaluation/slices.json")
+    if evaluation.reliability is not None:
+        mlflow.log_dict(evaluation.reliability, "evaluation/reliability.json")
+        mlflow.log_artifact(str(reliability_diagram(evaluation.reliability, directory / "reliability.png",
+                                                    evaluation.metrics["test_ece"],
+                                                    f"{config.name}: reliability on test")), "plots")

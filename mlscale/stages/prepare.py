@@ -1,0 +1,60 @@
+"""The prepare stage: read, validate with quarantine, split and write, then print and track the report."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+
+from mlscale.config import PipelineConfig
+from mlscale.data.prepare import PreparedData, prepare
+from mlscale.data.validation import ValidationReport
+from mlscale.errors import ValidationFailed
+from mlscale.tracking import child_run, tracking_client
+
+
+def prepare_stage(config: PipelineConfig) -> PreparedData:
+    """Prepare the configured source (or reuse the committed preparation of the same source, config and code),
+    print the validation report and record it in an MLflow run.
+
+    Args:
+        config: the pipeline config; call `mlscale.start(config)` first.
+
+    Returns:
+        Where the splits were written, their row counts and the quarantine reasons.
+
+    Raises:
+        ValidationFailed: more rows broke the rules than `validation.max_quarantine_fraction` allows.
+        SourceError, SchemaError: the source cannot be read, or lacks declared columns.
+        ExpressionError: a `validation.checks` expression is invalid.
+        ConfigError: the split names a column the schema does not have.
+    """
+    try:
+        prepared = prepare(config)
+    except ValidationFailed as failure:
+        _log_validation(config, failure.report, failure.report_path, "FAILED")
+        raise
+    report = prepared.report()
+    print(report.render() + (" (cached)" if prepared.cached else ""), flush=True)
+    if not prepared.cached:
+        _log_validation(config, report, prepared.report_path, "FINISHED")
+    return prepared
+
+
+def _log_validation(config: PipelineConfig, report: ValidationReport, where: Path, status: str) -> None:
+    """The prepare stage's MLflow run: the ValidationReport as an artifact and its counts as metrics."""
+    with child_run(f"{config.name}-prepare") as run:
+        mlflow.set_tags({"mlscale.stage": "prepare", "mlscale.config_hash": config.fingerprint(),
+                         "mlscale.validation_passed": str(report.passed).lower()})
+        mlflow.log_metrics({"rows_read": float(report.rows_read), "rows_quarantined": float(report.rows_quarantined),
+                            "quarantine_fraction": report.quarantine_fraction,
+                            **{f"rule_failed.{rule}": float(n) for rule, n in _metric_safe(report).items()}})
+        mlflow.log_artifact(str(where), "data")
+    if status != "FINISHED":
+        tracking_client(config.tracking_uri).set_terminated(run.info.run_id, status)
+
+
+def _metric_safe(report: ValidationReport) -> dict[str, int]:
+    """MLflow metric names allow letters, digits, _ - . / and space: rule ids like unique(a,b) are rewritten."""
+    return {re.sub(r"[^A-Za-z0-9_\-./ ]", "_", rule): n for rule, n in report.counts_by_rule().items()}

@@ -1,0 +1,124 @@
+"""MLflow plumbing every layer shares: which store, which experiment, nested runs, and params that hold no secrets.
+
+Lives below the domain packages (a Tune trial logs its own run) and above nothing but the config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import mlflow
+from mlflow import MlflowClient
+
+from mlscale.config import PipelineConfig
+
+REDACTED = "***"
+# Field names whose values are credentials wherever they appear in a config (the user adds more: tracking.secrets).
+SECRET_NAME = re.compile(r"(password|passwd|secret|token|credential|api_?key|access_?key)", re.IGNORECASE)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"]+")
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per replica and actor is noise
+
+
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """A client for one store, registry included.
+
+    `MlflowClient(uri)` alone takes the registry from MLflow's process-wide setting, which may point at another store.
+    """
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def use_tracking(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id.
+
+    A local store gets an explicit artifact folder beside it, so artifacts never land in the current directory.
+    """
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    existing = mlflow.get_experiment_by_name(experiment)
+    if existing is not None:
+        mlflow.set_experiment(experiment_id=existing.experiment_id)
+        return existing.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def start_tracking(config: PipelineConfig) -> None:
+    """MLflow for this process: the configured store and experiment (no Ray needed, e.g. for registry commands)."""
+    config.storage.root_path.mkdir(parents=True, exist_ok=True)
+    local_store = config.tracking_uri.startswith(("sqlite:", "file:"))
+    artifacts = config.storage.root_path / "mlartifacts" if local_store else None  # a server keeps its own
+    use_tracking(config.tracking_uri, config.tracking.experiment, artifacts)
+
+
+def experiment_id(name: str) -> str:
+    """The id of an experiment that start_tracking made sure exists."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        raise RuntimeError(f"MLflow experiment {name!r} does not exist: call start_tracking(config) first")
+    return str(experiment.experiment_id)
+
+
+def active_run_id() -> str:
+    """The id of the active MLflow run (the stages open one before they log)."""
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run")
+    return str(run.info.run_id)
+
+
+def child_run(name: str) -> mlflow.ActiveRun:
+    """An MLflow run, nested under the active one when there is one (the pipeline's run, a tuning run)."""
+    return mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None)
+
+
+def redact_url(text: str) -> str:
+    """Credentials out of every URL in the text: the password of user:password@host and secret query values."""
+
+    def clean(match: re.Match[str]) -> str:
+        parts = urlsplit(match.group(0))
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(key, REDACTED if SECRET_NAME.search(key) else value) for key, value in pairs],
+                              safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+    return _URL_IN_TEXT.sub(clean, text)
+
+
+def flat_params(config: PipelineConfig, section: str | None = None) -> dict[str, str]:
+    """The config as MLflow params (dotted names): all but the search settings, or one section.
+
+    Credentials never reach the store: URLs lose their passwords, and fields whose name says secret (password,
+    token, ...) or that `tracking.secrets` lists are replaced by ***.
+    """
+    declared = set(config.tracking.secrets)
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        elif value is not None:
+            leaf = prefix.rsplit(".", 1)[-1]
+            secret = prefix in declared or bool(SECRET_NAME.search(leaf)) and not leaf.endswith("_env")
+            flat[prefix] = REDACTED if secret else redact_url(str(value))[:500]
+
+    if section is not None:
+        walk(section, config.model_dump(mode="json")[section])
+    else:
+        walk("", config.model_dump(mode="json", exclude={"data": {"schema_"}, "tune": True}))
+    return flat
