@@ -32,7 +32,10 @@ def main(
                                                  help="Print the version and exit.")] = None,
 ) -> None:
     """Errors are printed as one message with a documented exit code per kind (see mlscale.errors)."""
+    from mlscale.logs import configure_logging
+
     _options["debug"] = debug
+    configure_logging("DEBUG" if debug else None)
 
 
 def _fail(command: str, error: MlscaleError) -> typer.Exit:
@@ -144,6 +147,53 @@ def predict(
         raise typer.Exit(2) from None
     probabilities = bundle.predict_records([record.model_dump() for record in validated]).tolist()
     typer.echo(json.dumps({"model_uri": uri, "predictions": probabilities}))
+
+
+config_app = typer.Typer(help="The pipeline config: the resolved values, and its JSON Schema for editors.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """The config as the stages will see it (YAML, then ${VAR}, then --set), credentials hidden."""
+    import yaml
+
+    from mlscale.tracking import redacted_config
+
+    typer.echo(yaml.safe_dump(redacted_config(_config(config, set_)), sort_keys=False), nl=False)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """The JSON Schema of the pipeline config (point an editor's YAML language server at it)."""
+    typer.echo(json.dumps(PipelineConfig.model_json_schema(by_alias=True), indent=2))
+
+
+@app.command()
+def evaluate(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model_uri: Annotated[str | None, typer.Option(help="Default: models:/<registered_model>@<alias>.")] = None,
+    split: Annotated[str, typer.Option(help="The prepared split to score (train, val, test).")] = "test",
+) -> None:
+    """Score a registered version on a prepared split: metrics, slices and calibration, as in training."""
+    from mlscale.data.prepare import load_prepared
+    from mlscale.promotion import evaluate_model
+    from mlscale.stages.common import start
+
+    settings = _config(config, set_)
+    uri = model_uri or f"models:/{settings.tracking.registered_model}@{settings.tracking.alias}"
+    try:
+        start(settings)
+        evaluation = evaluate_model(settings.evaluate, load_prepared(settings).read(split), uri,
+                                    settings.tracking_uri, split)
+    except MlscaleError as error:
+        raise _fail("evaluate", error) from None
+    from mlscale.entry import print_summary
+
+    print_summary(f"mlscale evaluate {uri} on {split}", {"model_uri": uri, "split": split, **evaluation.metrics})
+    typer.echo("MLSCALE_EVALUATION " + json.dumps(evaluation.to_dict()))
 
 
 registry = typer.Typer(help="The model registry: versions, aliases (champion, challenger), compare, promote.",

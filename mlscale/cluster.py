@@ -7,6 +7,7 @@ submitted to without any flag.
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
 import ray.data
@@ -56,4 +57,13 @@ def configure_data(config: RayConfig) -> None:
     context = ray.data.DataContext.get_current()
     context.target_max_block_size = config.target_max_block_size
     context.raise_original_map_exception = True  # a SchemaError from a batch stays a SchemaError for the caller
-    context.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") != "1"
+    context.enable_progress_bars = progress_bars_wanted()
+
+
+def progress_bars_wanted() -> bool:
+    """Ray Data's live bars in a terminal; in a job log or CI (no terminal) they would print a line per refresh, a
+    wall of thousands of lines, so there Ray Data's periodic progress summaries stand in. MLSCALE_PROGRESS_BARS=1
+    forces them on, RAY_DATA_DISABLE_PROGRESS_BARS=1 off."""
+    if os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") == "1":
+        return False
+    return os.environ.get("MLSCALE_PROGRESS_BARS") == "1" or sys.stderr.isatty()

@@ -18,6 +18,7 @@ from rich.table import Table
 from mlscale.config import PipelineConfig, load_config, parse_overrides
 from mlscale.data.prepare import load_prepared
 from mlscale.errors import MlscaleError
+from mlscale.logs import configure_logging
 from mlscale.pipeline import run_pipeline
 from mlscale.stages.common import start
 from mlscale.stages.deploy import deploy_stage, served_vs_batch
@@ -123,6 +124,7 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--summary-json", help="also write the summary to this file")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         config = load_config(args.config, parse_overrides(args.set))
         summary = STAGES[stage](config)

@@ -99,13 +99,31 @@ def redact_url(text: str) -> str:
     return _URL_IN_TEXT.sub(clean, text)
 
 
-def flat_params(config: PipelineConfig, section: str | None = None) -> dict[str, str]:
-    """The config as MLflow params (dotted names): all but the search settings, or one section.
-
-    Credentials never reach the store: URLs lose their passwords, and fields whose name says secret (password,
-    token, ...) or that `tracking.secrets` lists are replaced by ***.
-    """
+def redacted_config(config: PipelineConfig) -> dict[str, Any]:
+    """The config as plain data with no credentials in it: URLs lose their passwords and secret query values, and
+    fields whose name says secret (password, token, ...) or that `tracking.secrets` lists become ***. What is
+    logged to MLflow and what `mlscale config show` prints."""
     declared = set(config.tracking.secrets)
+
+    def clean(prefix: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: clean(f"{prefix}.{key}" if prefix else key, inner) for key, inner in value.items()}
+        if isinstance(value, list):
+            return [clean(prefix, inner) for inner in value]
+        if not isinstance(value, str):  # numbers and flags are never credentials (d_token is a width)
+            return REDACTED if prefix in declared and value is not None else value
+        leaf = prefix.rsplit(".", 1)[-1]
+        if prefix in declared or SECRET_NAME.search(leaf) and not leaf.endswith("_env"):
+            return REDACTED
+        return redact_url(value)
+
+    return clean("", config.model_dump(mode="json", by_alias=True))
+
+
+def flat_params(config: PipelineConfig, section: str | None = None) -> dict[str, str]:
+    """The config as MLflow params (dotted names, redacted by redacted_config): all but the search settings and the
+    data schema, or one section."""
+    data = redacted_config(config)
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -113,12 +131,12 @@ def flat_params(config: PipelineConfig, section: str | None = None) -> dict[str,
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else key, inner)
         elif value is not None:
-            leaf = prefix.rsplit(".", 1)[-1]
-            secret = prefix in declared or bool(SECRET_NAME.search(leaf)) and not leaf.endswith("_env")
-            flat[prefix] = REDACTED if secret else redact_url(str(value))[:500]
+            flat[prefix] = str(value)[:500]
 
     if section is not None:
-        walk(section, config.model_dump(mode="json")[section])
+        walk(section, data[section])
     else:
-        walk("", config.model_dump(mode="json", exclude={"data": {"schema_"}, "tune": True}))
+        data.pop("tune")
+        data["data"].pop("schema")
+        walk("", data)
     return flat

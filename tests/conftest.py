@@ -61,19 +61,23 @@ def _ray(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -> s
 @pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A real single-node cluster started with `ray start --head`, with the dashboard (Jobs API) on loopback."""
-    port, dashboard_port = free_port(), free_port()
     env = {**os.environ}
     # Token auth is on (RAY_AUTH_MODE=token): a fresh machine has no ~/.ray/auth_token until something makes one.
     generated = _ray("get-auth-token", "--generate", env=env)
     if generated.returncode != 0:
         raise RuntimeError(f"ray get-auth-token failed:\n{generated.stderr}")
-    started = _ray(
-        "start", "--head", f"--port={port}", "--num-cpus=6", "--object-store-memory=2000000000",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-        "--disable-usage-stats", env=env,
-    )
-    if started.returncode != 0:
-        raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+    for attempt in range(3):  # a port found free can be taken before ray binds it: pick new ones and retry
+        port, dashboard_port = free_port(), free_port()
+        started = _ray(
+            "start", "--head", f"--port={port}", "--num-cpus=6", "--object-store-memory=2000000000",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+            "--disable-usage-stats", env=env,
+        )
+        if started.returncode == 0:
+            break
+        _ray("stop", "--force", env=env)
+        if attempt == 2 or "address already in use" not in (started.stdout + started.stderr).lower():
+            raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
     try:
         yield LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", free_port())
     finally:
@@ -89,6 +93,7 @@ def ray_session(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
     """The test process joined to the session's cluster (one Ray instance for all integration tests)."""
     import ray
 
+    saved = {"MLSCALE_SERVE_PORT": os.environ.get("MLSCALE_SERVE_PORT")}
     os.environ["MLSCALE_SERVE_PORT"] = str(local_cluster.serve_port)
     ray.init(address=local_cluster.gcs_address, log_to_driver=False)
     from mlscale.cluster import configure_data
@@ -96,6 +101,7 @@ def ray_session(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
 
     configure_data(RayConfig())  # what ensure_ray does for a pipeline run
     yield local_cluster
+    restore_env(saved)
 
 
 @pytest.fixture(scope="session")
@@ -153,11 +159,18 @@ def s3_endpoint():
     restore_env(saved)
 
 
+STRAY_STORES = ("mlruns", "mlflow.db", "mlartifacts")  # MLflow's defaults in the working directory (2.x and 3.x)
+
+
 @pytest.fixture(autouse=True)
-def _no_stray_mlruns() -> Iterator[None]:
-    """MLflow must never fall back to ./mlruns in the working directory."""
-    before = (REPO / "mlruns").exists()
+def _no_stray_mlflow_store() -> Iterator[None]:
+    """MLflow must never fall back to its default store in the working directory (./mlruns, or ./mlflow.db and
+    ./mlartifacts since MLflow 3): every run and artifact goes to the configured store."""
+    before = {name for name in STRAY_STORES if (REPO / name).exists()}
     yield
-    if not before and (REPO / "mlruns").exists():
-        shutil.rmtree(REPO / "mlruns", ignore_errors=True)
-        pytest.fail("a test wrote ./mlruns: artifacts went to the default location instead of the configured store")
+    stray = [name for name in STRAY_STORES if name not in before and (REPO / name).exists()]
+    for name in stray:
+        path = REPO / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if stray:
+        pytest.fail(f"a test wrote {stray} in the working directory instead of the configured store")

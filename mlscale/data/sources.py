@@ -187,16 +187,17 @@ def read_files(config: DataConfig, schema: list[ColumnSpec]) -> Source:
 
 
 def _declared_type(arrow_type: pa.DataType) -> DType:
-    if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
+    if pa.types.is_integer(arrow_type):
         return "int"
     if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
         return "float"
-    return "str"  # text, and dates/timestamps as their ISO text (a time split compares ISO strings in order)
+    return "str"  # text, flags ("true"/"false": categorical), dates/timestamps as ISO text (they sort in time order)
 
 
 def infer_schema(config: DataConfig) -> list[ColumnSpec]:
-    """For a parquet or CSV source with no declared schema: the first file's columns and types (nullable, no range
-    rules). Declare `data.schema` for rules, or when files differ; hive partition columns must be declared."""
+    """For a parquet or CSV source with no declared schema: the first file's columns and types, nullable except the
+    label (a row without a label cannot train: it is quarantined), with no range rules. Declare `data.schema` for
+    rules, or when files differ; hive partition columns must be declared."""
     assert config.path is not None
     filesystem, path = resolve(config.path, config.object_store)
     first = list_files(filesystem, path, config.source)[0].path
@@ -206,7 +207,8 @@ def infer_schema(config: DataConfig) -> list[ColumnSpec]:
         else:
             with filesystem.open_input_stream(first) as handle:
                 schema = pacsv.open_csv(handle, convert_options=pacsv.ConvertOptions(null_values=NULL_VALUES)).schema
-    return [ColumnSpec(name=field.name, dtype=_declared_type(field.type)) for field in schema]
+    return [ColumnSpec(name=field.name, dtype=_declared_type(field.type), nullable=field.name != config.label)
+            for field in schema]
 
 
 def read_source(config: DataConfig, schema: list[ColumnSpec], cache_dir: Path) -> Source:

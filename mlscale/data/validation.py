@@ -89,6 +89,20 @@ def _unique_rule(key: list[str], duplicates: list[str]) -> Rule:
                 lambda t: _mask(pc.is_in(key_strings(t, key), value_set=value_set)))
 
 
+def _dry_run(name: str, expr: str, specs: list[ColumnSpec]) -> None:
+    """Evaluate a check on no rows of the declared types: arithmetic on a text column, or a check that is not a
+    yes/no question, fails here with the rule named, not later inside a Ray task on the first batch."""
+    try:
+        result = evaluate(expr, arrow_schema(specs).empty_table())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        types = {spec.name: spec.dtype for spec in specs if spec.name in columns_of(expr)}
+        raise ExpressionError(f"validation.checks.{name}: {expr!r} does not fit the declared types {types}: "
+                              f"{str(error).splitlines()[0]}") from None
+    if not pa.types.is_boolean(result.type):
+        raise ExpressionError(f"validation.checks.{name}: {expr!r} gives {result.type}, not true/false: "
+                              f"compare it with something (e.g. `... <= 750`)")
+
+
 def build_rules(specs: list[ColumnSpec], config: ValidationConfig,
                 duplicate_keys: list[str] | None = None) -> list[Rule]:
     """Every row-level rule, in a stable order: type, column rules, cross-column checks, key uniqueness."""
@@ -102,6 +116,7 @@ def build_rules(specs: list[ColumnSpec], config: ValidationConfig,
         if unknown:
             raise ExpressionError(f"validation.checks.{check.name}: {check.expr!r} names undeclared column(s) "
                                   f"{unknown}")
+        _dry_run(check.name, check.expr, specs)
         rules.append(_check_rule(check.name, check.expr))
     if config.unique:
         rules.append(_unique_rule(config.unique, duplicate_keys or []))

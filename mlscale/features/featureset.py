@@ -25,7 +25,7 @@ import ray.data
 from mlscale.config import FeaturesConfig, NumericFeature
 from mlscale.features.sketch import QuantileSketch
 from mlscale.features.stats import CategoryStats, NumericStats, TableStats
-from mlscale.hashing import bucket_ids
+from mlscale.hashing import HASH_SCHEME, bucket_ids
 
 STATE_VERSION = 2
 ColumnLike: TypeAlias = np.ndarray | pa.Array | pa.ChunkedArray | list
@@ -171,6 +171,10 @@ class FittedFeatures:
         state = json.loads(text)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"feature state version {state.get('version')} is not supported (need {STATE_VERSION})")
+        scheme = state.get("hash_scheme", HASH_SCHEME)  # states written before the scheme was recorded used this one
+        if scheme != HASH_SCHEME:
+            raise ValueError(f"feature state hashes ids with {scheme!r}; this mlscale hashes with {HASH_SCHEME!r}: "
+                             f"serving it would put ids in other buckets than training did")
         return cls(state)
 
 
@@ -229,6 +233,7 @@ class FeatureSet:
         rows = max(stats.rows, 1)
         state = {
             "version": STATE_VERSION,
+            "hash_scheme": HASH_SCHEME,
             "rows": stats.rows,
             "numeric": numeric,
             "buckets": buckets,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 from mlscale.cluster import ensure_ray
 from mlscale.config import PipelineConfig
 from mlscale.tracking import start_tracking
+
+log = logging.getLogger(__name__)
 
 
 def start(config: PipelineConfig) -> None:
@@ -33,8 +36,8 @@ def start(config: PipelineConfig) -> None:
 @contextmanager
 def timed(name: str, seconds: dict[str, float]) -> Iterator[None]:
     """Announce a stage and record how long it took (long work shows where it is)."""
-    print(f"[mlscale] {name} ...", flush=True)
+    log.info("%s ...", name)
     began = time.perf_counter()
     yield
     seconds[name] = round(time.perf_counter() - began, 1)
-    print(f"[mlscale] {name} done in {seconds[name]:.1f} s", flush=True)
+    log.info("%s done in %.1f s", name, seconds[name])

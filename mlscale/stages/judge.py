@@ -3,6 +3,7 @@ its promotion against the champion it was measured with, and apply that decision
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from mlscale.registry.bundle import Bundle
 from mlscale.registry.store import RegisteredBundle, register_bundle, set_alias
 from mlscale.tracking import active_run_id, tracking_client
 
+log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 JUDGE_ATTEMPTS = 3  # a champion moved by a concurrent promotion is measured again, this many times at most
 
@@ -80,7 +82,7 @@ def judge(config: PipelineConfig, prepared: PreparedData, bundle: Bundle, regist
     _log_evaluation(config, evaluation, directory)
     behaviour = run_behaviour(bundle, held_out_records(test, config.evaluate.behaviour.rows),
                               config.evaluate.behaviour)
-    print(behaviour.render(), flush=True)
+    log.info("%s", behaviour.render())
     mlflow.log_dict(behaviour.to_dict(), "evaluation/behaviour.json")
     mlflow.set_tag("mlscale.behaviour_passed", str(behaviour.passed).lower())
     failures = [result.name for result in behaviour.failures()]
@@ -93,8 +95,8 @@ def judge(config: PipelineConfig, prepared: PreparedData, bundle: Bundle, regist
         except PromotionConflict:
             if attempt == JUDGE_ATTEMPTS:
                 raise
-            print(f"[mlscale] {config.tracking.alias} moved during judging; measuring again", flush=True)
-    print(f"[mlscale] promotion of v{registered.version}: {decision.reason}", flush=True)
+            log.warning("%s moved during judging; measuring again", config.tracking.alias)
+    log.info("promotion of v%s: %s", registered.version, decision.reason)
     mlflow.log_dict(decision.to_dict(), "evaluation/promotion.json")
     mlflow.set_tag("mlscale.promoted", str(decision.promote).lower())
     client = tracking_client(config.tracking_uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from mlscale.data.prepare import PreparedData, prepare
 from mlscale.data.validation import ValidationReport
 from mlscale.errors import ValidationFailed
 from mlscale.tracking import child_run, tracking_client
+
+log = logging.getLogger(__name__)
 
 
 def prepare_stage(config: PipelineConfig) -> PreparedData:
@@ -36,7 +39,7 @@ def prepare_stage(config: PipelineConfig) -> PreparedData:
         _log_validation(config, failure.report, failure.report_path, "FAILED")
         raise
     report = prepared.report()
-    print(report.render() + (" (cached)" if prepared.cached else ""), flush=True)
+    log.info("%s%s", report.render(), " (cached)" if prepared.cached else "")
     if not prepared.cached:
         _log_validation(config, report, prepared.report_path, "FINISHED")
     return prepared

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Mapping
@@ -28,11 +29,13 @@ import torch.distributed as dist
 from torch import nn
 
 from mlscale.config import EarlyStoppingConfig, OptimizerConfig, ScheduleConfig
+from mlscale.logs import configure_logging
 from mlscale.models.networks import build_network
 from mlscale.train.metrics import metrics_for, metrics_from_vector
 from mlscale.train.optim import EarlyStopping, build_optimizer, build_scheduler
 from mlscale.train.progress import ProgressLog
 
+log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 BATCH_DTYPES = {"x_num": torch.float32, "x_cat": torch.int64, "label": torch.float32}
@@ -249,6 +252,7 @@ def train_loop_per_worker(train_loop_config: dict[str, LoopConfig]) -> None:
 
 def run_loop(config: LoopConfig, session: Session) -> None:
     """The training loop wherever it runs; `config.extra_metrics` (e.g. a trial's model cost) joins each report."""
+    configure_logging()  # a worker process: its lines reach the driver's (or the job's) log through Ray
     rank, device = session.rank, session.device
     use_bf16 = config.use_bf16
     target = Target(config)
@@ -315,6 +319,10 @@ def run_loop(config: LoopConfig, session: Session) -> None:
                 saved = ray.train.Checkpoint.from_directory(directory)
             session.report(metrics, saved)
         reported[0] = True
+        if rank == 0:
+            log.info("step %d, epoch %.2f: train_loss %.4f, %s %.5f, %.0f samples/s%s", position["step"],
+                     metrics["epoch"], metrics["train_loss"], metric, metrics[metric], metrics["train_samples_per_s"],
+                     " (early stop)" if stop else "")
         logger.log(metrics, position["step"])
         if progress is not None:
             progress.step(position["step"])

@@ -2,6 +2,7 @@
 
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pyarrow.fs as pafs
@@ -29,6 +30,16 @@ def finished_trials(root, name: str) -> set[str]:
     return done | ({marker.name for marker in pruned.iterdir()} if pruned.exists() else set())
 
 
+def tune_saved_as_done(experiment: Path) -> set[str]:
+    """The trials that Tune's saved experiment state (what a resume reads) records as finished."""
+    from ray.tune import ExperimentAnalysis
+
+    if not any(experiment.glob("experiment_state-*.json")):
+        return set()
+    analysis = ExperimentAnalysis(str(experiment))
+    return {trial.trial_id for trial in analysis.trials if trial.status == "TERMINATED"}
+
+
 def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(pipeline_result, local_cluster, tmp_path):
     config, _ = pipeline_result
     root = config.storage.root_path
@@ -45,7 +56,8 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(pipeline_resu
         assert not client.get_job_status(first).is_terminal(), client.get_job_logs(first)[-3000:]
         time.sleep(0.5)
     before = finished_trials(root, name)
-    time.sleep(5)  # Tune saves its experiment state about every second: let it record these (not later ones)
+    while time.time() < deadline and not before <= tune_saved_as_done(root / "tune" / name):
+        time.sleep(0.5)  # Tune snapshots its experiment state about every second: wait until it holds these
     client.stop_job(first)
     assert wait(client, first, 120) == JobStatus.STOPPED
     assert 2 <= len(before) < TRIALS

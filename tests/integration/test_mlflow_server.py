@@ -51,9 +51,9 @@ def mlflow_server(tmp_path_factory):
     process.wait(30)
     # set_tracking_uri / set_registry_uri also export environment variables; later tests must not inherit a
     # stopped server, neither as the tracking nor as the registry URI.
-    restore_env(previous)
     mlflow.set_tracking_uri(previous["MLFLOW_TRACKING_URI"] or "")
     mlflow.set_registry_uri(previous["MLFLOW_REGISTRY_URI"] or "")
+    restore_env(previous)  # after: set_*_uri export the variables, "" included
 
 
 def printed_json(output: str) -> dict:

@@ -13,18 +13,63 @@ from mlscale.tracking import tracking_client
 pytestmark = pytest.mark.integration
 
 
-def test_model_beats_chance_clearly(pipeline_result):
-    _, result = pipeline_result
-    assert result.trained.test_metrics["test_auc"] > 0.75
-    assert result.trained.best_val_metrics["val_auc"] > 0.75
+def rank_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged: independent of mlscale's histogram AUC."""
+    import pandas as pd
+
+    ranks = pd.Series(scores).rank().to_numpy()
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_model_beats_the_one_feature_baseline(pipeline_result):
+    """A late departure alone ranks late arrivals well (AUC ~0.87 on December): the model, which has the departure
+    delay too, must beat ranking by it on the same rows. Measured on this sample: 0.90 against 0.87."""
+    config, result = pipeline_result
+    test = result.prepared.read("test").select_columns(["dep_delay", "arr_delay"]).to_pandas()
+    baseline = rank_auc(test["dep_delay"].to_numpy(), (test["arr_delay"] >= config.data.label_threshold).to_numpy())
+    assert 0.8 < baseline < 0.95
+    assert result.trained.test_metrics["test_auc"] > baseline + 0.01, (result.trained.test_metrics, baseline)
+    # validation (Oct-Nov) after 2 epochs on the sample measured 0.83-0.865: the floor is the low end minus 0.03
+    assert result.trained.best_val_metrics["val_auc"] > 0.80
     assert len(result.trained.history) == 2
 
 
-def test_served_equals_batch_for_held_out_flights(pipeline_result):
-    _, result = pipeline_result
-    assert result.check.rows >= 100
-    assert result.check.max_abs_diff <= 1e-6
-    assert len(result.check.served) == len(result.check.batch) == result.check.rows
+REQUEST_SIZES = [1, 2, 7, 16, 33, 64, 1, 90, 3, 40]  # 257 rows in requests of mixed sizes, sent at once
+
+
+def test_concurrent_mixed_size_requests_each_equal_batch_scoring(pipeline_result):
+    """Independent of the pipeline's own check: other rows (past the ones it compared), many requests of mixed sizes
+    in flight together so the model deployment merges and splits batches, each answer equal to batch scoring of its
+    rows and to the same request sent alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from mlscale.data.records import json_value
+
+    config, result = pipeline_result
+    skip = config.serve.compare_rows
+    scored = score(result.prepared.read("test").limit(skip + sum(REQUEST_SIZES)), result.trained.model_uri,
+                   config.tracking_uri).take_all()[skip:]
+    assert len(scored) == sum(REQUEST_SIZES)
+    rows = [{k: json_value(v) for k, v in row.items() if k != "probability"} for row in scored]
+    batch = np.asarray([row["probability"] for row in scored])
+    bounds = np.cumsum([0, *REQUEST_SIZES])
+    requests_body = [rows[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def post(body):
+        response = requests.post(result.endpoint, json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"]
+
+    with ThreadPoolExecutor(len(requests_body)) as pool:
+        together = list(pool.map(post, requests_body))
+    alone = [post(body) for body in requests_body]
+    for (start, end), answer, single in zip(zip(bounds[:-1], bounds[1:], strict=True), together, alone, strict=True):
+        assert len(answer) == end - start
+        np.testing.assert_allclose(answer, batch[start:end], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(answer, single, rtol=0, atol=1e-6)
 
 
 def test_mlflow_run_has_params_curve_and_lineage(pipeline_result):

@@ -25,6 +25,7 @@ KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
 CHECKS = [{"name": "plausible_speed", "expr": "distance / air_time * 60 <= 750"},
           {"name": "time_parts", "expr": "hour * 100 + minute == sched_dep_time"}]
 ROWS = 20_000
+DECLARED = {"data.schema": [spec.model_dump() for spec in FLIGHTS_SCHEMA]}  # files carry no rules: declare them
 DEFECT_RULES = {"null_carrier": "carrier.not_null", "dep_delay_range": "dep_delay.max",
                 "origin_not_allowed": "origin.allowed", "carrier_pattern": "carrier.pattern",
                 "implausible_speed": "check.plausible_speed", "duplicate_key": f"unique({','.join(KEY)})",
@@ -55,7 +56,7 @@ def test_s3_parquet_with_hive_partitions_and_every_kind_of_bad_row(ray_session, 
     filesystem = object_store(ObjectStoreConfig(endpoint_url=s3_endpoint))  # credentials from the env
     pq.write_to_dataset(table, "lake/flights", partition_cols=["month"], filesystem=filesystem)
     config = small_config_factory("s3-source", **{
-        "data.source": "parquet", "data.path": "s3://lake/flights",
+        "data.source": "parquet", "data.path": "s3://lake/flights", **DECLARED,
         "data.object_store.endpoint_url": s3_endpoint, **validation()})
     prepared = prepare(config)
     assert_reconciles(prepared, table, config)
@@ -75,7 +76,8 @@ def test_s3_csv_reads_through_the_same_filesystem(ray_session, small_config_fact
         with filesystem.open_output_stream(f"lake/csv/part-{index}.csv") as stream:
             pacsv.write_csv(table.slice(start, 1_500), stream)
     config = small_config_factory("s3-csv", **{
-        "data.source": "csv", "data.path": "s3://lake/csv", "data.object_store.endpoint_url": s3_endpoint})
+        "data.source": "csv", "data.path": "s3://lake/csv", "data.object_store.endpoint_url": s3_endpoint,
+        **DECLARED})
     prepared = prepare(config)
     assert prepared.rows_read == 3_000 and sum(prepared.counts.values()) == 3_000
     assert prepared.data_fingerprint.startswith("csv-")
@@ -91,7 +93,7 @@ def test_csv_with_wrong_typed_values_quarantines_them(ray_session, small_config_
     bad_line[header.index('"distance"')] = '"far"'
     (tmp_path / "a.csv").write_text("\n".join([text[0], ",".join(bad_line), *text[2:]]) + "\n")
     pacsv.write_csv(table.slice(2_500), tmp_path / "b.csv")
-    config = small_config_factory("csv-source", **{"data.source": "csv", "data.path": str(tmp_path)})
+    config = small_config_factory("csv-source", **{"data.source": "csv", "data.path": str(tmp_path), **DECLARED})
     prepared = prepare(config)
     assert prepared.rows_read == 5_000 and sum(prepared.counts.values()) == 5_000
     assert prepared.quarantine_reasons["dep_delay.type"] == 1 and prepared.quarantine_reasons["distance.type"] == 1
@@ -100,21 +102,23 @@ def test_csv_with_wrong_typed_values_quarantines_them(ray_session, small_config_
 
 
 def test_broken_inputs_fail_with_the_file_named(ray_session, small_config_factory, tmp_path):
-    missing = small_config_factory("missing", **{"data.source": "parquet", "data.path": str(tmp_path / "nope")})
+    missing = small_config_factory("missing", **{"data.source": "parquet", "data.path": str(tmp_path / "nope"),
+                                                 **DECLARED})
     with pytest.raises(SourceError, match="source path not found: .*nope"):
         prepare(missing)
     folder = tmp_path / "corrupt"
     folder.mkdir()
     pq.write_table(synthetic_rows(1_000), folder / "good.parquet")
     (folder / "broken.parquet").write_bytes(b"PAR1 this is not really parquet")
-    corrupt = small_config_factory("corrupt", **{"data.source": "parquet", "data.path": str(folder)})
+    corrupt = small_config_factory("corrupt", **{"data.source": "parquet", "data.path": str(folder), **DECLARED})
     with pytest.raises(SourceError, match=r"broken\.parquet: .*(magic|footer|Parquet)"):
         prepare(corrupt)
     assert not (corrupt.storage.root_path / "prepared" / "corrupt").exists()  # nothing half-written
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     pq.write_table(synthetic_rows(1_000).drop_columns(["dep_delay", "carrier"]), wrong / "old-export.parquet")
-    columns = small_config_factory("wrong-columns", **{"data.source": "parquet", "data.path": str(wrong)})
+    columns = small_config_factory("wrong-columns", **{"data.source": "parquet", "data.path": str(wrong),
+                                                       **DECLARED})
     missing = r"old-export\.parquet: missing declared column\(s\) \['dep_delay', 'carrier'\]"
     with pytest.raises(SchemaError, match=missing):
         prepare(columns)

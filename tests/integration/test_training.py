@@ -22,6 +22,7 @@ from mlscale.data.prepare import load_prepared
 from mlscale.models.networks import spec_for_features
 from mlscale.stages.train import train_stage
 from mlscale.train.inputs import training_data
+from mlscale.train.loop import PROGRESS_EVERY_STEPS
 from mlscale.train.progress import ProgressLog
 from mlscale.train.trainer import checkpoint_storage, run_training
 
@@ -97,10 +98,13 @@ def test_training_survives_a_killed_worker(setup, uninterrupted):
     # Resumed from a checkpoint, not from scratch. Ray Train registers a checkpoint when its controller next polls
     # the workers, so a worker killed right after reporting one can restart from the one before.
     assert restarted_from > 0 and restarted_from % EVERY == 0 and restarted_from <= killed["at_step"]
-    assert 0 < outcome.repeated_steps <= 2 * EVERY + 10
-    assert [row["step"] for row in outcome.history] == [row["step"] for row in uninterrupted.history]
+    # repeated work, bounded from what the chaos thread saw (not only from the records the code sums): the first
+    # attempt had reached killed["at_step"] when it was killed, and may have recorded one more progress point
+    lower = killed["at_step"] - restarted_from
+    assert 0 < lower <= outcome.repeated_steps <= lower + 2 * PROGRESS_EVERY_STEPS
+    # the loop resumes bit for bit (same shard order, shuffles, dropout reseeded per step): the same history
+    assert curve(outcome) == curve(uninterrupted)
     final, reference = outcome.history[-1]["val_auc"], uninterrupted.history[-1]["val_auc"]
-    assert abs(final - reference) < 0.005, (final, reference)
     print(f"chaos: killed pid {killed['pid']} at step {killed['at_step']}, resumed from step {restarted_from}, "
           f"{outcome.repeated_steps} steps repeated; final val_auc {final:.6f} vs {reference:.6f} uninterrupted")
 

@@ -11,7 +11,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
-KUBERAY_SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0"
+KUBERAY_SCHEMAS = REPO / "tests" / "schemas" / "kuberay-v1.7.0"  # vendored from ../shared/schemas: runs everywhere
 SHARED_ENV = {"MLSCALE_STORAGE": "/mnt/mlscale", "MLFLOW_TRACKING_URI": "http://mlflow.mlscale.internal:5000"}
 
 
@@ -40,18 +40,21 @@ def _crd_spec_schema(name):
 
 
 def _relax(node):
-    """OpenAPI int-or-string fields accept both; x-kubernetes-* keys are extensions."""
+    """OpenAPI int-or-string fields accept both; x-kubernetes-* keys are extensions. Unknown fields are refused, as
+    `kubectl apply --validate=strict` refuses them, unless the schema preserves unknown fields."""
     if isinstance(node, dict):
+        preserve = node.get("x-kubernetes-preserve-unknown-fields", False)
         node = {k: _relax(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
         if node.get("format") == "int-or-string" or node.get("anyOf"):
             node.pop("type", None)
+        if "properties" in node and "additionalProperties" not in node and not preserve:
+            node["additionalProperties"] = False
         return node
     if isinstance(node, list):
         return [_relax(v) for v in node]
     return node
 
 
-@pytest.mark.skipif(not KUBERAY_SCHEMAS.exists(), reason="../shared/schemas is not beside this checkout")
 @pytest.mark.parametrize(("manifest", "crd", "kind"), [
     ("kuberay/raycluster.yaml", "ray.io_rayclusters.yaml", "RayCluster"),
     ("kuberay/rayjob.yaml", "ray.io_rayjobs.yaml", "RayJob"),
@@ -61,6 +64,15 @@ def test_kuberay_manifests_match_the_crds(manifest, crd, kind):
     document = load(manifest)
     assert document["apiVersion"] == "ray.io/v1" and document["kind"] == kind
     jsonschema.validate(document["spec"], _crd_spec_schema(crd))
+
+
+def test_a_typo_in_a_manifest_fails_the_crd_check():
+    """The check must be able to fail: a misspelt field (rayStartParams -> rayStartParam) is refused."""
+    document = load("kuberay/raycluster.yaml")
+    head = document["spec"]["headGroupSpec"]
+    head["rayStartParam"] = head.pop("rayStartParams")
+    with pytest.raises(jsonschema.ValidationError, match="rayStartParam"):
+        jsonschema.validate(document["spec"], _crd_spec_schema("ray.io_rayclusters.yaml"))
 
 
 def _images_and_env(text):

@@ -171,3 +171,4 @@ def test_logged_params_hold_no_credentials():
     assert params["tune.study_storage"] == "postgresql://optuna:***@db/optuna?password=***&sslmode=require"
     assert params["data.object_store.region"] == "***"
     assert params["data.object_store.access_key_env"] == "AWS_ACCESS_KEY_ID"  # the variable's name, not a secret
+    assert params["train.model.d_token"] == "16"  # a width whose name contains "token"

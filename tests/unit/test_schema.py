@@ -1,3 +1,5 @@
+import re
+
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
@@ -132,3 +134,35 @@ def test_request_model_names_the_bad_field(payload, field):
     with pytest.raises(ValidationError) as error:
         request_model(SPECS).model_validate(payload)
     assert [item["loc"][-1] for item in error.value.errors()] == [field]
+
+
+def test_a_file_source_without_a_declared_schema_uses_its_own_columns(tmp_path):
+    """Nothing falls back to the flights schema: a parquet or CSV source is read as its files declare it."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from mlscale.config import DataConfig
+    from mlscale.data.sources import infer_schema
+
+    table = pa.table({"id": pa.array([1, 2], pa.int32()), "price": [1.5, None], "shop": ["a", None],
+                      "ok": [True, False], "day": pa.array([0, 1], pa.date32())})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    specs = infer_schema(DataConfig(source="parquet", path=str(tmp_path), label="price"))
+    assert [(s.name, s.dtype, s.nullable) for s in specs] == [
+        ("id", "int", True), ("price", "float", False), ("shop", "str", True), ("ok", "str", True),
+        ("day", "str", True)]
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    pacsv.write_csv(table.drop_columns(["day"]), csv_dir / "a.csv")
+    specs = infer_schema(DataConfig(source="csv", path=str(csv_dir), label="price"))
+    assert [(s.name, s.dtype) for s in specs] == [("id", "int"), ("price", "float"), ("shop", "str"), ("ok", "str")]
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("carrier / distance <= 3", "does not fit the declared types {'carrier': 'str', 'distance': 'float'}"),
+    ("distance * 2", "gives double, not true/false"),
+])
+def test_a_check_that_cannot_run_on_the_declared_types_fails_before_any_data(expr, message):
+    specs = [ColumnSpec(name="carrier", dtype="str"), ColumnSpec(name="distance", dtype="float")]
+    with pytest.raises(ExpressionError, match=re.escape(message)):
+        build_rules(specs, ValidationConfig(checks=[{"name": "bad", "expr": expr}]))

@@ -1,0 +1,25 @@
+"""Logging for mlscale: one logger per module under `mlscale`, shown as `[mlscale.<module>] message` lines.
+
+Library code only logs; the CLI, the jobs and Ray workers call configure_logging() so a terminal or a job log shows
+where a run is. A notebook or an application keeps its own logging setup.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+FORMAT = "[%(name)s] %(message)s"
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Send mlscale's log records to stderr at `level` (default $MLSCALE_LOG_LEVEL, else INFO); idempotent."""
+    logger = logging.getLogger("mlscale")
+    logger.setLevel((level or os.environ.get("MLSCALE_LOG_LEVEL") or "INFO").upper())
+    if not any(getattr(handler, "_mlscale", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler._mlscale = True  # type: ignore[attr-defined]  # marks the handler this function added
+        logger.addHandler(handler)
+        logger.propagate = False  # one line per record, whatever the root logger does
