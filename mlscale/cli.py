@@ -62,13 +62,16 @@ BlockOption = Annotated[
 
 
 def _run(stage: str, config: PipelineConfig, block: bool = False, **kwargs: Any) -> None:
-    from mlscale.entry import STAGES, print_summary
+    from mlscale.entry import STAGES, failed_checks, print_summary
 
     try:
         summary = STAGES[stage](config, **kwargs)
     except MlscaleError as error:
         raise _fail(stage, error) from None
     print_summary(f"mlscale {stage}", summary)
+    failure = failed_checks(summary)
+    if failure is not None:
+        raise _fail(stage, failure)
     if block:
         typer.echo(f"serving at {summary['endpoint']} (Ctrl-C to stop)")
         try:

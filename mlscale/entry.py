@@ -17,7 +17,7 @@ from rich.table import Table
 
 from mlscale.config import PipelineConfig, load_config, parse_overrides
 from mlscale.data.prepare import load_prepared
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, PromotionError
 from mlscale.logs import configure_logging
 from mlscale.pipeline import run_pipeline
 from mlscale.stages.common import start
@@ -104,6 +104,15 @@ def print_summary(title: str, summary: dict[str, Any], console: Console | None =
     print("MLSCALE_SUMMARY " + json.dumps(summary, default=str), flush=True)
 
 
+def failed_checks(summary: dict[str, Any]) -> MlscaleError | None:
+    """A stage that finished but whose new model failed its behavioural checks: the version stays registered as
+    challenger and is not promoted, and the command exits with the promotion code (6) so a scheduler notices."""
+    if summary.get("behaviour_passed") is False and not summary.get("promoted"):  # `always` forces it through
+        return PromotionError(f"version {summary.get('model_version')} failed its behavioural checks and was not "
+                              f"promoted ({summary.get('promotion', '')})")
+    return None
+
+
 def report_error(stage: str, error: MlscaleError, debug: bool = False) -> int:
     """Print an mlscale error as its message (the traceback too with debug) and return its exit code."""
     if debug:
@@ -133,4 +142,5 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     print_summary(f"mlscale {stage}", summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
-    return 0
+    failure = failed_checks(summary)
+    return report_error(stage, failure) if failure else 0

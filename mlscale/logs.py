@@ -13,13 +13,29 @@ import sys
 FORMAT = "[%(name)s] %(message)s"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (a test runner or a notebook swaps it)."""
+
+    _mlscale = True
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure_logging(level: str | None = None) -> None:
     """Send mlscale's log records to stderr at `level` (default $MLSCALE_LOG_LEVEL, else INFO); idempotent."""
     logger = logging.getLogger("mlscale")
     logger.setLevel((level or os.environ.get("MLSCALE_LOG_LEVEL") or "INFO").upper())
-    if not any(getattr(handler, "_mlscale", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(handler, _CurrentStderr) for handler in logger.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter(FORMAT))
-        handler._mlscale = True  # type: ignore[attr-defined]  # marks the handler this function added
         logger.addHandler(handler)
         logger.propagate = False  # one line per record, whatever the root logger does

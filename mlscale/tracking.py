@@ -74,9 +74,11 @@ def active_run_id() -> str:
     return str(run.info.run_id)
 
 
-def child_run(name: str) -> mlflow.ActiveRun:
-    """An MLflow run, nested under the active one when there is one (the pipeline's run, a tuning run)."""
-    return mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None)
+def child_run(name: str, system_metrics: bool = False) -> mlflow.ActiveRun:
+    """An MLflow run, nested under the active one when there is one (the pipeline's run, a tuning run);
+    system_metrics samples the driver's CPU, memory and disk (and GPU where pynvml is present) while it is open."""
+    return mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None,
+                            log_system_metrics=system_metrics or None)
 
 
 def redact_url(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,19 @@ def data_lineage(config: PipelineConfig, prepared: PreparedData, features: Fitte
 
 
 def log_training_inputs(prepared: PreparedData, data: TrainingData) -> None:
-    """In the active run: the data that went in, its validation report and the feature cache used."""
+    """In the active run: the data that went in (as MLflow dataset inputs too, so the run's page lists the train and
+    validation splits with their location and digest), its validation report and the feature cache used."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for split, context in (("train", "training"), ("val", "validation")):
+        with warnings.catch_warnings():  # MLflow registers the local source twice and says so on every call
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(prepared.split_path(split))
+        digest = (prepared.cache_key or prepared.data_fingerprint)[:16]
+        # MLflow's docs build MetaDataset directly; only its type hints mark `profile` abstract
+        dataset = MetaDataset(source, name=f"{Path(prepared.path).name}-{split}", digest=digest)  # type: ignore[abstract]
+        mlflow.log_input(dataset, context=context)
     mlflow.log_dict(json.loads(prepared.to_json()), "data/prepared.json")
     if prepared.report_path.exists():  # absent only in data prepared by an older mlscale
         mlflow.log_artifact(str(prepared.report_path), "data")
@@ -108,7 +121,8 @@ def train_stage(config: PipelineConfig, prepared: PreparedData | None = None,
     spec = spec_for_features(config.train.model, data.features)
     label = label_spec(config.data, prepared.read("train"))
     lineage = data_lineage(config, prepared, data.features)
-    with child_run(run_name or f"{config.name}-train") as run, tempfile.TemporaryDirectory() as tmp:
+    with child_run(run_name or f"{config.name}-train", system_metrics=True) as run, \
+            tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params(flat_params(config))
         mlflow.set_tags({f"mlscale.{k}": v for k, v in lineage.items()} | {"mlscale.stage": "train"})
         log_training_inputs(prepared, data)

@@ -85,6 +85,9 @@ def test_mlflow_run_has_params_curve_and_lineage(pipeline_result):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/training_curve.png" in artifacts
     assert "data/_validation_report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "data")}
+    inputs = {(i.dataset.name, i.tags[0].value if i.tags else "") for i in run.inputs.dataset_inputs}
+    assert inputs == {("pytest-train", "training"), ("pytest-val", "validation")}
+    assert any(key.startswith("system/") for key in run.data.metrics), "no system metrics were sampled"
 
 
 def test_prepare_stage_logs_the_validation_report_to_mlflow(pipeline_result, tmp_path):
@@ -165,6 +168,27 @@ def test_cli_predict_uses_the_registered_champion(pipeline_result, tmp_path):
                                        "--set", f"storage.root={config.storage.root}"])
     assert outcome.exit_code == 2
     assert "record 1.month" in outcome.output and "13" in outcome.output
+
+
+def test_cli_evaluate_scores_a_registered_version_on_a_split(pipeline_result):
+    """`mlscale evaluate` on the validation split gives what training measured on it for the same weights."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlscale.cli import app
+
+    config, result = pipeline_result
+    small = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "flights-small.yaml"
+    outcome = CliRunner().invoke(app, ["evaluate", "--config", str(small), "--split", "val",
+                                       "--model-uri", result.trained.version_uri,
+                                       "--set", f"storage.root={config.storage.root}",
+                                       "--set", f"ray.address={config.ray.address}"])
+    assert outcome.exit_code == 0, outcome.output
+    evaluation = json.loads(outcome.output.split("MLSCALE_EVALUATION ", 1)[1].splitlines()[0])
+    assert evaluation["metrics"]["val_rows"] == result.prepared.counts["val"]
+    assert evaluation["metrics"]["val_auc"] == pytest.approx(result.trained.best_val_metrics["val_auc"], abs=1e-4)
+    assert set(evaluation["slices"]) == set(config.evaluate.slices)
 
 
 def test_stage_timings_are_recorded(pipeline_result):

@@ -90,3 +90,34 @@ def test_app_builder_for_config_files(pipeline_result):
     assert isinstance(app_builder(args), serve.Application)
     with pytest.raises(ValidationError, match="max_batch_size"):
         app_builder({**args, "max_batch_size": 0})
+
+
+def test_two_replicas_and_the_record_limit(pipeline_result):
+    """A second app from the same bundle: two model replicas share concurrent load, and a request above
+    serve.max_records_per_request is refused with a 422 that says the limit, before any record is parsed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from mlscale.data.records import held_out_records
+    from mlscale.stages.deploy import deploy_stage
+
+    config, result = pipeline_result
+    config = config.model_copy(update={"serve": config.serve.model_copy(update={
+        "app_name": "two-replicas", "route_prefix": "/two-replicas", "num_replicas": 2,
+        "max_records_per_request": 5})})
+    endpoint = deploy_stage(config, result.trained.version_uri)
+    try:
+        records = held_out_records(result.prepared.read("test"), 6)
+        refused = requests.post(endpoint, json=records, timeout=30)
+        assert refused.status_code == 422 and "expected 1 to 5 records, got 6" in refused.text
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: requests.post(endpoint, json=records[:5], timeout=60), range(24)))
+        assert {answer.status_code for answer in answers} == {200}
+        first = answers[0].json()["predictions"]
+        for answer in answers:  # every replica, whatever the batch it was merged into, gives the same answer
+            assert answer.json()["predictions"] == pytest.approx(first, abs=1e-6)
+        model = serve.status().applications["two-replicas"].deployments["BundleModel"]
+        assert model.replica_states.get("RUNNING") == 2
+    finally:
+        serve.delete("two-replicas")
