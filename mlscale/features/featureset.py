@@ -15,17 +15,19 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray.data
 
 from mlscale.config import FeaturesConfig, NumericFeature
 from mlscale.features.sketch import QuantileSketch
 from mlscale.features.stats import CategoryStats, NumericStats, TableStats
 from mlscale.hashing import HASH_SCHEME, bucket_ids
+
+if TYPE_CHECKING:  # serving loads a bundle without Ray: only fitting takes a Ray dataset
+    import ray.data
 
 STATE_VERSION = 2
 ColumnLike: TypeAlias = np.ndarray | pa.Array | pa.ChunkedArray | list

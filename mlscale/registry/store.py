@@ -10,10 +10,11 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
 
 from mlscale.registry.bundle import Bundle
 from mlscale.tracking import tracking_client
-from mlscale.version import __version__
 
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_model.py")
 LABEL_TAG = "mlscale.label"  # the bundle's label spec, readable without downloading the bundle
@@ -47,15 +48,49 @@ class VersionInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def register_bundle(bundle: Bundle, model_name: str) -> RegisteredBundle:
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # mlscale/: travels with every logged model (code_paths)
+# What loading a bundle imports, pinned to the versions that trained it (mlscale itself travels as code).
+RUNTIME_REQUIREMENTS = ("torch", "numpy", "pyarrow", "pandas", "pydantic", "PyYAML", "mlflow")
+_SIGNATURE_TYPES = {"int": "long", "float": "double", "str": "string"}
+
+
+def pinned_requirements() -> list[str]:
+    """`name==version` of what serving a bundle needs, as installed here (torch without its +cpu/+cu tag)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for name in RUNTIME_REQUIREMENTS:
+        try:
+            pinned.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:  # e.g. mlflow-skinny installed instead of mlflow
+            pinned.append(f"{name}-skinny=={version(name + '-skinny')}" if name == "mlflow" else name)
+    return pinned
+
+
+def model_signature(bundle: Bundle) -> ModelSignature:
+    """The input schema as an MLflow signature: what `mlflow models serve` checks requests against. An optional
+    integer column is declared double: a missing value makes pandas hold it as floats."""
+    columns: list[ColSpec | TensorSpec] = []
+    for spec in bundle.input_schema:
+        dtype = "float" if spec.dtype == "int" and spec.nullable else spec.dtype
+        columns.append(ColSpec(_SIGNATURE_TYPES[dtype], spec.name, required=not spec.nullable))
+    return ModelSignature(inputs=Schema(columns), outputs=Schema([ColSpec("double")]))
+
+
+def register_bundle(bundle: Bundle, model_name: str, input_example: list[dict[str, Any]] | None = None
+                    ) -> RegisteredBundle:
     """Log the bundle as a pyfunc model in the active run and register a new version (no alias moved yet).
 
     The version is tagged with the bundle's lineage, metrics and label spec, so `list_versions` shows where it came
     from and evaluation reads the label without downloading the bundle.
 
+    The logged model stands on its own: the mlscale package travels as code, the requirements are pinned, and the
+    signature (from the input schema) and an input example let `mlflow models serve` validate requests.
+
     Args:
         bundle: the model bundle (weights, fitted features, input schema, label, lineage).
         model_name: the registered model's name.
+        input_example: a few raw records (e.g. held-out rows), stored with the model and checked by MLflow.
 
     Returns:
         The new version.
@@ -72,7 +107,10 @@ def register_bundle(bundle: Bundle, model_name: str) -> RegisteredBundle:
             name="model",
             python_model=str(PYFUNC_ENTRY),
             artifacts={"bundle": str(bundle_dir)},
-            pip_requirements=[f"mlscale=={__version__}", "torch", "pyarrow", "numpy", "pandas"],
+            code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=pinned_requirements(),
+            signature=model_signature(bundle),
+            input_example=_example(bundle, input_example),
             registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
@@ -81,6 +119,15 @@ def register_bundle(bundle: Bundle, model_name: str) -> RegisteredBundle:
         client.set_model_version_tag(model_name, version, key, str(value))
     client.set_model_version_tag(model_name, version, LABEL_TAG, json.dumps(bundle.label, sort_keys=True))
     return RegisteredBundle(name=model_name, version=version, run_id=run.info.run_id)
+
+
+def _example(bundle: Bundle, records: list[dict[str, Any]] | None) -> Any:
+    if not records:
+        return None
+    import pandas as pd
+
+    columns = [spec.name for spec in bundle.input_schema]
+    return pd.DataFrame([{name: record.get(name) for name in columns} for record in records], columns=columns)
 
 
 def register_path(directory: str | Path, model_name: str, run_name: str | None = None) -> RegisteredBundle:

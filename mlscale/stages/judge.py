@@ -26,6 +26,7 @@ from mlscale.tracking import active_run_id, tracking_client
 log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 JUDGE_ATTEMPTS = 3  # a champion moved by a concurrent promotion is measured again, this many times at most
+EXAMPLE_ROWS = 3  # held-out records stored with the model as its input example
 
 
 @dataclass
@@ -67,7 +68,8 @@ def register_and_judge(config: PipelineConfig, prepared: PreparedData, features:
         metrics={k: v for k, v in best_metrics.items() if k.startswith("val_")},
         lineage={**lineage, "run_id": active_run_id()},
     )
-    registered = register_bundle(bundle, config.tracking.registered_model)
+    registered = register_bundle(bundle, config.tracking.registered_model,
+                                 held_out_records(prepared.read("test"), EXAMPLE_ROWS))
     set_alias(registered.name, CHALLENGER, registered.version, config.tracking_uri)
     return Judged(registered, *judge(config, prepared, bundle, registered, directory))
 

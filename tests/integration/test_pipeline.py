@@ -224,3 +224,74 @@ def test_evaluation_has_calibration_and_slices(pipeline_result, tmp_path):
     local = client.download_artifacts(result.trained.run_id, "evaluation/reliability.json", str(tmp_path))
     table = json.loads(Path(local).read_text())
     assert sum(table["rows"]) == metrics["test_rows"] and len(table["rows"]) == config.evaluate.calibration_bins
+
+
+ISOLATED_LOAD = """
+import json, sys
+try:
+    import mlscale
+    sys.exit("mlscale is importable here: the test proves nothing")
+except ImportError:
+    pass
+import mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+print(json.dumps(model.predict(pd.DataFrame(json.loads(sys.argv[2]))).tolist()))
+"""
+
+
+def test_the_registered_model_stands_on_its_own(pipeline_result, tmp_path):
+    """Loaded where mlscale is not installed (site-packages without the editable install's hook, outside the
+    repository), the registered model brings its own code; and `mlflow models serve` answers for the champion,
+    checking requests against the signature made from the input schema."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import sysconfig
+    import time
+
+    import requests
+
+    from mlscale.data.records import held_out_records
+
+    config, result = pipeline_result
+    columns = [spec.name for spec in load_bundle(result.trained.model_uri, config.tracking_uri).input_schema]
+    records = [{k: v for k, v in row.items() if k in columns}
+               for row in held_out_records(result.prepared.read("test"), 5)]
+    expected = load_bundle(result.trained.model_uri, config.tracking_uri).predict_records(records)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.tracking_uri, "MLFLOW_REGISTRY_URI": config.tracking_uri,
+           "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    isolated = subprocess.run([sys.executable, "-S", "-c", ISOLATED_LOAD, result.trained.model_uri,
+                               json.dumps(records)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+    assert isolated.returncode == 0, isolated.stderr[-3000:]
+    np.testing.assert_allclose(json.loads(isolated.stdout.strip().splitlines()[-1]), expected, atol=1e-6)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                               result.trained.model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env={**env, "PYTHONPATH": ""}, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow models serve did not answer /ping within 180 s")
+        answer = requests.post(f"{url}/invocations", json={"dataframe_records": records}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["predictions"], expected, atol=1e-6)
+        wrong = requests.post(f"{url}/invocations", json={"dataframe_records": [{**records[0], "carrier": 7,
+                                                                                  "dep_delay": "late"}]}, timeout=60)
+        assert wrong.status_code == 400, wrong.text  # the signature refuses it
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mlscale.config import PipelineConfig, load_config, parse_overrides
+from mlscale.config import load_config, parse_overrides
 from mlscale.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,10 +16,16 @@ def test_defaults_are_a_complete_pipeline():
     assert config.tracking_uri.startswith("sqlite:///")
 
 
-@pytest.mark.parametrize("name", ["flights.yaml", "flights-small.yaml"])
-def test_example_configs_load(name):
+@pytest.mark.parametrize(("name", "sample", "model"), [("flights.yaml", 1.0, "flights-late-arrival"),
+                                                      ("flights-small.yaml", 0.1, "flights-small-late-arrival")])
+def test_example_configs_load_as_written(name, sample, model, monkeypatch):
+    for variable in ("MLSCALE_RAY_ADDRESS", "MLSCALE_STORAGE", "MLFLOW_TRACKING_URI", "MLSCALE_SERVE_PORT"):
+        monkeypatch.delenv(variable, raising=False)
     config = load_config(REPO / "jobs" / "configs" / name)
-    assert isinstance(config, PipelineConfig)
+    assert (config.data.sample_fraction, config.tracking.registered_model) == (sample, model)
+    assert config.ray.address is None and config.tracking.uri is None and config.serve.port == 8000
+    assert config.storage.root_path == (Path.cwd() / ".mlscale").resolve()
+    assert [check.name for check in config.validation.checks] == ["plausible_speed", "time_parts"]
 
 
 def test_bad_value_names_field_and_value(tmp_path):
