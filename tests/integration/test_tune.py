@@ -27,7 +27,11 @@ def tuned(pipeline_result):
         "tracking.experiment": "tune-test", "tracking.registered_model": "flights-small-tuned",
         "tune.name": "pytest-sweep", "tune.num_trials": 5, "tune.trial_workers": 0, "tune.cost": "params",
         "tune.space.architecture.families": ["mlp", "resmlp", "ft_transformer"],
+        # settings the other sweeps leave at their defaults
+        "tune.sampler": "random", "tune.scheduler.name": "none", "tune.time_budget_s": 1800,
+        "tune.study_storage": f"sqlite:///{base.storage.root_path / 'studies' / 'custom.db'}",
     })
+    (base.storage.root_path / "studies").mkdir(exist_ok=True)
     start_tracking(config)
     return config, tune_stage(config)
 
@@ -37,6 +41,7 @@ def test_sweep_runs_every_trial_and_returns_the_pareto_front(tuned):
     sweep = result.sweep
     assert len(sweep.trials) == 5 and sum(sweep.counts().values()) == 5
     assert sweep.counts()["failed"] == 0
+    assert sweep.counts()["pruned"] == 0  # scheduler none: every trial trains all its epochs
     scored = [r for r in sweep.trials if r.value is not None]
     assert all(r.cost["params"] > 0 and r.cost["latency_ms"] > 0 for r in scored)
     assert sweep.pareto and sweep.best in sweep.pareto  # the best metric is never dominated
@@ -67,8 +72,9 @@ def test_sweep_and_trial_runs_in_mlflow(tuned):
 
 
 def test_the_study_is_persistent_and_multi_objective(tuned):
-    _, result = tuned
-    study = optuna.load_study(study_name="pytest-sweep", storage=result.sweep.study_storage)
+    config, result = tuned
+    assert result.sweep.study_storage == config.tune.study_storage  # where the config put it
+    study = optuna.load_study(study_name="pytest-sweep", storage=config.tune.study_storage)
     assert len(study.directions) == 2 and len(study.trials) == 5
     assert all(t.values is not None and len(t.values) == 2 for t in study.trials)
 
