@@ -136,11 +136,16 @@ def pipeline_result(ray_session: LocalCluster, small_config_factory):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    """A real S3-protocol server (moto's standalone mode) on loopback, with a bucket named lake."""
+    """A real S3-protocol server (moto's standalone mode) on loopback that checks credentials (IAM on, as on a real
+    store: a wrong key is refused), with a user allowed s3:* whose key is in the environment, and a bucket `lake`."""
+    import json
+
     import boto3
 
     port = free_port()
+    # IAM is enforced after the first 4 requests: the ones that create the user, its policy and its key
     server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -149,10 +154,17 @@ def s3_endpoint():
             break
         except requests.ConnectionError:
             time.sleep(0.1)
-    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
+    bootstrap = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    iam = boto3.client("iam", aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap", **bootstrap)
+    iam.create_user(UserName="mlscale")
+    policy = iam.create_policy(PolicyName="lake-rw", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    iam.attach_user_policy(UserName="mlscale", PolicyArn=policy["Policy"]["Arn"])
+    key = iam.create_access_key(UserName="mlscale")["AccessKey"]
+    keys = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
     saved = {name: os.environ.get(name) for name in keys}
     os.environ.update(keys)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="lake")
+    boto3.client("s3", **bootstrap).create_bucket(Bucket="lake")  # with the user's key, from the environment
     yield endpoint
     server.terminate()
     server.wait(10)

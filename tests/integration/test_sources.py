@@ -83,6 +83,19 @@ def test_s3_csv_reads_through_the_same_filesystem(ray_session, small_config_fact
     assert prepared.data_fingerprint.startswith("csv-")
 
 
+def test_a_wrong_key_is_refused_by_the_store(ray_session, small_config_factory, s3_endpoint, monkeypatch):
+    """Credentials come from the environment only; the store checks them, so a wrong secret fails, naming the path."""
+    table = synthetic_rows(500, bad_fraction=0.0)
+    pq.write_table(table, "lake/keyed/part-0.parquet", filesystem=object_store(ObjectStoreConfig(
+        endpoint_url=s3_endpoint)))
+    config = small_config_factory("s3-wrong-key", **{
+        "data.source": "parquet", "data.path": "s3://lake/keyed", "data.object_store.endpoint_url": s3_endpoint,
+        **DECLARED})
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(SourceError, match=r"cannot access lake/keyed: .*ACCESS_DENIED"):
+        prepare(config)
+
+
 def test_csv_with_wrong_typed_values_quarantines_them(ray_session, small_config_factory, tmp_path):
     table = synthetic_rows(5_000)
     pacsv.write_csv(table.slice(0, 2_500), tmp_path / "a.csv")
