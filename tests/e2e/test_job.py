@@ -45,6 +45,7 @@ def test_bad_config_fails_the_job_with_a_readable_message(local_cluster, tmp_pat
     assert "train.epochs" in client.get_job_logs(job_id)
 
 
+@pytest.mark.timeout(1200)  # above its own deadlines: 300 + 120 + 600 s
 def test_a_stopped_train_job_resumes_from_its_checkpoint_when_rerun(pipeline_result, local_cluster, tmp_path):
     """Submit the train job, stop it mid-run (`ray job stop`), submit it again: it picks up where it was, tracked
     in MLflow. (The train job against an MLflow server is in tests/integration/test_mlflow_server.py.)"""

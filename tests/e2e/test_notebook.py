@@ -11,6 +11,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 
 
+@pytest.mark.timeout(1900)  # two runs, each cell allowed 900 s
 def test_quickstart_notebook_runs_clean_twice_on_the_same_storage(local_cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("MLSCALE_RAY_ADDRESS", local_cluster.gcs_address)
     monkeypatch.setenv("MLSCALE_STORAGE", str(tmp_path))

@@ -40,6 +40,7 @@ def tune_saved_as_done(experiment: Path) -> set[str]:
     return {trial.trial_id for trial in analysis.trials if trial.status == "TERMINATED"}
 
 
+@pytest.mark.timeout(1800)  # above its own deadlines: 480 + 120 + 900 s
 def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(pipeline_result, local_cluster, tmp_path):
     config, _ = pipeline_result
     root = config.storage.root_path
