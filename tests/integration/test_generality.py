@@ -133,6 +133,29 @@ def test_the_promotion_decision_is_recorded_on_the_registry(prices_run):
     assert json.loads(version.tags["mlscale.label"])["task"] == "regression"
 
 
+def test_the_deploy_job_script_and_its_summary_file(prices_run, tmp_path):
+    """jobs/deploy.py as a process of its own (joining the cluster the config names): deploys the champion, checks
+    served == batch and writes --summary-json; the tune and pipeline entry points map errors to their codes."""
+    import subprocess
+    import sys
+
+    from mlscale.entry import job_main
+    from tests.conftest import REPO
+
+    path, config, _, _ = prices_run
+    out = tmp_path / "deploy.json"
+    done = subprocess.run([sys.executable, "jobs/deploy.py", "--config", str(path), "--summary-json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["model_uri"] == "models:/prices-model@champion"
+    assert summary["served_vs_batch_rows"] == config.serve.compare_rows
+    assert "MLSCALE_SUMMARY" in done.stdout
+    assert job_main("tune", ["--config", str(path), "--set", "name=never-prepared",
+                             "--set", f"storage.root={tmp_path}"]) == 3
+    assert job_main("pipeline", ["--config", str(path), "--set", "name=../x"]) == 2
+
+
 # Each kind of error from a real cause, through the CLI, as a user meets it: the message and the exit code.
 
 def invoke(*args):
