@@ -738,13 +738,25 @@ def config_from_dict(data: dict[str, Any], source: str = "dict") -> PipelineConf
         raise ConfigError(_describe(error, source)) from None
 
 
+EXAMPLES = Path(__file__).with_name("configs")  # shipped in the package: a plain `pip install` can run them
+
+
+def example_config(name: str | Path) -> Path | None:
+    """A built-in example config by name (`flights`, `flights-small`), when `name` is not a file of its own."""
+    if Path(name).exists() or Path(name).name != str(name):
+        return None
+    found = EXAMPLES / f"{Path(name).name.removesuffix('.yaml')}.yaml"
+    return found if found.is_file() else None
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Load a YAML pipeline config, then apply dotted overrides.
 
     `${VAR}` and `${VAR:-default}` are expanded inside string values (never in comments or keys).
 
     Args:
-        path: the YAML file; None starts from the built-in defaults (the flights example).
+        path: the YAML file, or the name of a built-in example (`flights`, `flights-small`); None starts from the
+            built-in defaults (the flights example).
         overrides: dotted field -> value, e.g. {"train.epochs": 2, "serve.port": 8001}, applied after the file.
 
     Returns:
@@ -756,9 +768,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
+        path = example_config(path) or Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path} (or name a built-in example: "
+                              f"{', '.join(sorted(p.stem for p in EXAMPLES.glob('*.yaml')))})")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:

