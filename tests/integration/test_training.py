@@ -162,7 +162,9 @@ def test_regression_task_end_to_end(pipeline_result):
     trained = train_stage(regression, result.prepared, run_name=f"regression-{uuid.uuid4().hex[:6]}")
     assert {"test_rmse", "test_mae", "test_r2"} <= set(trained.test_metrics)
     assert trained.best_val_metrics["val_rmse"] > 0
-    assert trained.test_metrics["test_r2"] > 0.5  # the departure delay explains most of the arrival delay
+    # measured 0.80 after this one epoch on the sample (the floor is that minus 0.05); for scale, a straight line
+    # through dep_delay alone scores 0.84 on December: one epoch of this network does not reach it yet
+    assert trained.test_metrics["test_r2"] > 0.75
     bundle = load_bundle(trained.version_uri, regression.tracking_uri)
     assert bundle.label["task"] == "regression" and bundle.network_spec["family"] == "resmlp"
     rows = result.prepared.read("test").limit(200).take_all()
