@@ -47,6 +47,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_http(url: str, seconds: float, what: str) -> None:
+    """Poll a server's URL until it answers 2xx; fail the test naming the server when it does not in time."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"{what} did not answer {url} within {seconds:.0f} s")
+
+
 @dataclass(frozen=True)
 class LocalCluster:
     gcs_address: str
@@ -148,12 +161,7 @@ def s3_endpoint():
                               env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests.get(endpoint, timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.1)
+    wait_for_http(f"{endpoint}/moto-api/", 30, "the S3 server")
     bootstrap = {"endpoint_url": endpoint, "region_name": "us-east-1"}
     iam = boto3.client("iam", aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap", **bootstrap)
     iam.create_user(UserName="mlscale")

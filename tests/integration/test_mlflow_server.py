@@ -4,18 +4,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from mlscale.errors import PromotionConflict
 from mlscale.promotion import Measurement, apply_decision, decide
 from mlscale.registry.store import load_bundle, register_bundle, set_alias, version_of
 from mlscale.tracking import tracking_client, use_tracking
-from tests.conftest import free_port, restore_env
+from tests.conftest import free_port, restore_env, wait_for_http
 from tests.unit.test_bundle import make_bundle
 from tests.unit.test_featureset import sample_table
 
@@ -33,16 +31,11 @@ def mlflow_server(tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(1)
-    else:
+    try:
+        wait_for_http(f"{url}/health", 120, "mlflow server")
+    except BaseException:
         process.kill()
-        pytest.fail("mlflow server did not come up within 120 s")
+        raise
     import mlflow
 
     previous = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}

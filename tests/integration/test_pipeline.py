@@ -245,15 +245,14 @@ def test_the_registered_model_stands_on_its_own(pipeline_result, tmp_path):
     checking requests against the signature made from the input schema."""
     import json
     import os
-    import socket
     import subprocess
     import sys
     import sysconfig
-    import time
 
     import requests
 
     from mlscale.data.records import held_out_records
+    from tests.conftest import free_port, wait_for_http
 
     config, result = pipeline_result
     columns = [spec.name for spec in load_bundle(result.trained.model_uri, config.tracking_uri).input_schema]
@@ -268,24 +267,14 @@ def test_the_registered_model_stands_on_its_own(pipeline_result, tmp_path):
     assert isolated.returncode == 0, isolated.stderr[-3000:]
     np.testing.assert_allclose(json.loads(isolated.stdout.strip().splitlines()[-1]), expected, atol=1e-6)
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                                result.trained.model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                               env={**env, "PYTHONPATH": ""}, cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow models serve did not answer /ping within 180 s")
+        wait_for_http(f"{url}/ping", 180, "mlflow models serve")
         answer = requests.post(f"{url}/invocations", json={"dataframe_records": records}, timeout=60)
         assert answer.status_code == 200, answer.text
         np.testing.assert_allclose(answer.json()["predictions"], expected, atol=1e-6)
