@@ -179,6 +179,11 @@ def test_validation_and_expression_errors_exit_4_and_5(prices_run, tmp_path):
     strict = invoke("prepare", "--config", str(path), *store, "--set", 'validation.checks=[{"name": "cheap", '
                     '"expr": "price < 5000"}]')
     assert strict.exit_code == 4 and "cheap" in strict.output
+    too_many = invoke("prepare", "--config", str(path), *store, "--set", "validation.max_rows=1000")
+    assert too_many.exit_code == 4 and "row count 6,000 is above validation.max_rows 1,000" in too_many.output
+    shared_key = invoke("prepare", "--config", str(path), *store, "--set", 'validation.unique=["shop"]',
+                        "--set", "validation.max_duplicate_keys=5")
+    assert shared_key.exit_code == 4 and "duplicate keys > validation.max_duplicate_keys (5)" in shared_key.output
     for expr, named in (("price < colour", "colour"), ("price <", "is not valid")):
         broken = invoke("prepare", "--config", str(path), *store, "--set",
                         f'validation.checks=[{{"name": "bad", "expr": "{expr}"}}]')
