@@ -190,3 +190,24 @@ def test_unsupported_state_version_is_refused():
     features = fitted()
     with pytest.raises(ValueError, match="version 99"):
         FittedFeatures.from_json(features.to_json().replace('"version": 2', '"version": 99'))
+
+
+def test_label_threshold_is_one_rule_for_training_and_evaluation():
+    """data.label_threshold (30 minutes here, not the default 15) makes the same 0/1 label where training
+    featurizes a batch and where evaluation reads a scored one."""
+    from mlscale.config import load_config
+    from mlscale.evaluate import labels_of
+    from mlscale.features.cache import label_threshold
+    from mlscale.features.featureset import transform_batch
+    from mlscale.features.label import label_spec
+
+    config = load_config(None, {"data.label_threshold": 30})
+    table = sample_table(300)
+    delays = np.random.default_rng(5).normal(20, 40, table.num_rows)
+    table = table.append_column("arr_delay", pa.array(delays))
+    expected = (delays >= 30).astype(np.float64)
+    trained_on = transform_batch(table, fitted(table), config.data.label, label_threshold(config))["label"]
+    spec = label_spec(config.data, None)  # classification reads only the config
+    assert spec["threshold"] == 30 and spec["meaning"] == "arr_delay >= 30"
+    np.testing.assert_array_equal(trained_on, expected)
+    np.testing.assert_array_equal(labels_of(table, spec), expected)
