@@ -584,6 +584,12 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_records_per_request: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Larger request bodies get a 413 before parsing.")
+    max_queued_requests: int = Field(
+        512, ge=1, description="Requests waiting per deployment beyond its replicas' capacity; past it callers get "
+                               "a 503 at once instead of queueing without bound.")
+    request_timeout_s: float | None = Field(
+        30.0, gt=0, description="End-to-end HTTP request timeout (408); applied when Serve starts on the cluster.")
     compare_rows: int = Field(128, ge=1, description="Held-out rows served and compared with batch scoring.")
     compare_rtol: float = Field(
         1e-5, ge=0, description="Served vs batch: allowed difference relative to the prediction (float32 rounding "

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
+from mlscale.errors import NothingToServe
 from mlscale.registry.bundle import Bundle
 from mlscale.tracking import tracking_client
 
@@ -181,6 +182,23 @@ def version_of(model_name: str, alias: str, tracking_uri: str | None = None) -> 
         return str(_client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def pinned_uri(model_uri: str, tracking_uri: str | None = None) -> str:
+    """models:/name@alias as models:/name/<the version it points at now>; any other URI as it is.
+
+    Raises:
+        NothingToServe: the alias points at no version.
+    """
+    parsed = _parse_models_uri(model_uri)
+    if parsed is None or parsed[1].isdigit():
+        return model_uri
+    name, alias = parsed
+    version = version_of(name, alias, tracking_uri)
+    if version is None:
+        raise NothingToServe(f"{name}@{alias} points at no version: train and promote a model first "
+                             f"(mlscale train, or mlscale registry promote)")
+    return f"models:/{name}/{version}"
 
 
 def label_of(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:

@@ -2,21 +2,28 @@
 batched model deployment that predicts through the same Bundle code as batch scoring.
 """
 
-import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import TypeAdapter, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from mlscale.config import ServeConfig
-from mlscale.data.schema import ColumnSpec, record_name, request_model
-from mlscale.registry.store import load_bundle
+from mlscale.data.schema import ColumnSpec, record_name
+from mlscale.registry.store import load_bundle, pinned_uri
+from mlscale.serve.requests import RequestParser, RequestRejected
 
 api = FastAPI(title="mlscale model service")
+
+
+@dataclass(frozen=True)
+class TransformFailed:
+    """A request whose records passed validation but could not be turned into features or predicted."""
+
+    reason: str
 
 
 class BundleModelReplica:
@@ -30,16 +37,30 @@ class BundleModelReplica:
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def predict_batch(self, requests: list[list[dict[str, Any]]]) -> list[list[float]]:
-        flat = [record for request in requests for record in request]
-        probabilities = self.bundle.predict_records(flat).tolist()
-        out, start = [], 0
+    async def predict_batch(self, requests: list[list[dict[str, Any]]]) -> list[list[float] | TransformFailed]:
+        return self.predict_requests(requests)
+
+    def predict_requests(self, requests: list[list[dict[str, Any]]]) -> list[list[float] | TransformFailed]:
+        """One forward pass for every request in the batch; if it fails, each request alone, so a record the
+        bundle cannot transform fails only the request that sent it."""
+        try:
+            predictions = self.bundle.predict_records([record for request in requests for record in request])
+        except Exception:  # noqa: BLE001 - which request is at fault is found below
+            return [self._alone(request) for request in requests]
+        out: list[list[float] | TransformFailed] = []
+        start = 0
         for request in requests:
-            out.append(probabilities[start:start + len(request)])
+            out.append(predictions[start:start + len(request)].tolist())
             start += len(request)
         return out
 
-    async def __call__(self, records: list[dict[str, Any]]) -> list[float]:
+    def _alone(self, request: list[dict[str, Any]]) -> list[float] | TransformFailed:
+        try:
+            return self.bundle.predict_records(request).tolist()
+        except Exception as error:  # noqa: BLE001 - reported to this request's caller, not raised into the batch
+            return TransformFailed(f"{type(error).__name__}: {error}"[:300])
+
+    async def __call__(self, records: list[dict[str, Any]]) -> list[float] | TransformFailed:
         return await self.predict_batch(records)
 
 
@@ -51,40 +72,24 @@ class IngressReplica:
     """POST /predict with one record or a list of records; GET /schema; GET /health."""
 
     def __init__(self, model: DeploymentHandle, input_schema: list[dict[str, Any]], model_info: dict[str, Any],
-                 max_records: int, record: str = "Record") -> None:
+                 max_records: int, record: str = "Record", max_body_bytes: int = 8 * 2**20) -> None:
         self.model = model
         self.input_schema = [ColumnSpec(**spec) for spec in input_schema]
-        record_type: Any = request_model(self.input_schema, record)
-        self.one: TypeAdapter[Any] = TypeAdapter(record_type)
-        self.many: TypeAdapter[list[Any]] = TypeAdapter(list[record_type])
+        self.parser = RequestParser(self.input_schema, max_records, max_body_bytes, record)
         self.model_info = model_info
-        self.max_records = max_records
 
     @api.post("/predict")
     async def predict(self, request: Request) -> Any:
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            return _error(400, [{"loc": ["body"], "msg": f"body is not valid JSON: {error}"}])
-        if isinstance(body, dict) and "records" in body:
-            body = body["records"]
-        single = isinstance(body, dict)
-        if not single and not isinstance(body, list):
-            return _error(422, [{"loc": ["body"], "msg": "expected a record (object) or a list of records"}])
-        if not single and not 1 <= len(body) <= self.max_records:
-            msg = f"expected 1 to {self.max_records} records, got {len(body)}"
-            return _error(422, [{"loc": ["body"], "msg": msg}])
-        try:
-            records = [self.one.validate_python(body)] if single else self.many.validate_python(body)
-        except ValidationError as error:
-            detail = [
-                {"loc": ["body", *item["loc"]], "field": str(item["loc"][-1]) if item["loc"] else None,
-                 "msg": item["msg"], "input": item.get("input")}
-                for item in error.errors(include_url=False)
-            ]
-            return _error(422, json.loads(json.dumps(detail, default=str)))
-        probabilities = await self.model.remote([record.model_dump() for record in records])
-        return {"predictions": probabilities, "model": self.model_info}
+            self.parser.check_length(request.headers.get("content-length"))
+            records = self.parser.parse(await request.body())
+        except RequestRejected as rejected:
+            return _error(rejected.status, rejected.detail)
+        predictions = await self.model.remote(records)
+        if isinstance(predictions, TransformFailed):
+            return _error(422, [{"loc": ["body"], "msg": f"the records passed validation but could not be "
+                                                         f"transformed: {predictions.reason}"}])
+        return {"predictions": predictions, "model": self.model_info}
 
     @api.get("/schema")
     async def schema(self) -> dict[str, Any]:
@@ -103,16 +108,23 @@ Ingress = serve.deployment(name="Ingress", max_ongoing_requests=128)(serve.ingre
 def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
               record: str = "Record") -> serve.Application:
     """The application graph for one registered bundle, sized by the serve section of the config; `record` names
-    the request model (from the dataset's name)."""
-    bundle = load_bundle(model_uri, tracking_uri)
+    the request model (from the dataset's name).
+
+    An alias is resolved here, once: every replica loads that exact version (`models:/name/<n>`), so a replica
+    restarted after a promotion still serves what was deployed; a new version arrives by deploying again.
+    """
+    served = pinned_uri(model_uri, tracking_uri)
+    bundle = load_bundle(served, tracking_uri)
     model = BundleModel.options(
-        num_replicas=settings.num_replicas, ray_actor_options={"num_cpus": settings.model_cpus}
-    ).bind(model_uri, tracking_uri, settings.max_batch_size, settings.batch_wait_timeout_s)
-    info = {"uri": model_uri, **bundle.lineage}
-    ingress = Ingress.options(ray_actor_options={"num_cpus": settings.ingress_cpus})
-    return ingress.bind(
-        model, [spec.model_dump() for spec in bundle.input_schema], info, settings.max_records_per_request, record
-    )
+        num_replicas=settings.num_replicas, ray_actor_options={"num_cpus": settings.model_cpus},
+        max_queued_requests=settings.max_queued_requests,
+    ).bind(served, tracking_uri, settings.max_batch_size, settings.batch_wait_timeout_s)
+    version = served.rsplit("/", 1)[-1] if served.startswith("models:/") else ""
+    info = {"uri": model_uri, "served_uri": served, "version": version, **bundle.lineage}
+    ingress = Ingress.options(ray_actor_options={"num_cpus": settings.ingress_cpus},
+                              max_queued_requests=settings.max_queued_requests)
+    return ingress.bind(model, [spec.model_dump() for spec in bundle.input_schema], info,
+                        settings.max_records_per_request, record, settings.max_body_bytes)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -17,7 +17,8 @@ def endpoint_url(config: PipelineConfig) -> str:
 def deploy(config: PipelineConfig, model_uri: str) -> str:
     """Start Serve (idempotent) and run the app for model_uri; returns the predict URL."""
     settings = config.serve
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(http_options={"host": settings.host, "port": settings.port,
+                              "request_timeout_s": settings.request_timeout_s})
     app = build_app(model_uri, config.tracking_uri, settings, record_name(config.name))
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
     return endpoint_url(config)

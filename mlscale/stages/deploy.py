@@ -11,12 +11,11 @@ import requests
 from mlscale.config import PipelineConfig
 from mlscale.data.prepare import PreparedData
 from mlscale.data.records import json_value
-from mlscale.errors import NothingToServe, ServingError
+from mlscale.errors import ServingError
 from mlscale.evaluate import PREDICTION_COLUMN, score
 from mlscale.features.label import label_scale
-from mlscale.registry.store import label_of, version_of
+from mlscale.registry.store import label_of
 from mlscale.serve.deploy import deploy
-from mlscale.tracking import redact_url
 
 REQUEST_SIZES = 50  # rows per request: several requests of different sizes exercise batching
 
@@ -44,16 +43,10 @@ def deploy_stage(config: PipelineConfig, model_uri: str | None = None) -> str:
         The predict endpoint's URL.
 
     Raises:
-        NothingToServe: the alias points at no version (e.g. no model has been promoted yet).
+        NothingToServe: the alias points at no version (e.g. no model has been promoted yet). An alias is resolved
+            once, here: every replica serves that exact version.
     """
-    model, alias = config.tracking.registered_model, config.tracking.alias
-    model_uri = model_uri or f"models:/{model}@{alias}"
-    if model_uri.startswith("models:/") and "@" in model_uri:
-        name, alias = model_uri.removeprefix("models:/").rsplit("@", 1)
-        if version_of(name, alias, config.tracking_uri) is None:
-            raise NothingToServe(f"{name}@{alias} points at no version in {redact_url(config.tracking_uri)}: "
-                                 f"train and promote a model first (mlscale train, or mlscale registry promote)")
-    return deploy(config, model_uri)
+    return deploy(config, model_uri or f"models:/{config.tracking.registered_model}@{config.tracking.alias}")
 
 
 def within_tolerance(served: np.ndarray, batch: np.ndarray, rtol: float, atol: float) -> np.ndarray:

@@ -27,6 +27,8 @@ def test_one_record_and_many(service):
     wrapped = requests.post(endpoint, json={"records": records}, timeout=30)
     assert wrapped.json()["predictions"] == many.json()["predictions"]
     assert many.json()["model"]["uri"].endswith("@champion")
+    model = many.json()["model"]  # the alias was resolved once, at deploy: every replica serves that version
+    assert model["version"].isdigit() and model["served_uri"].endswith(f"/{model['version']}")
 
 
 def test_missing_optional_weather_is_fine(service):
@@ -64,7 +66,8 @@ def test_missing_required_field_is_422(service):
     assert response.json()["detail"][0]["field"] == "sched_dep_time"
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"42", b"[]", b"\xff\xfe"])
+@pytest.mark.parametrize("body", [b"{not json", b"42", b"[]", b"\xff\xfe", b'{"dep_delay": NaN}',
+                                  b'[{"dep_delay": Infinity}]', b"[" * 50_000, b" " * (9 * 2**20)])
 def test_bodies_that_are_not_records_are_4xx(service, body):
     endpoint, _ = service
     response = requests.post(endpoint, data=body, headers={"content-type": "application/json"}, timeout=30)

@@ -1,0 +1,140 @@
+"""Every body a client can send gets records or a small 4xx that names the problem: never a 5xx, never a response
+that cannot be rendered as JSON, never an answer larger than a few kilobytes."""
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlscale.data.schema import ColumnSpec
+from mlscale.serve.requests import MAX_ERRORS, RequestParser, RequestRejected
+
+SCHEMA = [
+    ColumnSpec(name="dep_delay", dtype="float", min=-120, max=1500),
+    ColumnSpec(name="carrier", dtype="str", nullable=False, pattern="[A-Z0-9]{2}"),
+    ColumnSpec(name="origin", dtype="str", allowed=["EWR", "JFK", "LGA"]),
+    ColumnSpec(name="month", dtype="int", nullable=False, min=1, max=12),
+]
+PARSER = RequestParser(SCHEMA, max_records=50, max_body_bytes=64 * 1024, record_name="FlightsRecord")
+GOOD = {"dep_delay": 3.5, "carrier": "UA", "origin": "EWR", "month": 7}
+
+
+def rejected(body: bytes) -> RequestRejected:
+    with pytest.raises(RequestRejected) as caught:
+        PARSER.parse(body)
+    return caught.value
+
+
+def test_good_bodies_in_every_shape():
+    for body in (GOOD, [GOOD, GOOD], {"records": [GOOD]}):
+        records = PARSER.parse(json.dumps(body).encode())
+        assert records[0] == GOOD
+    assert PARSER.parse(b'{"carrier": "UA", "month": 1}') == [{"dep_delay": None, "carrier": "UA", "origin": None,
+                                                             "month": 1}]
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    (b'{"dep_delay": NaN, "carrier": "UA", "month": 1}', 400, "NaN is not a number JSON allows"),
+    (b'{"dep_delay": Infinity, "carrier": "UA", "month": 1}', 400, "Infinity"),
+    (b"[" * 50_000, 400, "not valid JSON"),
+    (b"\xff\xfe{}", 400, "not valid JSON"),
+    (b'"a string"', 422, "got str"),
+    (b"[]", 422, "expected 1 to 50 records, got 0"),
+    (json.dumps([GOOD] * 51).encode(), 422, "got 51"),
+    (json.dumps({**GOOD, "dep_delay": 1e308 * 10}).encode(), 400, "Infinity"),
+    (b" " * (64 * 1024 + 1), 413, "above the limit of 65,536"),
+])
+def test_malformed_bodies_are_4xx_naming_the_problem(body, status, says):
+    error = rejected(body)
+    assert error.status == status and says in json.dumps(error.detail)
+
+
+def test_a_large_invalid_body_gets_a_small_answer():
+    bad = [{**GOOD, "month": 13, "carrier": "x" * 500}] * 50
+    error = rejected(json.dumps(bad).encode())
+    text = json.dumps(error.detail, allow_nan=False)
+    assert error.status == 422 and len(error.detail) == MAX_ERRORS + 1 and "more errors" in text
+    assert len(text) < 8_000 < len(json.dumps(bad))
+
+
+def test_content_length_is_checked_before_the_body_is_read():
+    with pytest.raises(RequestRejected) as caught:
+        PARSER.check_length(str(10 * 2**20))
+    assert caught.value.status == 413
+    PARSER.check_length("100")
+    PARSER.check_length(None)
+    PARSER.check_length("not a number")  # left to the body's own length check
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(
+        st.sampled_from(["dep_delay", "carrier", "origin", "month", "records", "x"]) | st.text(max_size=8),
+        children, max_size=6),
+    max_leaves=40,
+)
+
+
+def check_outcome(body: bytes) -> None:
+    try:
+        records = PARSER.parse(body)
+    except RequestRejected as error:
+        assert 400 <= error.status < 500
+        text = json.dumps({"detail": error.detail}, allow_nan=False)  # renderable
+        assert len(text) < 16_000
+        return
+    assert 1 <= len(records) <= 50 and all(set(record) == {s.name for s in SCHEMA} for record in records)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(JSON_VALUES)
+def test_any_json_value_gets_records_or_a_4xx(value):
+    check_outcome(json.dumps(value).encode())  # NaN and Infinity included: Python writes them as literals
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_any_bytes_get_records_or_a_4xx(body):
+    check_outcome(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "dep_delay": st.none() | st.floats() | st.integers() | st.text(max_size=5),
+    "carrier": st.none() | st.text(max_size=4) | st.integers(),
+    "origin": st.none() | st.sampled_from(["EWR", "BOS", ""]) | st.integers(),
+    "month": st.none() | st.integers(-5, 20) | st.floats() | st.booleans(),
+}))
+def test_records_near_the_schema_get_records_or_a_4xx(record):
+    check_outcome(json.dumps([record, GOOD]).encode())
+
+
+def test_one_poisoned_record_fails_only_its_own_request(tmp_path):
+    """Three requests merged into one batch (what @serve.batch hands the replica); the bundle cannot transform one
+    record: the other two requests get their predictions, the poisoned one a TransformFailed naming the reason."""
+    import numpy as np
+
+    from mlscale.registry.store import load_bundle
+    from mlscale.serve.app import BundleModelReplica, TransformFailed
+    from tests.unit.test_bundle import make_bundle
+    from tests.unit.test_featureset import sample_table
+
+    folder = make_bundle().save(tmp_path / "bundle")
+    replica = BundleModelReplica.__new__(BundleModelReplica)  # the batching wrapper needs a Serve replica
+    replica.bundle = load_bundle(str(folder))
+    honest = replica.bundle.predict_records
+
+    def predict(records):
+        if any(record.get("carrier") == "POISON" for record in records):
+            raise ValueError("cannot transform carrier POISON")
+        return honest(records)
+
+    replica.bundle.predict_records = predict
+    rows = sample_table(6).to_pylist()
+    requests = [rows[:2], [*rows[2:3], {**rows[3], "carrier": "POISON"}], rows[4:]]
+
+    first, poisoned, last = replica.predict_requests(requests)
+    np.testing.assert_allclose(first, honest(rows[:2]), atol=1e-6)
+    np.testing.assert_allclose(last, honest(rows[4:]), atol=1e-6)
+    assert isinstance(poisoned, TransformFailed) and "cannot transform carrier POISON" in poisoned.reason
