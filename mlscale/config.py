@@ -588,6 +588,9 @@ class ServeConfig(_Section):
     max_queued_requests: int = Field(
         512, ge=1, description="Requests waiting per deployment beyond its replicas' capacity; past it callers get "
                                "a 503 at once instead of queueing without bound.")
+    api_keys_env: str | None = Field(
+        None, description="Name of an environment variable holding comma-separated API keys; set: /predict and "
+                          "/schema need `Authorization: Bearer <key>` (401 without), /health stays open.")
     request_timeout_s: float | None = Field(
         30.0, gt=0, description="End-to-end HTTP request timeout (408); applied when Serve starts on the cluster.")
     compare_rows: int = Field(128, ge=1, description="Held-out rows served and compared with batch scoring.")

@@ -13,8 +13,9 @@ from ray.serve.handle import DeploymentHandle
 
 from mlscale.config import ServeConfig
 from mlscale.data.schema import ColumnSpec, record_name
+from mlscale.errors import ConfigError
 from mlscale.registry.store import load_bundle, pinned_uri
-from mlscale.serve.requests import RequestParser, RequestRejected
+from mlscale.serve.requests import RequestParser, RequestRejected, authorized, key_digest
 
 api = FastAPI(title="mlscale model service")
 
@@ -72,14 +73,25 @@ class IngressReplica:
     """POST /predict with one record or a list of records; GET /schema; GET /health."""
 
     def __init__(self, model: DeploymentHandle, input_schema: list[dict[str, Any]], model_info: dict[str, Any],
-                 max_records: int, record: str = "Record", max_body_bytes: int = 8 * 2**20) -> None:
+                 max_records: int, record: str = "Record", max_body_bytes: int = 8 * 2**20,
+                 key_digests: tuple[str, ...] = ()) -> None:
         self.model = model
         self.input_schema = [ColumnSpec(**spec) for spec in input_schema]
         self.parser = RequestParser(self.input_schema, max_records, max_body_bytes, record)
         self.model_info = model_info
+        self.key_digests = tuple(key_digests)
+
+    def _refused(self, request: Request) -> JSONResponse | None:
+        if authorized(request.headers.get("authorization"), self.key_digests):
+            return None
+        return JSONResponse(status_code=401, content={"detail": [{"loc": ["header", "authorization"],
+                                                                  "msg": "a valid API key is required"}]},
+                            headers={"WWW-Authenticate": "Bearer"})
 
     @api.post("/predict")
     async def predict(self, request: Request) -> Any:
+        if (refused := self._refused(request)) is not None:
+            return refused
         try:
             self.parser.check_length(request.headers.get("content-length"))
             records = self.parser.parse(await request.body())
@@ -92,7 +104,10 @@ class IngressReplica:
         return {"predictions": predictions, "model": self.model_info}
 
     @api.get("/schema")
-    async def schema(self) -> dict[str, Any]:
+    async def schema(self, request: Request) -> Any:
+        """The input schema; the model's lineage (runs, commit, data fingerprints) only to an authorized caller."""
+        if (refused := self._refused(request)) is not None:
+            return refused
         return {"input_schema": [spec.model_dump() for spec in self.input_schema], "model": self.model_info}
 
     @api.get("/health")
@@ -124,7 +139,21 @@ def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
     ingress = Ingress.options(ray_actor_options={"num_cpus": settings.ingress_cpus},
                               max_queued_requests=settings.max_queued_requests)
     return ingress.bind(model, [spec.model_dump() for spec in bundle.input_schema], info,
-                        settings.max_records_per_request, record, settings.max_body_bytes)
+                        settings.max_records_per_request, record, settings.max_body_bytes, api_key_digests(settings))
+
+
+def api_key_digests(settings: ServeConfig) -> tuple[str, ...]:
+    """The digests of the keys in the environment variable serve.api_keys_env names (read where the app is built).
+
+    Raises:
+        ConfigError: the variable is named but unset or empty (an open service by mistake is worse than none).
+    """
+    if settings.api_keys_env is None:
+        return ()
+    keys = [key.strip() for key in os.environ.get(settings.api_keys_env, "").split(",") if key.strip()]
+    if not keys:
+        raise ConfigError(f"serve.api_keys_env names {settings.api_keys_env}, which holds no keys")
+    return tuple(key_digest(key) for key in keys)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -6,6 +6,8 @@ calls `RequestParser.parse` and renders a `RequestRejected` as its status and de
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 from dataclasses import dataclass, field
@@ -109,3 +111,19 @@ class RequestParser:
         if len(items) > MAX_ERRORS:
             detail.append({"loc": ["body"], "msg": f"... and {len(items) - MAX_ERRORS} more errors"})
         return detail
+
+
+def key_digest(key: str) -> str:
+    """What the service keeps of an API key: its SHA-256, so the keys never sit in the Serve config."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def authorized(header: str | None, digests: tuple[str, ...]) -> bool:
+    """No keys configured: open. Otherwise `Authorization: Bearer <key>` (or a bare key) matching one of them,
+    compared in constant time."""
+    if not digests:
+        return True
+    if not header:
+        return False
+    offered = key_digest(header.removeprefix("Bearer ").strip())
+    return any(hmac.compare_digest(offered, digest) for digest in digests)

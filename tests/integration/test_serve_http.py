@@ -95,9 +95,10 @@ def test_app_builder_for_config_files(pipeline_result):
         app_builder({**args, "max_batch_size": 0})
 
 
-def test_two_replicas_and_the_record_limit(pipeline_result):
-    """A second app from the same bundle: two model replicas share concurrent load, and a request above
-    serve.max_records_per_request is refused with a 422 that says the limit, before any record is parsed."""
+def test_two_replicas_the_record_limit_and_api_keys(pipeline_result):
+    """A second app from the same bundle, with API keys: 401 without a valid key (/health open), two model replicas
+    share concurrent load, and a request above serve.max_records_per_request is refused with a 422 saying the limit."""
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
     from ray import serve
@@ -108,14 +109,26 @@ def test_two_replicas_and_the_record_limit(pipeline_result):
     config, result = pipeline_result
     config = config.model_copy(update={"serve": config.serve.model_copy(update={
         "app_name": "two-replicas", "route_prefix": "/two-replicas", "num_replicas": 2,
-        "max_records_per_request": 5})})
-    endpoint = deploy_stage(config, result.trained.version_uri)
+        "max_records_per_request": 5, "api_keys_env": "MLSCALE_TEST_API_KEYS"})})
+    os.environ["MLSCALE_TEST_API_KEYS"] = "key-a,key-b"
+    try:
+        endpoint = deploy_stage(config, result.trained.version_uri)
+    finally:
+        del os.environ["MLSCALE_TEST_API_KEYS"]  # read once, where the app was built
+    key = {"Authorization": "Bearer key-b"}
     try:
         records = held_out_records(result.prepared.read("test"), 6)
-        refused = requests.post(endpoint, json=records, timeout=30)
+        base = endpoint.rsplit("/", 1)[0]
+        assert requests.post(endpoint, json=records[:1], timeout=30).status_code == 401
+        assert requests.post(endpoint, json=records[:1], headers={"Authorization": "Bearer key-c"},
+                             timeout=30).status_code == 401
+        assert requests.get(f"{base}/schema", timeout=30).status_code == 401  # lineage only for key holders
+        assert requests.get(f"{base}/health", timeout=30).status_code == 200
+        refused = requests.post(endpoint, json=records, headers=key, timeout=30)
         assert refused.status_code == 422 and "expected 1 to 5 records, got 6" in refused.text
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda _: requests.post(endpoint, json=records[:5], timeout=60), range(24)))
+            answers = list(pool.map(lambda _: requests.post(endpoint, json=records[:5], headers=key, timeout=60),
+                                    range(24)))
         assert {answer.status_code for answer in answers} == {200}
         first = answers[0].json()["predictions"]
         for answer in answers:  # every replica, whatever the batch it was merged into, gives the same answer

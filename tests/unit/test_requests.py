@@ -138,3 +138,21 @@ def test_one_poisoned_record_fails_only_its_own_request(tmp_path):
     np.testing.assert_allclose(first, honest(rows[:2]), atol=1e-6)
     np.testing.assert_allclose(last, honest(rows[4:]), atol=1e-6)
     assert isinstance(poisoned, TransformFailed) and "cannot transform carrier POISON" in poisoned.reason
+
+
+def test_api_keys_are_kept_as_digests_and_compared_whole(monkeypatch):
+    from mlscale.config import ServeConfig
+    from mlscale.errors import ConfigError
+    from mlscale.serve.app import api_key_digests
+    from mlscale.serve.requests import authorized, key_digest
+
+    assert authorized(None, ()) and authorized("anything", ())  # no keys configured: open
+    monkeypatch.setenv("MLSCALE_TEST_KEYS", "k-one, k-two")
+    digests = api_key_digests(ServeConfig(api_keys_env="MLSCALE_TEST_KEYS"))
+    assert digests == (key_digest("k-one"), key_digest("k-two")) and "k-one" not in "".join(digests)
+    assert authorized("Bearer k-two", digests) and authorized("k-one", digests)
+    for header in (None, "", "Bearer", "Bearer k-on", "Bearer k-one2", "Basic k-one"):
+        assert not authorized(header, digests), header
+    monkeypatch.setenv("MLSCALE_TEST_KEYS", " , ")
+    with pytest.raises(ConfigError, match="holds no keys"):
+        api_key_digests(ServeConfig(api_keys_env="MLSCALE_TEST_KEYS"))
