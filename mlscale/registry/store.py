@@ -69,12 +69,14 @@ def pinned_requirements() -> list[str]:
 
 
 def model_signature(bundle: Bundle) -> ModelSignature:
-    """The input schema as an MLflow signature: what `mlflow models serve` checks requests against. An optional
-    integer column is declared double: a missing value makes pandas hold it as floats."""
-    columns: list[ColSpec | TensorSpec] = []
-    for spec in bundle.input_schema:
-        dtype = "float" if spec.dtype == "int" and spec.nullable else spec.dtype
-        columns.append(ColSpec(_SIGNATURE_TYPES[dtype], spec.name, required=not spec.nullable))
+    """The input schema as an MLflow signature: what `mlflow models serve` checks requests against.
+
+    MLflow converts neither int64 to double nor a float column back to long, so an optional integer column is
+    declared long: a request to `mlflow models serve` that leaves one empty in some rows (pandas then holds the column
+    as floats) is refused there; mlscale's own service takes it.
+    """
+    columns: list[ColSpec | TensorSpec] = [
+        ColSpec(_SIGNATURE_TYPES[spec.dtype], spec.name, required=not spec.nullable) for spec in bundle.input_schema]
     return ModelSignature(inputs=Schema(columns), outputs=Schema([ColSpec("double")]))
 
 
