@@ -86,7 +86,7 @@ def test_mlflow_run_has_params_curve_and_lineage(pipeline_result):
     assert "plots/training_curve.png" in artifacts
     assert "data/_validation_report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "data")}
     inputs = {(i.dataset.name, i.tags[0].value if i.tags else "") for i in run.inputs.dataset_inputs}
-    assert inputs == {("pytest-train", "training"), ("pytest-val", "validation")}
+    assert inputs == {(f"{config.name}-train", "training"), (f"{config.name}-val", "validation")}
     assert any(key.startswith("system/") for key in run.data.metrics), "no system metrics were sampled"
 
 
