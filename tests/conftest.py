@@ -172,7 +172,10 @@ def s3_endpoint():
     keys = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
     saved = {name: os.environ.get(name) for name in keys}
     os.environ.update(keys)
-    boto3.client("s3", **bootstrap).create_bucket(Bucket="lake")  # with the user's key, from the environment
+    # the user's key, given explicitly: boto3's default session caches the first credentials it found in the
+    # environment, which belong to the server of an earlier module
+    boto3.client("s3", aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
+                 **bootstrap).create_bucket(Bucket="lake")
     yield endpoint
     server.terminate()
     server.wait(10)
