@@ -138,7 +138,7 @@ def predict(
     except (OSError, json.JSONDecodeError) as error:
         raise typer.BadParameter(f"cannot read records from {input_path}: {error}") from None
     records = [records] if isinstance(records, dict) else records
-    uri = model_uri or f"models:/{settings.tracking.registered_model}@{settings.tracking.alias}"
+    uri = model_uri or settings.serving_uri
     bundle = load_bundle(uri, settings.tracking_uri)
     record_model: Any = request_model(bundle.input_schema, record_name(settings.name))
     try:  # the same rules as the HTTP service: a bad record is named, never guessed at
@@ -186,7 +186,7 @@ def evaluate(
     from mlscale.stages.common import start
 
     settings = _config(config, set_)
-    uri = model_uri or f"models:/{settings.tracking.registered_model}@{settings.tracking.alias}"
+    uri = model_uri or settings.serving_uri
     try:
         start(settings)
         evaluation = evaluate_model(settings.evaluate, load_prepared(settings).read(split), uri,

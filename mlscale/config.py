@@ -664,6 +664,11 @@ class PipelineConfig(_Section):
             return self.tracking.uri
         return f"sqlite:///{self.storage.root_path / 'mlflow.db'}"
 
+    @property
+    def serving_uri(self) -> str:
+        """The model serving loads by default: models:/<tracking.registered_model>@<tracking.alias>."""
+        return f"models:/{self.tracking.registered_model}@{self.tracking.alias}"
+
     def trial_reservation(self) -> tuple[dict[str, float], dict[str, float]]:
         """What one search trial reserves: (its own process, its Ray Train workers together). A trial that trains
         in its own process reserves one worker's share there and no workers."""

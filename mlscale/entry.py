@@ -66,7 +66,7 @@ def tune_summary(config: PipelineConfig) -> dict[str, Any]:
 
 def deploy_summary(config: PipelineConfig, model_uri: str | None = None, check: bool = True) -> dict[str, Any]:
     start(config)
-    model_uri = model_uri or f"models:/{config.tracking.registered_model}@{config.tracking.alias}"
+    model_uri = model_uri or config.serving_uri
     endpoint = deploy_stage(config, model_uri)
     summary: dict[str, Any] = {"model_uri": model_uri, "endpoint": endpoint}
     if check:

@@ -46,7 +46,7 @@ def deploy_stage(config: PipelineConfig, model_uri: str | None = None) -> str:
         NothingToServe: the alias points at no version (e.g. no model has been promoted yet). An alias is resolved
             once, here: every replica serves that exact version.
     """
-    return deploy(config, model_uri or f"models:/{config.tracking.registered_model}@{config.tracking.alias}")
+    return deploy(config, model_uri or config.serving_uri)
 
 
 def within_tolerance(served: np.ndarray, batch: np.ndarray, rtol: float, atol: float) -> np.ndarray:

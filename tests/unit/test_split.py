@@ -10,6 +10,7 @@ import pytest
 from mlscale.config import SplitConfig
 from mlscale.data.split import assign_splits, uniform
 from mlscale.errors import ConfigError
+from tests.reference_hash import FNV_PRIME, MASK, finish, fnv1a_splitmix
 
 HASH = {"method": "hash", "keys": ["user"], "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}}
 
@@ -53,25 +54,8 @@ def test_hash_keeps_one_key_in_one_split_and_honours_fractions():
     assert shares == pytest.approx({"train": 0.6, "val": 0.2, "test": 0.2}, abs=0.03)
 
 
-MASK = 2**64 - 1
-
-
-def _fnv1a_splitmix(text: str) -> int:
-    """The documented hash, written out in plain Python integers: FNV-1a 64 over UTF-8, then splitmix64's finish."""
-    h = 0xCBF29CE484222325
-    for byte in text.encode():
-        h = ((h ^ byte) * 0x100000001B3) & MASK
-    return _finish(h)
-
-
-def _finish(h: int) -> int:
-    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & MASK
-    return h ^ (h >> 31)
-
-
 def reference_draw(key: str, seed: int) -> float:
-    combined = _finish(((_fnv1a_splitmix(key) * 0x100000001B3) & MASK) ^ _fnv1a_splitmix(str(seed)))
+    combined = finish(((fnv1a_splitmix(key) * FNV_PRIME) & MASK) ^ fnv1a_splitmix(str(seed)))
     return (combined >> 11) / 2**53
 
 
