@@ -573,21 +573,52 @@ class TuneSettings(_Section):
         None, description="SQLAlchemy URL of the Optuna study database; None: sqlite beside the experiment.")
 
 
+class ServeAutoscaling(_Section):
+    """Ray Serve's autoscaler for the model deployment: replicas follow ongoing requests per replica."""
+
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(
+        16, gt=0, description="Ongoing requests per replica the autoscaler steers toward.")
+    upscale_delay_s: float = Field(2.0, ge=0, description="Load must stay above target this long before scaling up.")
+    downscale_delay_s: float = Field(
+        30.0, ge=0, description="Load must stay below target this long before scaling down.")
+    metrics_interval_s: float = Field(1.0, gt=0, description="How often replicas report their load.")
+    look_back_period_s: float = Field(5.0, gt=0, description="The window the load is averaged over.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeAutoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "mlscale"
     route_prefix: str = "/"
-    num_replicas: int = Field(1, ge=1)
-    model_cpus: float = Field(0.5, gt=0, description="CPUs reserved per model replica.")
-    ingress_cpus: float = Field(0.25, gt=0, description="CPUs reserved per HTTP ingress replica.")
-    max_batch_size: int = Field(64, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
+    autoscaling: ServeAutoscaling | None = Field(
+        None, description="Set: the replica count follows the load between min_replicas and max_replicas.")
+    model_cpus: float = Field(
+        1.0, gt=0, description="CPUs reserved per replica (each replica is the HTTP ingress and the model); one "
+                               "intra-op thread per reserved CPU.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica works on at once; more wait in the caller's queue.")
+    max_batch_size: int = Field(64, ge=1, description="Requests merged into one forward pass.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long a batch waits for more requests after its first. 0: it takes whatever "
+                               "queued while the previous batch ran (no added latency when idle, full batches "
+                               "under load).")
     max_records_per_request: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Larger request bodies get a 413 before parsing.")
     max_queued_requests: int = Field(
         512, ge=1, description="Requests waiting per deployment beyond its replicas' capacity; past it callers get "
                                "a 503 at once instead of queueing without bound.")
+    overload_status: Literal[503, 429] = Field(
+        503, description="The status a request refused for overload gets (past max_queued_requests).")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with an overload refusal.")
     api_keys_env: str | None = Field(
         None, description="Name of an environment variable holding comma-separated API keys; set: /predict and "
                           "/schema need `Authorization: Bearer <key>` (401 without), /health stays open.")

@@ -83,12 +83,19 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(pipeline_resu
     assert len(trial_runs) == TRIALS  # a restarted trial reuses its run
     assert {run.data.tags["mlscale.outcome"] for run in trial_runs} <= set(OUTCOMES)
     # ASHA's verdicts depend on the order trials finish, so no count is asserted; what must hold whatever the order:
-    # a pruned trial stopped at the grace epoch, a completed one trained every epoch
+    # a pruned trial stopped at the grace epoch, a completed one trained every epoch. A trial the stop interrupted keeps
+    # in MLflow what its lost attempt evaluated (job 1's ASHA let it past the rung, job 2's pruned it on its retry), so
+    # only a trial that ran once must show exactly the grace epoch
     epochs = {run.data.tags["mlscale.trial_id"]:  # evaluations by step: a resumed trial may log one twice
               len({m.step for m in client_ml.get_metric_history(run.info.run_id, "val_auc")}) for run in trial_runs}
     for run in trial_runs:
-        outcome, seen = run.data.tags["mlscale.outcome"], epochs[run.data.tags["mlscale.trial_id"]]
-        assert seen == (1 if outcome == "pruned" else config.train.epochs), (outcome, seen)
+        trial_id = run.data.tags["mlscale.trial_id"]
+        outcome, seen = run.data.tags["mlscale.outcome"], epochs[trial_id]
+        ran = len(ProgressLog(pafs.LocalFileSystem(), str(root / "train" / f"{name}-{trial_id}")).attempts())
+        if outcome == "pruned" and ran > 1:
+            assert 1 <= seen <= config.train.epochs, (outcome, seen, ran)
+        else:
+            assert seen == (1 if outcome == "pruned" else config.train.epochs), (outcome, seen, ran)
     assert summary["trials_pruned"] == sum(run.data.tags["mlscale.outcome"] == "pruned" for run in trial_runs)
     assert all(run.data.tags["mlflow.parentRunId"] == summary["mlflow_run_id"] for run in trial_runs)
     version = client_ml.get_model_version_by_alias("flights-small-swept", "challenger")

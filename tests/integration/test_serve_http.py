@@ -133,7 +133,7 @@ def test_two_replicas_the_record_limit_and_api_keys(pipeline_result):
         first = answers[0].json()["predictions"]
         for answer in answers:  # every replica, whatever the batch it was merged into, gives the same answer
             assert answer.json()["predictions"] == pytest.approx(first, abs=1e-6)
-        model = serve.status().applications["two-replicas"].deployments["BundleModel"]
+        model = serve.status().applications["two-replicas"].deployments["ModelServer"]
         assert model.replica_states.get("RUNNING") == 2
     finally:
         serve.delete("two-replicas")

@@ -116,25 +116,24 @@ def test_one_poisoned_record_fails_only_its_own_request(tmp_path):
     import numpy as np
 
     from mlscale.registry.store import load_bundle
-    from mlscale.serve.app import BundleModelReplica, TransformFailed
+    from mlscale.serve.app import TransformFailed, predict_requests
     from tests.unit.test_bundle import make_bundle
     from tests.unit.test_featureset import sample_table
 
     folder = make_bundle().save(tmp_path / "bundle")
-    replica = BundleModelReplica.__new__(BundleModelReplica)  # the batching wrapper needs a Serve replica
-    replica.bundle = load_bundle(str(folder))
-    honest = replica.bundle.predict_records
+    bundle = load_bundle(str(folder))
+    honest = bundle.predict_records
 
     def predict(records):
         if any(record.get("carrier") == "POISON" for record in records):
             raise ValueError("cannot transform carrier POISON")
         return honest(records)
 
-    replica.bundle.predict_records = predict
+    bundle.predict_records = predict
     rows = sample_table(6).to_pylist()
     requests = [rows[:2], [*rows[2:3], {**rows[3], "carrier": "POISON"}], rows[4:]]
 
-    first, poisoned, last = replica.predict_requests(requests)
+    first, poisoned, last = predict_requests(bundle, requests)
     np.testing.assert_allclose(first, honest(rows[:2]), atol=1e-6)
     np.testing.assert_allclose(last, honest(rows[4:]), atol=1e-6)
     assert isinstance(poisoned, TransformFailed) and "cannot transform carrier POISON" in poisoned.reason

@@ -1,0 +1,226 @@
+"""Serving throughput and latency on loopback: mlscale on Ray Serve against the simplest peer, in one run.
+
+One bundle (trained here on the flights sample), one JSON body of one record, one closed-loop load generator
+(benchmarks/serving/load.py, its own process) at fixed concurrency against:
+  (a) mlscale: Ray Serve, one deployment that is ingress and model, @serve.batch merging concurrent requests;
+  (b) mlscale without batching (max_batch_size 1);
+  (c) a plain FastAPI + uvicorn process serving the same bundle with the same validation, one pass per request.
+Then the autoscaling reaction: a load step against an autoscaled deployment, timed to its first new replica.
+
+    python benchmarks/serve_latency.py                 # ~6 min on 2 cores
+    python benchmarks/serve_latency.py --seconds 5     # a quick look
+
+Writes benchmarks/results/serve_latency.json (throughput_ratio_c32, p99_ratio_c32, p50_overhead_ms_c1,
+autoscale_reaction_s, and every measurement) and serve_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+RESULTS = REPO / "benchmarks" / "results"
+CONCURRENCY = (1, 8, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, seconds: float = 120) -> None:
+    import requests
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up in {seconds:.0f} s")
+
+
+def load(url: str, body: Path, concurrency: int, seconds: float) -> dict:
+    """One load level, measured by the load generator in its own process."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.serving.load", "--url", url, "--body", str(body),
+                          "--concurrency", str(concurrency), "--seconds", str(seconds)],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sweep(name: str, url: str, body: Path, seconds: float) -> list[dict]:
+    rows = []
+    for concurrency in CONCURRENCY:
+        row = {"system": name, **load(url, body, concurrency, seconds)}
+        print(f"  {name:<22} c={concurrency:<3} {row['throughput_rps']:8.0f} req/s  p50 {row['p50_ms']:7.2f} ms  "
+              f"p99 {row['p99_ms']:7.2f} ms  {row['statuses']}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def trained_bundle(work: Path):
+    """A real bundle: the flights sample prepared and trained (one epoch) by mlscale's own stages."""
+    from mlscale.config import load_config
+    from mlscale.data.records import held_out_records
+    from mlscale.stages.common import start
+    from mlscale.stages.prepare import prepare_stage
+    from mlscale.stages.train import train_stage
+
+    config = load_config("flights-small", {"storage.root": str(work / "storage"), "tracking.uri": None,
+                                           "train.epochs": 1, "serve.port": free_port(),
+                                           "serve.app_name": "bench", "serve.route_prefix": "/bench"})
+    start(config)
+    prepared = prepare_stage(config)
+    trained = train_stage(config, prepared)
+    record = held_out_records(prepared.read("test"), 1)[0]
+    return config, trained.version_uri, record
+
+
+def serve_with(config, model_uri: str, name: str, **settings):
+    """Deploy the bundle as its own Serve app with these serve settings; returns its predict URL."""
+    from mlscale.stages.deploy import deploy_stage
+
+    serve_settings = config.serve.model_copy(update={"app_name": name, "route_prefix": f"/{name}", **settings})
+    url = deploy_stage(config.model_copy(update={"serve": serve_settings}), model_uri)
+    wait_until_up(url.rsplit("/", 1)[0] + "/health")
+    return url
+
+
+def autoscale_reaction(config, model_uri: str, body: Path) -> dict:
+    """Seconds from the start of a load step (32 clients) to the first added replica answering (RUNNING)."""
+    from ray import serve
+
+    from mlscale.config import ServeAutoscaling
+    from mlscale.serve.app import DEPLOYMENT
+
+    scaling = ServeAutoscaling(min_replicas=1, max_replicas=2, target_ongoing_requests=4, upscale_delay_s=1.0,
+                               downscale_delay_s=10.0, metrics_interval_s=0.5, look_back_period_s=2.0)
+    url = serve_with(config, model_uri, "autoscaled", autoscaling=scaling, model_cpus=0.5)
+
+    def running() -> int:
+        status = serve.status().applications["autoscaled"].deployments[DEPLOYMENT]
+        return int(status.replica_states.get("RUNNING", 0))
+
+    assert running() == 1
+    started = time.perf_counter()
+    step = threading.Thread(target=load, args=(url, body, 32, 40.0))
+    step.start()
+    reaction = None
+    while step.is_alive():
+        if running() >= 2:
+            reaction = time.perf_counter() - started
+            break
+        time.sleep(0.2)
+    step.join()
+    serve.delete("autoscaled")
+    return {"autoscale_reaction_s": reaction, "load_step_clients": 32, **scaling.model_dump()}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for system in dict.fromkeys(row["system"] for row in rows):
+        mine = [row for row in rows if row["system"] == system]
+        levels = [row["concurrency"] for row in mine]
+        left.plot(levels, [row["throughput_rps"] for row in mine], marker="o", label=system)
+        right.plot(levels, [row["p99_ms"] for row in mine], marker="o", label=system)
+    left.set(xlabel="concurrent clients", ylabel="requests / s", title="Throughput", xscale="log")
+    right.set(xlabel="concurrent clients", ylabel="p99 latency (ms)", title="Tail latency", xscale="log")
+    left.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arguments.add_argument("--seconds", type=float, default=12.0, help="measured seconds per load level")
+    arguments.add_argument("--replicas", type=int, default=1, help="replicas of (a) and (b)")
+    args = arguments.parse_args()
+    began = time.time()
+    with tempfile.TemporaryDirectory(prefix="serve-latency-") as folder:
+        work = Path(folder)
+        print("training the bundle served by every system ...", flush=True)
+        config, model_uri, record = trained_bundle(work)
+        from mlscale.registry.store import load_bundle
+
+        bundle_dir = load_bundle(model_uri, config.tracking_uri).save(work / "bundle")
+        body = work / "body.json"
+        body.write_text(json.dumps(record))
+
+        rows: list[dict] = []
+        port = free_port()
+        baseline = subprocess.Popen([sys.executable, "-m", "benchmarks.serving.baseline_server", "--bundle",
+                                     str(bundle_dir), "--port", str(port)], cwd=REPO)
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/health")
+            print("(c) FastAPI + uvicorn, one process, one forward pass per request", flush=True)
+            rows += sweep("fastapi-uvicorn", f"http://127.0.0.1:{port}/predict", body, args.seconds)
+        finally:
+            baseline.terminate()
+            baseline.wait()
+        print("(a) mlscale on Ray Serve, batching", flush=True)
+        url = serve_with(config, model_uri, "batched", num_replicas=args.replicas)
+        rows += sweep("mlscale-batched", url, body, args.seconds)
+        from ray import serve
+
+        serve.delete("batched")
+        print("(b) mlscale on Ray Serve, no batching", flush=True)
+        url = serve_with(config, model_uri, "unbatched", num_replicas=args.replicas, max_batch_size=1)
+        rows += sweep("mlscale-unbatched", url, body, args.seconds)
+        serve.delete("unbatched")
+        print("autoscaling: a load step against min 1 / max 2 replicas", flush=True)
+        scaling = autoscale_reaction(config, model_uri, body)
+
+    def at(system: str, concurrency: int) -> dict:
+        return next(row for row in rows if row["system"] == system and row["concurrency"] == concurrency)
+
+    ours, theirs = at("mlscale-batched", 32), at("fastapi-uvicorn", 32)
+    result = {
+        "throughput_ratio_c32": ours["throughput_rps"] / theirs["throughput_rps"],
+        "p99_ratio_c32": ours["p99_ms"] / theirs["p99_ms"],
+        "p50_overhead_ms_c1": at("mlscale-batched", 1)["p50_ms"] - at("fastapi-uvicorn", 1)["p50_ms"],
+        "autoscale_reaction_s": scaling["autoscale_reaction_s"],
+        "unbatched_throughput_ratio_c32": at("mlscale-unbatched", 32)["throughput_rps"] / theirs["throughput_rps"],
+        "replicas": args.replicas, "seconds_per_level": args.seconds, "rows": rows, "autoscaling": scaling,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": date.today().isoformat(), "wall_s": time.time() - began,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serve_latency.json").write_text(json.dumps(result, indent=2))
+    plot(rows, RESULTS / "serve_latency.png")
+    print()
+    print(f"{'system':<22}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for row in rows:
+        print(f"{row['system']:<22}{row['concurrency']:>8}{row['throughput_rps']:>10.0f}{row['p50_ms']:>10.2f}"
+              f"{row['p99_ms']:>10.2f}")
+    reaction = result["autoscale_reaction_s"]
+    print(f"autoscale reaction to a load step: {'none' if reaction is None else f'{reaction:.1f} s'}")
+    print(f"p99 ratio at 32 clients (mlscale / FastAPI): {result['p99_ratio_c32']:.2f}; "
+          f"p50 overhead at 1 client: {result['p50_overhead_ms_c1']:+.2f} ms")
+    print(f"throughput_ratio_c32 (mlscale batched / FastAPI + uvicorn): {result['throughput_ratio_c32']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The service's Prometheus metrics, through Ray Serve's metrics API (exported by every node's metrics agent with
+Serve's own deployment/replica/application tags added): requests and errors per model version and status, request
+latency, and what batching achieved."""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Histogram
+
+LATENCY_BOUNDARIES_MS: list[float] = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000,
+                                      2000, 5000]
+SIZE_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384]
+
+
+class ServiceMetrics:
+    """One set per replica; names are prefixed `ray_` by Ray's exporter (`ray_mlscale_requests_total`, ...)."""
+
+    def __init__(self) -> None:
+        self.requests = Counter("mlscale_requests", description="Predict requests answered, by model version and "
+                                                                "HTTP status.",
+                                tag_keys=("version", "status"))  # type: ignore[arg-type] # Ray hints tuple[str]
+        self.latency = Histogram("mlscale_request_latency_ms", description="Time in the replica per predict "
+                                                                           "request, by model version.",
+                                 boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("version",))
+        self.records = Counter("mlscale_records", description="Records predicted, by model version.",
+                               tag_keys=("version",))
+        self.batch_requests = Histogram("mlscale_batch_requests", description="Requests merged into one forward "
+                                                                              "pass.",
+                                        boundaries=SIZE_BOUNDARIES, tag_keys=("version",))
+        self.batch_records = Histogram("mlscale_batch_records", description="Records in one forward pass.",
+                                       boundaries=SIZE_BOUNDARIES, tag_keys=("version",))
+
+    def request(self, version: str, status: int, seconds: float) -> None:
+        self.requests.inc(tags={"version": version, "status": str(status)})
+        self.latency.observe(seconds * 1000.0, tags={"version": version})
+
+    def batch(self, version: str, requests: int, records: int) -> None:
+        tags = {"version": version}
+        self.batch_requests.observe(requests, tags=tags)
+        self.batch_records.observe(records, tags=tags)
+        self.records.inc(records, tags=tags)
