@@ -119,6 +119,30 @@ def serve(
     _run("deploy", _config(config, set_), block, model_uri=model_uri, check=check)
 
 
+@app.command("serve-config")
+def serve_config(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model_uri: Annotated[str | None, typer.Option(help="Default: models:/<registered_model>@<alias>.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the file here (default: print it).")] = None,
+    host: Annotated[str, typer.Option(help="Where the Serve proxies listen.")] = "0.0.0.0",
+) -> None:
+    """Write the Serve config file (`serve deploy`, KubeRay RayService serveConfigV2) for the configured app, with
+    the model version pinned."""
+    from mlscale.serve.config_file import serve_config_yaml
+
+    settings = _config(config, set_)
+    try:
+        text = serve_config_yaml(settings, model_uri, host)
+    except MlscaleError as error:
+        raise _fail("serve-config", error) from None
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+
+
 @app.command()
 def predict(
     input_path: Annotated[Path, typer.Argument(help="JSON file: one record or a list of records.")],

@@ -54,7 +54,7 @@ def wait_for_http(url: str, seconds: float, what: str) -> None:
         try:
             if requests.get(url, timeout=2).ok:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or routes not ready
             pass
         time.sleep(0.3)
     pytest.fail(f"{what} did not answer {url} within {seconds:.0f} s")
@@ -65,6 +65,7 @@ class LocalCluster:
     gcs_address: str
     dashboard_url: str
     serve_port: int
+    metrics_port: int  # the node's Prometheus endpoint (Ray's and Serve's metrics, mlscale's among them)
 
 
 def _ray(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -80,10 +81,11 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     if generated.returncode != 0:
         raise RuntimeError(f"ray get-auth-token failed:\n{generated.stderr}")
     for attempt in range(3):  # a port found free can be taken before ray binds it: pick new ones and retry
-        port, dashboard_port = free_port(), free_port()
+        port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
         started = _ray(
             "start", "--head", f"--port={port}", "--num-cpus=6", "--object-store-memory=2000000000",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+            f"--metrics-export-port={metrics_port}",
             "--disable-usage-stats", env=env,
         )
         if started.returncode == 0:
@@ -92,7 +94,7 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         if attempt == 2 or "address already in use" not in (started.stdout + started.stderr).lower():
             raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
     try:
-        yield LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", free_port())
+        yield LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", free_port(), metrics_port)
     finally:
         import ray
 

@@ -251,6 +251,7 @@ def deployment_options(settings: ServeConfig) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": settings.model_cpus}, "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.max_queued_requests,
         "backpressure_config": {"status_code": settings.overload_status, "retry_after_s": settings.retry_after_s},
+        "logging_config": {"enable_access_log": settings.access_log},
     }
     if settings.autoscaling is None:
         options["num_replicas"] = settings.num_replicas

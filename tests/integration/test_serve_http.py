@@ -1,7 +1,11 @@
 """Real HTTP requests to the deployed service: good records get probabilities, bad ones a 4xx naming the field."""
 
+import json
+
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mlscale.data.records import json_value
 
@@ -137,3 +141,68 @@ def test_two_replicas_the_record_limit_and_api_keys(pipeline_result):
         assert model.replica_states.get("RUNNING") == 2
     finally:
         serve.delete("two-replicas")
+
+
+def test_openapi_and_docs_show_the_bundles_fields(service, pipeline_result):
+    from mlscale.data.schema import record_name
+
+    config, _ = pipeline_result
+    endpoint, records = service
+    base = endpoint.rsplit("/", 1)[0]
+    document = requests.get(f"{base}/openapi.json", timeout=30).json()
+    record = record_name(config.name)
+    fields = document["components"]["schemas"][record]["properties"]
+    inputs = {spec["name"] for spec in requests.get(f"{base}/schema", timeout=30).json()["input_schema"]}
+    assert inputs == set(fields)  # every input column, typed from the bundle's schema
+    body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"$ref": f"#/components/schemas/{record}"} in body["oneOf"]
+    responses = document["paths"]["/predict"]["post"]["responses"]
+    assert {"200", "413", "422", "503"} <= set(responses)
+    assert "PredictResponse" in document["components"]["schemas"]
+    docs = requests.get(f"{base}/docs", timeout=30)
+    assert docs.status_code == 200 and "openapi.json" in docs.text
+
+
+FUZZ_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["dep_delay", "carrier", "origin", "month", "records"]) | st.text(max_size=6),
+        children, max_size=5),
+    max_leaves=25,
+)
+CONTENT_TYPES = st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded",
+                                 "application/json; charset=latin-1", "multipart/form-data; boundary=x", ""])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(body=st.one_of(st.binary(max_size=400), FUZZ_JSON.map(lambda value: json.dumps(value).encode()),
+                      FUZZ_JSON.map(lambda value: json.dumps(value).encode("utf-16"))),
+       content_type=CONTENT_TYPES)
+def test_fuzzed_bodies_and_encodings_never_get_a_5xx(service, body, content_type):
+    endpoint, _ = service
+    answer = requests.post(endpoint, data=body, headers={"Content-Type": content_type}, timeout=30)
+    assert answer.status_code < 500, (body, answer.status_code, answer.text[:300])
+    assert len(answer.content) < 20_000
+    answer.json()  # a JSON body, whatever the status
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["dep_delay", "carrier", "origin", "month", "distance", "temp"]), value=FUZZ_JSON)
+def test_a_fuzzed_field_in_a_real_record_gets_predictions_or_a_4xx(service, field, value):
+    endpoint, records = service
+    answer = requests.post(endpoint, data=json.dumps([{**records[0], field: value}, records[1]]),
+                           headers={"Content-Type": "application/json"}, timeout=30)
+    assert answer.status_code in (200, 400, 422), (field, value, answer.text[:300])
+    if answer.status_code == 422:
+        assert field in answer.text
+    if answer.status_code == 400:  # NaN or Infinity: Python writes them, JSON has no such numbers
+        assert "not a number JSON allows" in answer.text
+
+
+def test_a_body_above_the_limit_is_413_before_parsing(service, pipeline_result):
+    config, _ = pipeline_result
+    endpoint, _ = service
+    too_big = b"[" + b" " * config.serve.max_body_bytes + b"]"
+    answer = requests.post(endpoint, data=too_big, headers={"Content-Type": "application/json"}, timeout=60)
+    assert answer.status_code == 413 and "serve.max_body_bytes" in answer.text and len(answer.content) < 1000
