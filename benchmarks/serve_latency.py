@@ -4,7 +4,8 @@ One bundle (trained here on the flights sample), one JSON body of one record, on
 (benchmarks/serving/load.py, its own process) at fixed concurrency against:
   (a) mlscale: Ray Serve, one deployment that is ingress and model, @serve.batch merging concurrent requests;
   (b) mlscale without batching (max_batch_size 1);
-  (c) a plain FastAPI + uvicorn process serving the same bundle with the same validation, one pass per request.
+  (c) a plain FastAPI + uvicorn process serving the same bundle with the same validation, one pass per request;
+  (d) (a)'s replica reached on its own port (Ray Serve's direct ingress), to show what the proxy hop costs.
 Then the autoscaling reaction: a load step against an autoscaled deployment, timed to its first new replica.
 
     python benchmarks/serve_latency.py                 # ~6 min on 2 cores
@@ -34,6 +35,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+# Replicas also listen on their own port (30000+), so the run measures the proxy hop's cost too (row d); the proxy
+# path (a, b) is unchanged by it.
+os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
 RESULTS = REPO / "benchmarks" / "results"
 CONCURRENCY = (1, 8, 32)
 
@@ -102,6 +106,20 @@ def serve_with(config, model_uri: str, name: str, **settings):
     url = deploy_stage(config.model_copy(update={"serve": serve_settings}), model_uri)
     wait_until_up(url.rsplit("/", 1)[0] + "/health")
     return url
+
+
+def direct_url(app: str) -> str:
+    """The predict URL on the app's (first) replica's own HTTP port: with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 every
+    ingress replica also listens itself (a load balancer such as Ray's HAProxy mode fronts them on a cluster)."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        if any(f"ServeReplica:{app}:" in part for part in process.info["cmdline"] or []):
+            ports = [c.laddr.port for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+                     and 30000 <= c.laddr.port <= 31000]
+            if ports:
+                return f"http://127.0.0.1:{min(ports)}/{app}/predict"
+    raise RuntimeError(f"no replica of {app} listens on a direct-ingress port")
 
 
 def autoscale_reaction(config, model_uri: str, body: Path) -> dict:
@@ -183,6 +201,8 @@ def main() -> None:
         print("(a) mlscale on Ray Serve, batching", flush=True)
         url = serve_with(config, model_uri, "batched", num_replicas=args.replicas)
         rows += sweep("mlscale-batched", url, body, args.seconds)
+        print("(d) the same replica, reached directly (Ray Serve's direct ingress: no proxy hop)", flush=True)
+        rows += sweep("mlscale-direct-ingress", direct_url("batched"), body, args.seconds)
         from ray import serve
 
         serve.delete("batched")
@@ -203,6 +223,10 @@ def main() -> None:
         "p50_overhead_ms_c1": at("mlscale-batched", 1)["p50_ms"] - at("fastapi-uvicorn", 1)["p50_ms"],
         "autoscale_reaction_s": scaling["autoscale_reaction_s"],
         "unbatched_throughput_ratio_c32": at("mlscale-unbatched", 32)["throughput_rps"] / theirs["throughput_rps"],
+        "direct_ingress_throughput_ratio_c32": at("mlscale-direct-ingress", 32)["throughput_rps"]
+        / theirs["throughput_rps"],
+        "direct_ingress_p50_overhead_ms_c1": at("mlscale-direct-ingress", 1)["p50_ms"]
+        - at("fastapi-uvicorn", 1)["p50_ms"],
         "replicas": args.replicas, "seconds_per_level": args.seconds, "rows": rows, "autoscaling": scaling,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": date.today().isoformat(), "wall_s": time.time() - began,

@@ -2,6 +2,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mlscale.config import load_config, parse_overrides
 from mlscale.errors import ConfigError
@@ -193,3 +194,26 @@ def test_the_examples_ship_in_the_package_and_load_by_name(tmp_path, monkeypatch
     assert (REPO / "jobs" / "configs" / "flights.yaml").resolve() == packaged / "flights.yaml"  # one copy
     with pytest.raises(ConfigError, match="built-in example: flights, flights-small"):
         load_config("flight")
+
+
+def test_serve_autoscaling_bounds_are_checked_with_a_readable_message():
+    from mlscale.config import ServeConfig
+
+    with pytest.raises(ValidationError, match=r"max_replicas \(1\) is below min_replicas \(3\)"):
+        ServeConfig.model_validate({"autoscaling": {"min_replicas": 3, "max_replicas": 1}})
+    with pytest.raises(ValidationError, match="overload_status"):
+        ServeConfig.model_validate({"overload_status": 500})
+    settings = ServeConfig.model_validate({"autoscaling": {"max_replicas": 6}})
+    assert settings.autoscaling is not None and settings.autoscaling.min_replicas == 1
+
+
+def test_deployment_options_follow_the_serve_section():
+    from mlscale.config import ServeConfig
+    from mlscale.serve.app import deployment_options
+
+    fixed = deployment_options(ServeConfig(num_replicas=3, max_queued_requests=10, retry_after_s=4))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["max_queued_requests"] == 10
+    assert fixed["backpressure_config"] == {"status_code": 503, "retry_after_s": 4}
+    scaled = deployment_options(ServeConfig.model_validate({"autoscaling": {"max_replicas": 5}}))
+    assert scaled["autoscaling_config"]["max_replicas"] == 5 and "num_replicas" not in scaled
