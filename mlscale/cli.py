@@ -151,29 +151,29 @@ def predict(
     model_uri: Annotated[str | None, typer.Option(help="Default: models:/<registered_model>@<alias>.")] = None,
 ) -> None:
     """Predict for raw records with a registered bundle, locally, through the same code as serving."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from mlscale.data.schema import record_name, request_model
+    from mlscale.data.schema import record_name
     from mlscale.registry.store import load_bundle
+    from mlscale.serve.requests import RequestParser, RequestRejected
 
     settings = _config(config, set_)
     try:
-        records = json.loads(input_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        body = input_path.read_bytes()
+    except OSError as error:
         raise typer.BadParameter(f"cannot read records from {input_path}: {error}") from None
-    records = [records] if isinstance(records, dict) else records
     uri = model_uri or settings.serving_uri
     bundle = load_bundle(uri, settings.tracking_uri)
-    record_model: Any = request_model(bundle.input_schema, record_name(settings.name))
-    try:  # the same rules as the HTTP service: a bad record is named, never guessed at
-        validated = TypeAdapter(list[record_model]).validate_python(records)
-    except ValidationError as error:
-        for item in error.errors(include_url=False):
+    # the HTTP service's own parser: the same shapes, limits aside, and the same field-naming refusals
+    parser = RequestParser(list(bundle.input_schema), max_records=2**31, max_body_bytes=2**62,
+                           record_name=record_name(settings.name))
+    try:
+        records = parser.parse(body)
+    except RequestRejected as rejected:
+        for item in rejected.detail:
             where = ".".join(str(part) for part in item["loc"])
-            typer.secho(f"record {where}: {item['msg']} (got {item.get('input')!r})", fg=typer.colors.RED, err=True)
+            got = f" (got {item['input']!r})" if "input" in item else ""
+            typer.secho(f"{where}: {item['msg']}{got}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    probabilities = bundle.predict_records([record.model_dump() for record in validated]).tolist()
-    typer.echo(json.dumps({"model_uri": uri, "predictions": probabilities}))
+    typer.echo(json.dumps({"model_uri": uri, "predictions": bundle.predict_records(records).tolist()}))
 
 
 config_app = typer.Typer(help="The pipeline config: the resolved values, and its JSON Schema for editors.",

@@ -167,7 +167,11 @@ def test_cli_predict_uses_the_registered_champion(pipeline_result, tmp_path):
     outcome = CliRunner().invoke(app, ["predict", str(path), "--config", str(small),
                                        "--set", f"storage.root={config.storage.root}"])
     assert outcome.exit_code == 2
-    assert "record 1.month" in outcome.output and "13" in outcome.output
+    assert "body.1.month" in outcome.output and "13" in outcome.output  # where, as the HTTP service says it
+    path.write_text("[{not json")
+    outcome = CliRunner().invoke(app, ["predict", str(path), "--config", str(small),
+                                       "--set", f"storage.root={config.storage.root}"])
+    assert outcome.exit_code == 2 and "not valid JSON" in outcome.output
 
 
 def test_cli_evaluate_scores_a_registered_version_on_a_split(pipeline_result):
