@@ -625,6 +625,9 @@ class ServeConfig(_Section):
     api_keys_env: str | None = Field(
         None, description="Name of an environment variable holding comma-separated API keys; set: /predict and "
                           "/schema need `Authorization: Bearer <key>` (401 without), /health stays open.")
+    api_keys_file: str | None = Field(
+        None, description="A file holding API keys, one per line (# comments allowed), e.g. a mounted Kubernetes "
+                          "secret; combined with api_keys_env when both are set.")
     request_timeout_s: float | None = Field(
         30.0, gt=0, description="End-to-end HTTP request timeout (408); applied when Serve starts on the cluster.")
     compare_rows: int = Field(128, ge=1, description="Held-out rows served and compared with batch scoring.")

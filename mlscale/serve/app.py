@@ -16,6 +16,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -276,17 +277,29 @@ def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
 
 
 def api_key_digests(settings: ServeConfig) -> tuple[str, ...]:
-    """The digests of the keys in the environment variable serve.api_keys_env names (read where the app is built).
+    """The digests of the keys in the environment variable serve.api_keys_env names and in serve.api_keys_file
+    (read where the app is built; only the digests travel to the replicas).
 
     Raises:
-        ConfigError: the variable is named but unset or empty (an open service by mistake is worse than none).
+        ConfigError: a source is named but holds no keys, or the file cannot be read (an open service by mistake
+            is worse than none).
     """
-    if settings.api_keys_env is None:
-        return ()
-    keys = [key.strip() for key in os.environ.get(settings.api_keys_env, "").split(",") if key.strip()]
-    if not keys:
-        raise ConfigError(f"serve.api_keys_env names {settings.api_keys_env}, which holds no keys")
-    return tuple(key_digest(key) for key in keys)
+    keys: list[str] = []
+    if settings.api_keys_env is not None:
+        found = [key.strip() for key in os.environ.get(settings.api_keys_env, "").split(",") if key.strip()]
+        if not found:
+            raise ConfigError(f"serve.api_keys_env names {settings.api_keys_env}, which holds no keys")
+        keys += found
+    if settings.api_keys_file is not None:
+        try:
+            lines = Path(settings.api_keys_file).read_text().splitlines()
+        except OSError as error:
+            raise ConfigError(f"serve.api_keys_file {settings.api_keys_file!r} cannot be read: {error}") from None
+        found = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if not found:
+            raise ConfigError(f"serve.api_keys_file {settings.api_keys_file!r} holds no keys")
+        keys += found
+    return tuple(dict.fromkeys(key_digest(key) for key in keys))
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -155,3 +155,21 @@ def test_api_keys_are_kept_as_digests_and_compared_whole(monkeypatch):
     monkeypatch.setenv("MLSCALE_TEST_KEYS", " , ")
     with pytest.raises(ConfigError, match="holds no keys"):
         api_key_digests(ServeConfig(api_keys_env="MLSCALE_TEST_KEYS"))
+
+
+def test_api_keys_from_a_file_join_those_from_the_environment(monkeypatch, tmp_path):
+    from mlscale.config import ServeConfig
+    from mlscale.errors import ConfigError
+    from mlscale.serve.app import api_key_digests
+    from mlscale.serve.requests import key_digest
+
+    keys = tmp_path / "keys"
+    keys.write_text("# rotated 2026-11\nk-file\n\n  k-two  \n")
+    monkeypatch.setenv("MLSCALE_TEST_KEYS", "k-one,k-two")
+    digests = api_key_digests(ServeConfig(api_keys_env="MLSCALE_TEST_KEYS", api_keys_file=str(keys)))
+    assert digests == (key_digest("k-one"), key_digest("k-two"), key_digest("k-file"))
+    keys.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="holds no keys"):
+        api_key_digests(ServeConfig(api_keys_file=str(keys)))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        api_key_digests(ServeConfig(api_keys_file=str(tmp_path / "missing")))
