@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -29,7 +30,7 @@ from mlscale.data.schema import record_name
 from mlscale.errors import ConfigError
 from mlscale.registry.bundle import Bundle
 from mlscale.registry.store import load_bundle, pinned_uri
-from mlscale.serve.docs import openapi_document, swagger_page
+from mlscale.serve.docs import openapi_document
 from mlscale.serve.metrics import ServiceMetrics
 from mlscale.serve.requests import RequestParser, RequestRejected, authorized, key_digest
 
@@ -112,8 +113,8 @@ def _alone(bundle: Bundle, request: list[dict[str, Any]]) -> list[float] | Trans
         return TransformFailed(f"{type(error).__name__}: {error}"[:300])
 
 
-def _error(status: int, detail: list[dict[str, Any]], headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
+def _error(status: int, detail: list[dict[str, Any]]) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail})
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -136,9 +137,10 @@ class ModelServerReplica:
         """Serve's update path: load the version the rollout names (kept when unchanged) and apply its limits."""
         rollout = Rollout.model_validate(user_config)
         current = self.served
-        same = current is not None and current.info["served_uri"] == rollout.served_uri
-        bundle = current.bundle if current is not None and same else load_bundle(rollout.served_uri,
-                                                                                 rollout.tracking_uri)
+        if current is not None and current.info["served_uri"] == rollout.served_uri:
+            bundle = current.bundle
+        else:
+            bundle = load_bundle(rollout.served_uri, rollout.tracking_uri)
         version = rollout.served_uri.rsplit("/", 1)[-1] if rollout.served_uri.startswith("models:/") else ""
         info = {"uri": rollout.uri, "served_uri": rollout.served_uri, "version": version, **bundle.lineage}
         parser = RequestParser(list(bundle.input_schema), rollout.max_records, rollout.max_body_bytes, rollout.record)
@@ -223,11 +225,11 @@ class ModelServerReplica:
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> Any:
         served = self._model()
-        return openapi_document(request.app, served.parser.input_schema, served.parser.record_name, served.version)
+        return openapi_document(request.app, served.parser.record_type, served.version)
 
     @api.get("/docs", include_in_schema=False)
     async def docs(self, request: Request) -> HTMLResponse:
-        return swagger_page(f"{request.scope.get('root_path', '')}/openapi.json", api.title)
+        return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json", title=api.title)
 
 
 # A decorator applied as a call: mypy cannot see a class decorator turn the class into a Deployment.
@@ -245,8 +247,9 @@ def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settin
 def deployment_options(settings: ServeConfig) -> dict[str, Any]:
     """Replicas (fixed or autoscaled), their CPUs, bounded queues and the overload answer, from the serve section.
 
-    Serve versions a deployment by its code and constructor arguments itself, so redeploying with only a new
-    user_config (a new model version, batch size, limits) updates the running replicas in place.
+    Serve 2.60 versions a deployment itself: applied from a config file (`serve deploy`, a RayService), a change of
+    user_config alone (a new model version, batch size, limits) reconfigures the running replicas in place; through
+    `serve.run` (the deploy stage) it replaces them with a rolling update.
     """
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": settings.model_cpus}, "max_ongoing_requests": settings.max_ongoing_requests,
@@ -267,8 +270,8 @@ def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
     request model (from the dataset's name).
 
     An alias is resolved here, once: every replica loads that exact version (`models:/name/<n>`), so a replica
-    restarted after a promotion still serves what was deployed; a new version arrives by deploying again, which
-    Serve applies to the running replicas through `reconfigure`.
+    restarted after a promotion still serves what was deployed; a new version arrives by deploying again (in place
+    through `reconfigure` when applied from a config file, see `deployment_options`).
     """
     served = pinned_uri(model_uri, tracking_uri)
     digests = api_key_digests(settings)

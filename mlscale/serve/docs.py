@@ -6,20 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
-
-from mlscale.data.schema import ColumnSpec, request_model
+from pydantic import BaseModel
 
 REF = "#/components/schemas/{model}"
 
 
-def openapi_document(app: FastAPI, input_schema: list[ColumnSpec], record: str, version: str) -> dict[str, Any]:
-    """FastAPI's document for `app`, with /predict's request body: one record, a list of them, or {"records": [...]}."""
+def openapi_document(app: FastAPI, record_type: type[BaseModel], version: str) -> dict[str, Any]:
+    """FastAPI's document for `app`, with /predict's request body: one record of `record_type` (the request parser's
+    own model of the bundle's input schema), a list of them, or {"records": [...]}."""
     document = get_openapi(title=app.title, version=version or "unversioned", routes=app.routes,
                            description="Predictions from a registered mlscale bundle.")
-    record_schema = request_model(input_schema, record).model_json_schema(ref_template=REF)
+    record = record_type.__name__
+    record_schema = record_type.model_json_schema(ref_template=REF)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(record_schema.pop("$defs", {}))
     schemas[record] = record_schema
@@ -31,6 +30,3 @@ def openapi_document(app: FastAPI, input_schema: list[ColumnSpec], record: str, 
     predict["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     return document
 
-
-def swagger_page(openapi_url: str, title: str) -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url=openapi_url, title=title)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mlscale.data.schema import ColumnSpec, request_model
 
@@ -52,11 +52,13 @@ class RequestParser:
     max_records: int
     max_body_bytes: int
     record_name: str = "Record"
+    record_type: type[BaseModel] = field(init=False)  # the pydantic model of one record (also what /docs shows)
     one: TypeAdapter[Any] = field(init=False)
     many: TypeAdapter[list[Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         record_type: Any = request_model(self.input_schema, self.record_name)
+        self.record_type = record_type
         self.one = TypeAdapter(record_type)
         self.many = TypeAdapter(list[record_type])
 
