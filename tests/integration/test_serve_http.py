@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlscale.data.records import json_value
+from tests.unit.test_requests import JSON_VALUES  # the parser's own fuzz values, sent over HTTP
 
 pytestmark = pytest.mark.integration
 
@@ -163,21 +164,14 @@ def test_openapi_and_docs_show_the_bundles_fields(service, pipeline_result):
     assert docs.status_code == 200 and "openapi.json" in docs.text
 
 
-FUZZ_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["dep_delay", "carrier", "origin", "month", "records"]) | st.text(max_size=6),
-        children, max_size=5),
-    max_leaves=25,
-)
 CONTENT_TYPES = st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded",
                                  "application/json; charset=latin-1", "multipart/form-data; boundary=x", ""])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
-@given(body=st.one_of(st.binary(max_size=400), FUZZ_JSON.map(lambda value: json.dumps(value).encode()),
-                      FUZZ_JSON.map(lambda value: json.dumps(value).encode("utf-16"))),
+@given(body=st.one_of(st.binary(max_size=400), JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+                      JSON_VALUES.map(lambda value: json.dumps(value).encode("utf-16"))),
        content_type=CONTENT_TYPES)
 def test_fuzzed_bodies_and_encodings_never_get_a_5xx(service, body, content_type):
     endpoint, _ = service
@@ -188,7 +182,7 @@ def test_fuzzed_bodies_and_encodings_never_get_a_5xx(service, body, content_type
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(field=st.sampled_from(["dep_delay", "carrier", "origin", "month", "distance", "temp"]), value=FUZZ_JSON)
+@given(field=st.sampled_from(["dep_delay", "carrier", "origin", "month", "distance", "temp"]), value=JSON_VALUES)
 def test_a_fuzzed_field_in_a_real_record_gets_predictions_or_a_4xx(service, field, value):
     endpoint, records = service
     answer = requests.post(endpoint, data=json.dumps([{**records[0], field: value}, records[1]]),
