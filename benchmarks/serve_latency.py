@@ -5,14 +5,18 @@ One bundle (trained here on the flights sample), one JSON body of one record, on
   (a) mlscale: Ray Serve, one deployment that is ingress and model, @serve.batch merging concurrent requests;
   (b) mlscale without batching (max_batch_size 1);
   (c) a plain FastAPI + uvicorn process serving the same bundle with the same validation, one pass per request;
-  (d) (a)'s replica reached on its own port (Ray Serve's direct ingress), to show what the proxy hop costs.
+  (d) (a)'s replica reached on its own port (Ray Serve's direct ingress), to show what the proxy hop costs;
+  (e) (a) with the prediction cache on: the same record again is a cache hit;
+  (f) (a) as the int8 dynamically quantized variant against fp32, with requests of 256 records (where the forward
+      pass, not HTTP, is the work), plus the forward pass alone in-process.
 Then the autoscaling reaction: a load step against an autoscaled deployment, timed to its first new replica.
 
     python benchmarks/serve_latency.py                 # ~6 min on 2 cores
     python benchmarks/serve_latency.py --seconds 5     # a quick look
 
 Writes benchmarks/results/serve_latency.json (throughput_ratio_c32, p99_ratio_c32, p50_overhead_ms_c1,
-autoscale_reaction_s, and every measurement) and serve_latency.png.
+autoscale_reaction_s, cache_hit_p50_ms, int8_throughput_ratio, int8_metric_drop, and every measurement) and
+serve_latency.png.
 """
 
 from __future__ import annotations
@@ -102,7 +106,8 @@ def serve_with(config, model_uri: str, name: str, **settings):
     """Deploy the bundle as its own Serve app with these serve settings; returns its predict URL."""
     from mlscale.stages.deploy import deploy_stage
 
-    serve_settings = config.serve.model_copy(update={"app_name": name, "route_prefix": f"/{name}", **settings})
+    serve_settings = type(config.serve).model_validate({**config.serve.model_dump(), "app_name": name,
+                                                        "route_prefix": f"/{name}", **settings})
     url = deploy_stage(config.model_copy(update={"serve": serve_settings}), model_uri)
     wait_until_up(url.rsplit("/", 1)[0] + "/health")
     return url
@@ -150,6 +155,42 @@ def autoscale_reaction(config, model_uri: str, body: Path) -> dict:
     step.join()
     serve.delete("autoscaled")
     return {"autoscale_reaction_s": reaction, "load_step_clients": 32, **scaling.model_dump()}
+
+
+def int8_against_fp32(config, model_uri: str, records: list[dict], work: Path, seconds: float) -> dict:
+    """The int8 variant against fp32: served (256-record requests, 8 clients) and the forward pass in-process."""
+    from ray import serve
+
+    from mlscale.registry.store import load_bundle
+    from mlscale.stages.deploy import check_variant
+
+    body = work / "body-256.json"
+    body.write_text(json.dumps(records))
+    served = {}
+    for variant in ("fp32", "int8"):
+        url = serve_with(config, model_uri, f"v-{variant}", variant=variant, int8_max_metric_drop=1.0)
+        served[variant] = {"system": f"mlscale-{variant}-256-records", **load(url, body, 8, seconds)}
+        print(f"  {variant}: {served[variant]['throughput_rps']:.0f} req/s of 256 records, p50 "
+              f"{served[variant]['p50_ms']:.1f} ms", flush=True)
+        serve.delete(f"v-{variant}")
+    int8_config = config.model_copy(update={"serve": config.serve.model_copy(update={
+        "variant": "int8", "int8_max_metric_drop": 1.0})})
+    measured = check_variant(int8_config, model_uri)
+    bundle = load_bundle(model_uri, config.tracking_uri)
+    batch = (records * (4096 // len(records) + 1))[:4096]
+    forward = {}
+    for variant in ("fp32", "int8"):
+        variant_bundle = bundle.with_variant(variant)
+        variant_bundle.predict_records(batch)  # warm up
+        started = time.perf_counter()
+        for _ in range(10):
+            variant_bundle.predict_records(batch)
+        forward[variant] = 10 * len(batch) / (time.perf_counter() - started)
+    return {"int8_throughput_ratio": served["int8"]["throughput_rps"] / served["fp32"]["throughput_rps"],
+            "int8_forward_ratio": forward["int8"] / forward["fp32"], "int8_metric_drop": measured["drop"],
+            "int8_metric": measured["metric"], "int8_metric_values": {"fp32": measured["fp32"],
+                                                                     "int8": measured["int8"]},
+            "forward_records_per_s": forward, "rows": list(served.values())}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -210,6 +251,22 @@ def main() -> None:
         url = serve_with(config, model_uri, "unbatched", num_replicas=args.replicas, max_batch_size=1)
         rows += sweep("mlscale-unbatched", url, body, args.seconds)
         serve.delete("unbatched")
+        print("(e) mlscale with the prediction cache: the same record again", flush=True)
+        url = serve_with(config, model_uri, "cached", num_replicas=args.replicas,
+                         cache={"max_entries": 10_000, "ttl_s": 600})
+        cached = [{"system": "mlscale-cache-hit", **load(url, body, concurrency, args.seconds)}
+                  for concurrency in (1, 32)]
+        for row in cached:
+            print(f"  cache hit c={row['concurrency']}: {row['throughput_rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms",
+                  flush=True)
+        rows += cached
+        serve.delete("cached")
+        print("(f) int8 against fp32, 256 records per request", flush=True)
+        from mlscale.data.prepare import load_prepared
+        from mlscale.data.records import held_out_records
+
+        int8 = int8_against_fp32(config, model_uri, held_out_records(load_prepared(config).read("test"), 256),
+                                 work, args.seconds)
         print("autoscaling: a load step against min 1 / max 2 replicas", flush=True)
         scaling = autoscale_reaction(config, model_uri, body)
 
@@ -227,6 +284,10 @@ def main() -> None:
         / theirs["throughput_rps"],
         "direct_ingress_p50_overhead_ms_c1": at("mlscale-direct-ingress", 1)["p50_ms"]
         - at("fastapi-uvicorn", 1)["p50_ms"],
+        "cache_hit_p50_ms": at("mlscale-cache-hit", 1)["p50_ms"],
+        "cache_miss_p50_ms": at("mlscale-batched", 1)["p50_ms"],
+        "cache_hit_throughput_ratio_c32": at("mlscale-cache-hit", 32)["throughput_rps"] / theirs["throughput_rps"],
+        **{key: value for key, value in int8.items() if key != "rows"}, "int8_rows": int8["rows"],
         "replicas": args.replicas, "seconds_per_level": args.seconds, "rows": rows, "autoscaling": scaling,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": date.today().isoformat(), "wall_s": time.time() - began,
@@ -239,6 +300,9 @@ def main() -> None:
     for row in rows:
         print(f"{row['system']:<22}{row['concurrency']:>8}{row['throughput_rps']:>10.0f}{row['p50_ms']:>10.2f}"
               f"{row['p99_ms']:>10.2f}")
+    print(f"cache_hit_p50_ms: {result['cache_hit_p50_ms']:.2f} (a miss: {result['cache_miss_p50_ms']:.2f})")
+    print(f"int8 / fp32: served {result['int8_throughput_ratio']:.2f}x, forward pass "
+          f"{result['int8_forward_ratio']:.2f}x, {result['int8_metric']} drop {result['int8_metric_drop']:+.5f}")
     reaction = result["autoscale_reaction_s"]
     print(f"autoscale reaction to a load step: {'none' if reaction is None else f'{reaction:.1f} s'}")
     print(f"p99 ratio at 32 clients (mlscale / FastAPI): {result['p99_ratio_c32']:.2f}; "

@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "tune_stage": "mlscale.stages.tune",
     "deploy_stage": "mlscale.stages.deploy",
     "served_vs_batch": "mlscale.stages.deploy",
+    "score_stage": "mlscale.stages.score",
+    "canary_stage": "mlscale.stages.release",
     "run_pipeline": "mlscale.pipeline",
     "PipelineResult": "mlscale.pipeline",
     "TrainedModel": "mlscale.stages.train",
@@ -57,6 +59,9 @@ _EXPORTS: dict[str, str] = {
     "decide": "mlscale.promotion",
     "judge_against_champion": "mlscale.promotion",
     "apply_decision": "mlscale.promotion",
+    # releases: the canary policy as a pure decision
+    "decide_release": "mlscale.serve.release",
+    "ReleaseDecision": "mlscale.serve.release",
     # errors
     "MlscaleError": "mlscale.errors",
     "ConfigError": "mlscale.errors",
@@ -77,11 +82,12 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "__version__", "Bundle", "ConfigError", "EXIT_CODES", "ExpressionError", "Measurement", "MlscaleError",
     "NoWinner", "NothingToServe", "PipelineConfig", "PipelineResult", "PreparedData", "PreparedDataMissing",
-    "PromotionConflict", "PromotionDecision", "PromotionError", "SchemaError", "SearchError", "ServingError",
-    "SourceError", "TrainedModel", "ValidationFailed", "apply_decision", "config_from_dict", "decide",
-    "deploy_stage", "held_out_records", "json_value", "judge_against_champion", "list_versions", "load_bundle",
-    "load_config", "load_prepared", "prepare_stage", "register_bundle", "register_path", "run_pipeline",
-    "served_vs_batch", "set_alias", "start", "train_stage", "tune_stage", "version_of",
+    "PromotionConflict", "PromotionDecision", "PromotionError", "ReleaseDecision", "SchemaError", "SearchError",
+    "ServingError", "SourceError", "TrainedModel", "ValidationFailed", "apply_decision", "canary_stage",
+    "config_from_dict", "decide", "decide_release", "deploy_stage", "held_out_records", "json_value",
+    "judge_against_champion", "list_versions", "load_bundle", "load_config", "load_prepared", "prepare_stage",
+    "register_bundle", "register_path", "run_pipeline", "score_stage", "served_vs_batch", "set_alias", "start",
+    "train_stage", "tune_stage", "version_of",
 ]  # the names of _EXPORTS (a test keeps them equal)
 
 
@@ -129,8 +135,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         set_alias,
         version_of,
     )
+    from mlscale.serve.release import ReleaseDecision, decide_release
     from mlscale.stages.common import start
     from mlscale.stages.deploy import deploy_stage, served_vs_batch
     from mlscale.stages.prepare import prepare_stage
+    from mlscale.stages.release import canary_stage
+    from mlscale.stages.score import score_stage
     from mlscale.stages.train import TrainedModel, train_stage
     from mlscale.stages.tune import tune_stage

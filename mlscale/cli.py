@@ -119,6 +119,30 @@ def serve(
     _run("deploy", _config(config, set_), block, model_uri=model_uri, check=check)
 
 
+@app.command()
+def score(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model_uri: Annotated[str | None, typer.Option(help="Default: score.model, else the serving alias.")] = None,
+    force: Annotated[bool, typer.Option(help="Score again even when the committed scores match.")] = False,
+) -> None:
+    """Batch-score the data section's source with a registered model: parquet of the kept columns, the prediction
+    and the model version; invalid rows quarantined with their reasons (point data.path at the new rows)."""
+    _run("score", _config(config, set_), model_uri=model_uri, force=force)
+
+
+@app.command()
+def canary(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    challenger: Annotated[str, typer.Option(help="A version number or alias of the registered model.")] = "challenger",
+) -> None:
+    """Release the challenger as a canary beside the champion; promote it or roll it back on live numbers
+    (serve.canary: traffic share, thresholds). Ends when decided; the decision is recorded in MLflow and the
+    release log."""
+    _run("canary", _config(config, set_), challenger=challenger)
+
+
 @app.command("serve-config")
 def serve_config(
     config: ConfigOption = None,

@@ -593,6 +593,62 @@ class ServeAutoscaling(_Section):
         return self
 
 
+class CanaryConfig(_Section):
+    """A challenger served beside the champion on a share of live traffic, judged on it, then promoted or rolled
+    back automatically (`mlscale canary`)."""
+
+    fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of requests the challenger answers.")
+    sticky_header: str | None = Field(
+        None, description="A request header (e.g. X-User-Id) whose value picks the version, so one caller always "
+                          "meets the same model; None: each request is drawn at random.")
+    min_requests: int = Field(200, ge=1, description="Challenger requests seen before anything is decided.")
+    max_error_rate: float = Field(0.01, ge=0.0, le=1.0, description="Challenger failures per request allowed.")
+    max_p99_ratio: float = Field(1.5, ge=1.0, description="Challenger p99 latency allowed, as a multiple of the "
+                                                           "champion's on the same replicas.")
+    p99_floor_ms: float = Field(20.0, ge=0, description="A p99 excess below this many ms never rolls back (noise).")
+    max_prediction_shift: float = Field(
+        0.05, gt=0, description="Largest mean |challenger - champion| on the same records, in units of the label's "
+                                "scale (1 for probabilities, the label's std for regression).")
+    auto_promote: bool = Field(True, description="Promote when min_requests pass every threshold; False: hold the "
+                                                 "canary (rollback still automatic).")
+    check_interval_s: float = Field(1.0, gt=0, description="How often the live numbers are read and judged.")
+    timeout_s: float = Field(3600.0, gt=0, description="No decision by then: roll back (the canary saw too little "
+                                                       "traffic to be judged).")
+
+
+class PredictionCacheConfig(_Section):
+    """Answers remembered per replica, keyed on the validated record and the version that predicted it."""
+
+    max_entries: int = Field(100_000, ge=1)
+    ttl_s: float = Field(300.0, gt=0, description="An answer older than this is predicted again.")
+
+
+class GraphConfig(_Section):
+    """More than one model behind one endpoint, each its own deployment (own replicas, own autoscaling)."""
+
+    mode: Literal["fallback", "ensemble"]
+    models: list[str] = Field(..., min_length=2, description="fallback: the main model, then what answers when it "
+                                                               "is overloaded or failing; ensemble: the averaged "
+                                                               "models (models:/ URIs, aliases resolved at deploy).")
+    weights: list[float] | None = Field(None, description="ensemble: one weight per model (default equal).")
+    timeout_s: float = Field(5.0, gt=0, description="fallback: how long the main model may take.")
+    model_cpus: float = Field(0.5, gt=0, description="CPUs per replica of each model deployment.")
+    num_replicas: int = Field(1, ge=1, description="Replicas per model when autoscaling is off.")
+    autoscaling: ServeAutoscaling | None = Field(
+        None, description="Set: each model's deployment scales on its own load between these bounds.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Per replica of each ensemble model, or of the main "
+                                                             "model of a fallback (its fallbacks get the serve "
+                                                             "section's own, larger limits).")
+    max_queued_requests: int = Field(64, ge=1, description="Past it the model refuses at once (and, in fallback "
+                                                            "mode, the next model answers).")
+
+    @model_validator(mode="after")
+    def _weights(self) -> GraphConfig:
+        if self.weights is not None and len(self.weights) != len(self.models):
+            raise ValueError(f"weights has {len(self.weights)} entries for {len(self.models)} models")
+        return self
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -630,6 +686,13 @@ class ServeConfig(_Section):
                           "secret; combined with api_keys_env when both are set.")
     request_timeout_s: float | None = Field(
         30.0, gt=0, description="End-to-end HTTP request timeout (408); applied when Serve starts on the cluster.")
+    variant: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8: Linear layers dynamically quantized for CPU serving; deploy measures its metric "
+                            "against fp32 on the test split and refuses it beyond int8_max_metric_drop.")
+    int8_max_metric_drop: float = Field(0.005, ge=0, description="Largest loss of the test metric int8 may cost.")
+    cache: PredictionCacheConfig | None = Field(None, description="Set: repeated records are answered from memory.")
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    graph: GraphConfig | None = Field(None, description="Set: deploy a fallback or ensemble graph instead.")
     compare_rows: int = Field(128, ge=1, description="Held-out rows served and compared with batch scoring.")
     compare_rtol: float = Field(
         1e-5, ge=0, description="Served vs batch: allowed difference relative to the prediction (float32 rounding "
@@ -637,6 +700,19 @@ class ServeConfig(_Section):
     compare_atol: float = Field(
         1e-6, ge=0, description="Served vs batch: allowed absolute difference, in units of the label's scale "
                                 "(1 for probabilities, the label's standard deviation for regression).")
+
+
+class ScoreConfig(_Section):
+    """Batch inference over the data section's source (`mlscale score`)."""
+
+    model: str | None = Field(None, description="models:/name@alias or models:/name/<version>; None: the serving "
+                                                "alias (tracking.registered_model @ tracking.alias).")
+    output: str | None = Field(None, description="Where the scores go; None: <storage.root>/scores/<name>.")
+    columns: list[str] | None = Field(
+        None, description="Input columns written beside each prediction; None: validation.unique when set (the "
+                          "rows' key), else every input column.")
+    actors: int = Field(1, ge=1, description="Model replicas scoring in parallel (Ray Data actor pool).")
+    batch_size: int = Field(4096, ge=1)
 
 
 class InvarianceCheck(_Section):
@@ -694,6 +770,7 @@ class PipelineConfig(_Section):
     tune: TuneSettings = Field(default_factory=TuneSettings)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
 
     @property
     def tracking_uri(self) -> str:
@@ -727,7 +804,7 @@ class PipelineConfig(_Section):
     def fingerprint(self) -> str:
         """A stable hash of the settings that change a training run's results (lineage, caching); a search's settings
         are not among them: each trial's config has its own hash."""
-        payload = self.model_dump(mode="json", exclude={"ray", "serve", "tracking", "tune"})
+        payload = self.model_dump(mode="json", exclude={"ray", "serve", "score", "tracking", "tune"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -69,11 +69,29 @@ def deploy_summary(config: PipelineConfig, model_uri: str | None = None, check: 
     model_uri = model_uri or config.serving_uri
     endpoint = deploy_stage(config, model_uri)
     summary: dict[str, Any] = {"model_uri": model_uri, "endpoint": endpoint}
-    if check:
+    if check and config.serve.graph is None:  # a graph's answers are not one model's batch scores
         result = served_vs_batch(config, load_prepared(config), model_uri, endpoint)
         summary.update(served_vs_batch_rows=result.rows, served_vs_batch_max_abs_diff=result.max_abs_diff,
                        served_vs_batch_max_rel_diff=result.max_rel_diff)
     return summary
+
+
+def score_summary(config: PipelineConfig, model_uri: str | None = None, force: bool = False) -> dict[str, Any]:
+    from mlscale.stages.score import score_stage
+
+    start(config)
+    scored = score_stage(config, model_uri, force)
+    return {"cached": scored.cached, "model_uri": scored.model_uri, "model_version": scored.model_version,
+            "variant": scored.variant, "rows_read": scored.rows_read,
+            **{f"{part}_rows": count for part, count in scored.counts.items()}, "scores_path": scored.path,
+            "quarantine_reasons": scored.quarantine_reasons}
+
+
+def canary_summary(config: PipelineConfig, challenger: str = "challenger") -> dict[str, Any]:
+    from mlscale.stages.release import canary_stage
+
+    start(config)
+    return canary_stage(config, challenger).summary()
 
 
 def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
@@ -89,6 +107,8 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "train": train_summary,
     "tune": tune_summary,
     "deploy": deploy_summary,
+    "score": score_summary,
+    "canary": canary_summary,
     "pipeline": pipeline_summary,
 }
 
@@ -110,6 +130,9 @@ def failed_checks(summary: dict[str, Any]) -> MlscaleError | None:
     if summary.get("behaviour_passed") is False and not summary.get("promoted"):  # `always` forces it through
         return PromotionError(f"version {summary.get('model_version')} failed its behavioural checks and was not "
                               f"promoted ({summary.get('promotion', '')})")
+    if summary.get("action") == "rollback":  # a canary that failed on live traffic: the champion serves again
+        return PromotionError(f"canary v{summary.get('challenger_version')} was rolled back: "
+                              f"{'; '.join(summary.get('reasons', []))}")
     return None
 
 

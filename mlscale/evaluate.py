@@ -27,10 +27,10 @@ SLICE_BINS = 1024  # per-slice AUC histograms: ample for slices of hundreds to t
 
 
 class BundlePredictor:
-    """A map_batches actor: loads the bundle once, appends the prediction to each batch."""
+    """A map_batches actor: loads the bundle once (as the variant asked for), appends the prediction to each batch."""
 
-    def __init__(self, model_uri: str, tracking_uri: str | None = None) -> None:
-        self.bundle: Bundle = load_bundle(model_uri, tracking_uri)
+    def __init__(self, model_uri: str, tracking_uri: str | None = None, variant: str = "fp32") -> None:
+        self.bundle: Bundle = load_bundle(model_uri, tracking_uri).with_variant(variant)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         columns = {name: batch.column(name) for name in self.bundle.input_columns}
@@ -38,10 +38,10 @@ class BundlePredictor:
 
 
 def score(dataset: ray.data.Dataset, model_uri: str, tracking_uri: str | None = None,
-          actors: int = 1) -> ray.data.Dataset:
+          actors: int = 1, variant: str = "fp32") -> ray.data.Dataset:
     return dataset.map_batches(
         BundlePredictor,
-        fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri},
+        fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "variant": variant},
         batch_format="pyarrow",
         batch_size=4096,
         compute=ray.data.ActorPoolStrategy(size=actors),

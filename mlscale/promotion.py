@@ -139,7 +139,7 @@ def registry_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _who() -> str:
+def who() -> str:
     run = mlflow.active_run()
     return f"{getpass.getuser()}@{socket.gethostname()}" + (f" run {run.info.run_id}" if run else "")
 
@@ -160,7 +160,7 @@ def apply_decision(decision: PromotionDecision, tracking_uri: str) -> bool:
         PromotionConflict: the alias moved since the decision was made (the decision is stale: judge again).
     """
     client = tracking_client(tracking_uri)
-    record = {**decision.to_dict(), "by": _who(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {**decision.to_dict(), "by": who(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if decision.promote:
         with registry_lock(tracking_uri):
             current = version_of(decision.model, decision.alias, tracking_uri)
@@ -192,14 +192,14 @@ def model_uri(model: str, reference: str) -> str:
 
 
 def evaluate_model(settings: EvaluateConfig, dataset: ray.data.Dataset, uri: str, tracking_uri: str,
-                   prefix: str = "test", label: dict[str, Any] | None = None) -> Evaluation:
+                   prefix: str = "test", label: dict[str, Any] | None = None, variant: str = "fp32") -> Evaluation:
     """Score a registered version on a dataset through the bundle and compute its metrics, slices and calibration.
 
     The label spec comes from the caller or the version's tags, so the bundle is downloaded once (by the scorer).
     """
     label = label or label_of(uri, tracking_uri)
-    return evaluate(score(dataset, uri, tracking_uri), label, prefix, settings.slices, settings.min_slice_rows,
-                    settings.calibration_bins)
+    return evaluate(score(dataset, uri, tracking_uri, variant=variant), label, prefix, settings.slices,
+                    settings.min_slice_rows, settings.calibration_bins)
 
 
 def resolve_version(model: str, reference: str, tracking_uri: str) -> str | None:

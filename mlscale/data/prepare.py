@@ -23,10 +23,10 @@ import pyarrow.dataset as pads
 import ray.data
 
 from mlscale.caching import cache_key, code_hash
-from mlscale.config import PipelineConfig, SplitConfig
+from mlscale.config import PipelineConfig, SplitConfig, ValidationConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
 from mlscale.data.schema import ColumnSpec
-from mlscale.data.sources import infer_schema, read_source
+from mlscale.data.sources import Source, infer_schema, read_source
 from mlscale.data.split import assign_splits, split_column
 from mlscale.data.storage import atomic_directory
 from mlscale.data.validation import (
@@ -144,7 +144,7 @@ def count_rows(path: Path) -> int:
     return pads.dataset(path, format="parquet").count_rows() if path.exists() else 0
 
 
-def _rule_counts(quarantine: Path, examples: int) -> list[dict[str, Any]]:
+def rule_counts(quarantine: Path, examples: int) -> list[dict[str, Any]]:
     """Per-rule counts and examples over the quarantined rows, as a streaming Ray Data aggregation."""
     if not quarantine.exists():
         return []
@@ -152,6 +152,41 @@ def _rule_counts(quarantine: Path, examples: int) -> list[dict[str, Any]]:
         partial(rule_partials, examples=examples), batch_format="pyarrow", batch_size=None
     )
     return [json.loads(row["partial"]) for row in partials.iter_rows()]
+
+
+def source_rules(source: Source, specs: list[ColumnSpec], settings: ValidationConfig
+                 ) -> tuple[list[str], int, list[Rule]]:
+    """The passes over a source before its rows are validated: the duplicated keys (when a key is declared), the
+    row count (to reconcile the output against), and the rules with those duplicates in them."""
+    duplicates = (find_duplicate_keys(source.dataset, specs, settings.unique, settings.max_duplicate_keys)
+                  if settings.unique else [])
+    rows_read = source.expected_rows if source.expected_rows is not None else source.dataset.count()
+    return duplicates, rows_read, build_rules(specs, settings, duplicates)
+
+
+def judge_output(staging: Path, target: Path, quarantine: Path, rows_read: int, counts: dict[str, int],
+                 source: str, rules: list[Rule], settings: ValidationConfig, duplicates: list[str]
+                 ) -> ValidationReport:
+    """Check a staged output before it is committed: its partitions' counts reconcile with the rows read, and its
+    validation report (saved beside it) passes. A failing output is kept aside as `<target>.rejected`.
+
+    Raises:
+        ValidationFailed: too many rows were quarantined (or a dataset check failed).
+    """
+    if sum(counts.values()) != rows_read:
+        raise RuntimeError(f"row counts do not reconcile: read {rows_read}, wrote {counts}")
+    report = ValidationReport.build(
+        source=source, rows_read=rows_read, rows_quarantined=counts["quarantine"], rules=rules,
+        partials=rule_counts(quarantine, settings.examples_per_rule), config=settings,
+        dataset_checks={"duplicate_keys": len(duplicates)} if settings.unique else {},
+    )
+    report.save(staging / REPORT_FILE)
+    if not report.passed:
+        rejected = target.with_name(f"{target.name}.rejected")
+        shutil.rmtree(rejected, ignore_errors=True)
+        os.replace(staging, rejected)
+        raise ValidationFailed(report, rejected / REPORT_FILE)
+    return report
 
 
 def prepare_key(config: PipelineConfig, source_fingerprint: str) -> str:
@@ -192,10 +227,7 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
     settings = config.validation
     target = prepared_dir(config)
     with source.diagnosed():
-        duplicates = (find_duplicate_keys(source.dataset, specs, settings.unique, settings.max_duplicate_keys)
-                      if settings.unique else [])
-        rows_read = source.expected_rows if source.expected_rows is not None else source.dataset.count()
-        rules = build_rules(specs, settings, duplicates)
+        duplicates, rows_read, rules = source_rules(source, specs, settings)
         validated = source.dataset.map_batches(
             partial(validate_and_split, specs=specs, rules=rules, split=config.split,
                     time_column=config.data.time_column),
@@ -205,19 +237,8 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
         with atomic_directory(target) as staging:
             validated.write_parquet(str(staging), partition_cols=[SPLIT_COLUMN])
             counts = {name: count_rows(staging / f"{SPLIT_COLUMN}={name}") for name in PARTITIONS}
-            if sum(counts.values()) != rows_read:
-                raise RuntimeError(f"row counts do not reconcile: read {rows_read}, wrote {counts}")
-            report = ValidationReport.build(
-                source=source.description, rows_read=rows_read, rows_quarantined=counts["quarantine"], rules=rules,
-                partials=_rule_counts(staging / f"{SPLIT_COLUMN}=quarantine", settings.examples_per_rule),
-                config=settings, dataset_checks={"duplicate_keys": len(duplicates)} if settings.unique else {},
-            )
-            report.save(staging / REPORT_FILE)
-            if not report.passed:
-                rejected = target.with_name(f"{target.name}.rejected")
-                shutil.rmtree(rejected, ignore_errors=True)
-                os.replace(staging, rejected)
-                raise ValidationFailed(report, rejected / REPORT_FILE)
+            report = judge_output(staging, target, staging / f"{SPLIT_COLUMN}=quarantine", rows_read, counts,
+                                  source.description, rules, settings, duplicates)
     prepared = PreparedData(
         path=str(target),
         rows_read=rows_read,

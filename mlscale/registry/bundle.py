@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from mlscale.models.networks import build_network
 BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
 FORMAT_VERSION = 1
+VARIANTS = ("fp32", "int8")
 
 
 @dataclass
@@ -35,13 +36,20 @@ class Bundle:
     label: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     lineage: dict[str, str] = field(default_factory=dict)
+    variant: str = "fp32"  # how the network runs (not saved: the weights are always the trained fp32 ones)
 
     @cached_property
     def model(self) -> torch.nn.Module:
         network = build_network(self.network_spec)
         network.load_state_dict(self.state_dict)
         network.eval()
-        return network
+        return quantized(network) if self.variant == "int8" else network
+
+    def with_variant(self, variant: str) -> Bundle:
+        """The same bundle run as another variant (fp32, or int8 for CPU serving); the weights are shared."""
+        if variant not in VARIANTS:
+            raise ValueError(f"variant {variant!r} is unknown; known: {', '.join(VARIANTS)}")
+        return self if variant == self.variant else replace(self, variant=variant)
 
     @property
     def input_columns(self) -> list[str]:
@@ -101,6 +109,43 @@ class Bundle:
     @property
     def profile(self) -> dict[str, Any]:
         return self.features.profile()
+
+
+class Int8Linear(torch.nn.Module):
+    """A Linear layer run in int8: weights quantized once per output channel, activations quantized per row as
+    they arrive (dynamic quantization), an int8 x int8 -> int32 matrix product, then rescaled to float.
+
+    Per-row activation scales (not torch.ao's one scale per batch tensor) make a row's prediction independent of
+    the other rows it is batched with, so a served record gets exactly the answer batch scoring gives it.
+    """
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_t", quantized.t().contiguous())
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
+        quantized = (rows / scale).round_().to(torch.int8)  # |rows / scale| <= 127 by construction
+        out = torch._int_mm(quantized, self.weight_t).float().mul_(scale).mul_(self.weight_scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def quantized(network: torch.nn.Module) -> torch.nn.Module:
+    """The network with every Linear layer replaced by its int8 version (embeddings and norms stay fp32)."""
+    for name, child in list(network.named_children()):
+        if isinstance(child, torch.nn.Linear):
+            setattr(network, name, Int8Linear(child))
+        else:
+            quantized(child)
+    return network
 
 
 def find_bundle_dir(directory: Path) -> Path:

@@ -12,8 +12,11 @@ Serve's own update path (`reconfigure` on the running replicas), never by a repl
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +33,16 @@ from mlscale.data.schema import record_name
 from mlscale.errors import ConfigError
 from mlscale.registry.bundle import Bundle
 from mlscale.registry.store import load_bundle, pinned_uri
+from mlscale.serve.cache import PredictionCache
 from mlscale.serve.docs import openapi_document
+from mlscale.serve.ledger import release_ledger
+from mlscale.serve.live import LiveStats
 from mlscale.serve.metrics import ServiceMetrics
 from mlscale.serve.requests import RequestParser, RequestRejected, authorized, key_digest
 
 DEPLOYMENT = "ModelServer"
+REPORT_INTERVAL_S = 1.0  # how often a replica sends its live release numbers to the ledger
+log = logging.getLogger(__name__)
 api = FastAPI(title="mlscale model service", openapi_url=None, docs_url=None, redoc_url=None)
 
 
@@ -56,6 +64,18 @@ class ErrorBody(BaseModel):
     detail: list[dict[str, Any]] = Field(..., description="What is wrong, each entry naming its place (`loc`).")
 
 
+class Canary(BaseModel):
+    """A challenger served beside the champion on a share of the traffic, while a release watcher judges it."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str
+    served_uri: str
+    fraction: float = Field(..., gt=0, lt=1)
+    sticky_header: str | None = None
+    rollout_id: str = Field(..., description="Names this canary's live numbers in the release ledger.")
+    app_name: str
+
+
 class Rollout(BaseModel):
     """The deployment's user_config: what the replicas serve and how. Changing it updates running replicas."""
 
@@ -68,6 +88,10 @@ class Rollout(BaseModel):
     max_body_bytes: int = Field(8 * 2**20, ge=1)
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.0, ge=0)
+    variant: str = "fp32"
+    cache_entries: int = Field(0, ge=0, description="0: no prediction cache.")
+    cache_ttl_s: float = Field(300.0, gt=0)
+    canary: Canary | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,7 @@ class ServedModel:
     parser: RequestParser
     info: dict[str, Any]
     info_json: bytes
+    cache: PredictionCache | None = None
 
     @property
     def version(self) -> str:
@@ -132,22 +157,44 @@ class ModelServerReplica:
         self.key_digests = tuple(key_digests)
         self.metrics = ServiceMetrics()
         self.served: ServedModel | None = None
+        self.challenger: ServedModel | None = None
+        self.canary: Canary | None = None
+        self.live: dict[str, LiveStats] = {}
+        self.reporter: asyncio.Task | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Serve's update path: load the version the rollout names (kept when unchanged) and apply its limits."""
+        """Serve's update path: load the versions the rollout names (kept when unchanged) and apply its limits."""
         rollout = Rollout.model_validate(user_config)
-        current = self.served
-        if current is not None and current.info["served_uri"] == rollout.served_uri:
-            bundle = current.bundle
-        else:
-            bundle = load_bundle(rollout.served_uri, rollout.tracking_uri)
-        version = rollout.served_uri.rsplit("/", 1)[-1] if rollout.served_uri.startswith("models:/") else ""
-        info = {"uri": rollout.uri, "served_uri": rollout.served_uri, "version": version, **bundle.lineage}
-        parser = RequestParser(list(bundle.input_schema), rollout.max_records, rollout.max_body_bytes, rollout.record)
+        loaded = {(model.info["served_uri"], model.bundle.variant): model
+                  for model in (self.served, self.challenger) if model is not None}
+        champion = self._serving(rollout.uri, rollout.served_uri, rollout, loaded)
+        canary = rollout.canary
+        self.challenger = (self._serving(canary.uri, canary.served_uri, rollout, loaded, "challenger")
+                           if canary else None)
+        if canary is None or self.canary is None or canary.rollout_id != self.canary.rollout_id:
+            self.live = {}
+        self.canary = canary
         # @serve.batch's wrapper carries these setters; Ray's type hints present it as the plain coroutine
         self.predict_batch.set_max_batch_size(rollout.max_batch_size)  # type: ignore[attr-defined]
         self.predict_batch.set_batch_wait_timeout_s(rollout.batch_wait_timeout_s)  # type: ignore[attr-defined]
-        self.served = ServedModel(bundle, parser, info, json.dumps(info).encode())
+        self.served = champion
+
+    @staticmethod
+    def _serving(uri: str, served_uri: str, rollout: Rollout, loaded: dict[tuple[str, str], ServedModel],
+                 role: str = "champion") -> ServedModel:
+        """One version ready to answer: its bundle (reused when already loaded), request parser, cache and info."""
+        current = loaded.get((served_uri, rollout.variant))
+        bundle = current.bundle if current else load_bundle(served_uri, rollout.tracking_uri).with_variant(
+            rollout.variant)
+        version = served_uri.rsplit("/", 1)[-1] if served_uri.startswith("models:/") else ""
+        info = {"uri": uri, "served_uri": served_uri, "version": version, "variant": rollout.variant,
+                "role": role, **bundle.lineage}
+        parser = RequestParser(list(bundle.input_schema), rollout.max_records, rollout.max_body_bytes, rollout.record)
+        same_cache = current is not None and current.cache is not None and current.cache.max_entries == \
+            rollout.cache_entries and current.cache.ttl_s == rollout.cache_ttl_s
+        cache = current.cache if same_cache and current else (
+            PredictionCache(rollout.cache_entries, rollout.cache_ttl_s) if rollout.cache_entries else None)
+        return ServedModel(bundle, parser, info, json.dumps(info).encode(), cache)
 
     def check_health(self) -> None:
         """Serve's health check: a replica without a loaded model is restarted rather than sent traffic."""
@@ -187,28 +234,84 @@ class ModelServerReplica:
             raise RuntimeError("no model loaded")
         return self.served
 
+    def _route(self, request: Request) -> ServedModel:
+        """The champion, or during a canary the challenger for its share of requests (the same one for every
+        request carrying the same sticky header value)."""
+        served, canary = self._model(), self.canary
+        if canary is None or self.challenger is None:
+            return served
+        key = request.headers.get(canary.sticky_header) if canary.sticky_header else None
+        draw = (int(hashlib.sha256(f"{canary.rollout_id}:{key}".encode()).hexdigest()[:12], 16) / 16**12
+                if key is not None else random.random())
+        return self.challenger if draw < canary.fraction else served
+
     @api.post("/predict", response_model=PredictResponse, responses=ERRORS)
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
-        served = self._model()
-        response = await self._answer(request, served)
-        self.metrics.request(served.version, response.status_code, time.perf_counter() - started)
+        served = self._route(request)
+        failed = True
+        try:
+            response, failed = await self._answer(request, served)
+        finally:
+            elapsed = time.perf_counter() - started
+            if self.canary is not None:
+                self._live(served.version).request(elapsed, failed)
+        self.metrics.request(served.version, response.status_code, elapsed)
         return response
 
-    async def _answer(self, request: Request, served: ServedModel) -> Response:
+    def _live(self, version: str) -> LiveStats:
+        if self.reporter is None or self.reporter.done():
+            self.reporter = asyncio.get_running_loop().create_task(self._report_live())
+        return self.live.setdefault(version, LiveStats())
+
+    async def _report_live(self) -> None:
+        """Send this replica's live numbers to the release ledger while a canary runs."""
+        replica = _replica_id()
+        while self.canary is not None:
+            canary = self.canary
+            try:
+                await release_ledger(canary.app_name).report.remote(
+                    canary.rollout_id, replica, {version: stats.to_dict() for version, stats in self.live.items()})
+            except Exception as error:  # noqa: BLE001 - the ledger is being restarted: the next report catches up
+                log.warning("release ledger report failed: %s", error)
+            await asyncio.sleep(REPORT_INTERVAL_S)
+
+    async def _answer(self, request: Request, served: ServedModel) -> tuple[Response, bool]:
+        """The response, and whether it is the model's failure (not the caller's)."""
         if (refused := self._refused(request)) is not None:
-            return refused
+            return refused, False
         try:
             served.parser.check_length(request.headers.get("content-length"))
             records = served.parser.parse(await request.body())
         except RequestRejected as rejected:
-            return _error(rejected.status, rejected.detail)
-        predictions = await self.predict_batch((served, records))
-        if isinstance(predictions, TransformFailed):
-            return _error(422, [{"loc": ["body"], "msg": f"the records passed validation but could not be "
-                                                         f"transformed: {predictions.reason}"}])
+            return _error(rejected.status, rejected.detail), False
+        keys, predictions = served.cache.lookup(records) if served.cache is not None else ([], None)
+        if served.cache is not None:
+            self.metrics.cache(served.version, predictions is not None)
+        if predictions is None:
+            predicted = await self.predict_batch((served, records))
+            if isinstance(predicted, TransformFailed):
+                return _error(422, [{"loc": ["body"], "msg": f"the records passed validation but could not be "
+                                                             f"transformed: {predicted.reason}"}]), True
+            predictions = predicted
+            if served.cache is not None:
+                served.cache.store(keys, predictions)
+        if self.canary is not None:
+            await self._compare(served, records, predictions)
         body = b'{"predictions":' + json.dumps(predictions).encode() + b',"model":' + served.info_json + b"}"
-        return Response(content=body, media_type="application/json")
+        return Response(content=body, media_type="application/json"), False
+
+    async def _compare(self, served: ServedModel, records: list[dict[str, Any]], predictions: list[float]) -> None:
+        """During a canary: the version's prediction level, and for the challenger the champion's answer for the
+        same records (a shadow prediction, never returned), so the shift is measured on the same traffic."""
+        stats = self._live(served.version)
+        stats.predicted(predictions)
+        champion = self.served
+        if served is not self.challenger or champion is None:
+            return
+        shadow = await self.predict_batch((champion, records))
+        if not isinstance(shadow, TransformFailed):
+            stats.compared(predictions, shadow)
 
     @api.get("/schema", responses={401: ERRORS[401]})
     async def schema(self, request: Request) -> Any:
@@ -219,8 +322,18 @@ class ModelServerReplica:
         return {"input_schema": [spec.model_dump() for spec in served.parser.input_schema], "model": served.info}
 
     @api.get("/health")
-    async def health(self) -> dict[str, str]:
-        return {"status": "ok" if self.served is not None else "loading"}
+    async def health(self) -> dict[str, Any]:
+        """Liveness, the versions this replica serves, and its prediction cache's counts."""
+        served, challenger = self.served, self.challenger
+        answer: dict[str, Any] = {"status": "ok" if served is not None else "loading"}
+        if served is not None:
+            answer["version"] = served.version
+            if challenger is not None and self.canary is not None:
+                answer["canary"] = {"version": challenger.version, "fraction": self.canary.fraction}
+            if served.cache is not None:
+                answer["cache"] = {"entries": len(served.cache), "hits": served.cache.hits,
+                                   "misses": served.cache.misses}
+        return answer
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> Any:
@@ -237,11 +350,13 @@ ModelServer = serve.deployment(name=DEPLOYMENT)(serve.ingress(api)(ModelServerRe
 
 
 def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settings: ServeConfig,
-                   record: str) -> dict[str, Any]:
+                   record: str, canary: Canary | None = None) -> dict[str, Any]:
+    cache = settings.cache
     return Rollout(uri=model_uri, served_uri=served, tracking_uri=tracking_uri, record=record,
                    max_records=settings.max_records_per_request, max_body_bytes=settings.max_body_bytes,
-                   max_batch_size=settings.max_batch_size,
-                   batch_wait_timeout_s=settings.batch_wait_timeout_s).model_dump()
+                   max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.batch_wait_timeout_s,
+                   variant=settings.variant, cache_entries=cache.max_entries if cache else 0,
+                   cache_ttl_s=cache.ttl_s if cache else 300.0, canary=canary).model_dump()
 
 
 def deployment_options(settings: ServeConfig) -> dict[str, Any]:
@@ -265,7 +380,7 @@ def deployment_options(settings: ServeConfig) -> dict[str, Any]:
 
 
 def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
-              record: str = "Record") -> serve.Application:
+              record: str = "Record", canary: Canary | None = None) -> serve.Application:
     """The application for one registered bundle, sized by the serve section of the config; `record` names the
     request model (from the dataset's name).
 
@@ -275,8 +390,15 @@ def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
     """
     served = pinned_uri(model_uri, tracking_uri)
     digests = api_key_digests(settings)
-    rollout = rollout_config(model_uri, served, tracking_uri, settings, record)
+    rollout = rollout_config(model_uri, served, tracking_uri, settings, record, canary)
     return ModelServer.options(user_config=rollout, **deployment_options(settings)).bind(digests)
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside a replica (a direct call in a test)
+        return f"pid-{os.getpid()}"
 
 
 def api_key_digests(settings: ServeConfig) -> tuple[str, ...]:

@@ -6,7 +6,8 @@ from ray import serve
 
 from mlscale.config import PipelineConfig
 from mlscale.data.schema import record_name
-from mlscale.serve.app import build_app
+from mlscale.serve.app import Canary, api_key_digests, build_app
+from mlscale.serve.graph import build_graph
 
 
 def endpoint_url(config: PipelineConfig) -> str:
@@ -14,11 +15,14 @@ def endpoint_url(config: PipelineConfig) -> str:
     return f"http://{config.serve.host}:{config.serve.port}{prefix}/predict"
 
 
-def deploy(config: PipelineConfig, model_uri: str) -> str:
-    """Start Serve (idempotent) and run the app for model_uri; returns the predict URL."""
+def deploy(config: PipelineConfig, model_uri: str, canary: Canary | None = None) -> str:
+    """Start Serve (idempotent) and run the app for model_uri (and a canary beside it); returns the predict URL."""
     settings = config.serve
     serve.start(http_options={"host": settings.host, "port": settings.port,
                               "request_timeout_s": settings.request_timeout_s})
-    app = build_app(model_uri, config.tracking_uri, settings, record_name(config.name))
+    if settings.graph is not None:  # a fallback or ensemble graph of the models it names
+        app = build_graph(settings, config.tracking_uri, record_name(config.name), api_key_digests(settings))
+    else:
+        app = build_app(model_uri, config.tracking_uri, settings, record_name(config.name), canary)
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
     return endpoint_url(config)

@@ -29,6 +29,14 @@ class ServiceMetrics:
         self.batch_records = Histogram("mlscale_batch_records", description="Records in one forward pass.",
                                        boundaries=SIZE_BOUNDARIES, tag_keys=("version",))
 
+        self.cache_lookups = Counter("mlscale_cache_lookups", description="Requests looked up in the prediction "
+                                                                          "cache, by version and result (hit: "
+                                                                          "answered from it).",
+                                     tag_keys=("version", "result"))  # type: ignore[arg-type]
+
+    def cache(self, version: str, hit: bool) -> None:
+        self.cache_lookups.inc(tags={"version": version, "result": "hit" if hit else "miss"})
+
     def request(self, version: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"version": version, "status": str(status)})
         self.latency.observe(seconds * 1000.0, tags={"version": version})

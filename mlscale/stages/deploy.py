@@ -3,20 +3,26 @@ which must agree to float rounding (the proof that serving applies exactly the t
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import requests
 
 from mlscale.config import PipelineConfig
-from mlscale.data.prepare import PreparedData
+from mlscale.data.prepare import PreparedData, load_prepared
 from mlscale.data.records import json_value
 from mlscale.errors import ServingError
 from mlscale.evaluate import PREDICTION_COLUMN, score
 from mlscale.features.label import label_scale
-from mlscale.registry.store import label_of
+from mlscale.promotion import evaluate_model
+from mlscale.registry.store import label_of, pinned_uri
 from mlscale.serve.deploy import deploy
+from mlscale.tracking import tracking_client
 
+log = logging.getLogger(__name__)
 REQUEST_SIZES = 50  # rows per request: several requests of different sizes exercise batching
 
 
@@ -45,8 +51,38 @@ def deploy_stage(config: PipelineConfig, model_uri: str | None = None) -> str:
     Raises:
         NothingToServe: the alias points at no version (e.g. no model has been promoted yet). An alias is resolved
             once, here: every replica serves that exact version.
+        ServingError: serve.variant is int8 and it loses more of the test metric than serve.int8_max_metric_drop.
     """
-    return deploy(config, model_uri or config.serving_uri)
+    uri = model_uri or config.serving_uri
+    if config.serve.variant != "fp32":
+        check_variant(config, pinned_uri(uri, config.tracking_uri))
+    return deploy(config, uri)
+
+
+def check_variant(config: PipelineConfig, served_uri: str) -> dict[str, Any]:
+    """Measure the configured variant against fp32 on the test split; record it on the version; refuse it beyond
+    the tolerance. Returns the record (metric, both values, the drop, the tolerance)."""
+    name, mode = config.metric
+    metric = f"test_{name.removeprefix('val_')}"
+    test = load_prepared(config).read("test")
+    label = label_of(served_uri, config.tracking_uri)
+    values = {variant: evaluate_model(config.evaluate, test, served_uri, config.tracking_uri, label=label,
+                                      variant=variant).metrics[metric]
+              for variant in ("fp32", config.serve.variant)}
+    fp32, variant = values["fp32"], values[config.serve.variant]
+    drop = fp32 - variant if mode == "max" else variant - fp32
+    tolerance = config.serve.int8_max_metric_drop
+    record = {"variant": config.serve.variant, "metric": metric, "fp32": fp32, config.serve.variant: variant,
+              "drop": drop, "tolerance": tolerance, "accepted": drop <= tolerance}
+    model, version = served_uri.removeprefix("models:/").rsplit("/", 1)
+    tracking_client(config.tracking_uri).set_model_version_tag(model, version, f"mlscale.variant.{record['variant']}",
+                                                               json.dumps(record))
+    log.info("variant %s of %s: %s %.5f vs fp32 %.5f (drop %.5f, allowed %.5f)", record["variant"], served_uri,
+             metric, variant, fp32, drop, tolerance)
+    if drop > tolerance:
+        raise ServingError(f"{record['variant']} variant of {served_uri} refused: {metric} {variant:.5f} vs fp32 "
+                           f"{fp32:.5f}, a drop of {drop:.5f} > serve.int8_max_metric_drop {tolerance:g}")
+    return record
 
 
 def within_tolerance(served: np.ndarray, batch: np.ndarray, rtol: float, atol: float) -> np.ndarray:
@@ -77,7 +113,8 @@ def served_vs_batch(config: PipelineConfig, prepared: PreparedData, model_uri: s
         ServingError: the service answered with an error, or served and batch predictions differ.
     """
     rows = rows or config.serve.compare_rows
-    scored = score(prepared.read("test").limit(rows), model_uri, config.tracking_uri).take_all()
+    scored = score(prepared.read("test").limit(rows), model_uri, config.tracking_uri,
+                   variant=config.serve.variant).take_all()
     inputs = [name for name in scored[0] if name != PREDICTION_COLUMN] if scored else []
     records = [{name: json_value(row[name]) for name in inputs} for row in scored]
     served: list[float] = []

@@ -36,20 +36,21 @@ def prepare_stage(config: PipelineConfig) -> PreparedData:
     try:
         prepared = prepare(config)
     except ValidationFailed as failure:
-        _log_validation(config, failure.report, failure.report_path, "FAILED")
+        log_validation(config, failure.report, failure.report_path, "FAILED")
         raise
     report = prepared.report()
     log.info("%s%s", report.render(), " (cached)" if prepared.cached else "")
     if not prepared.cached:
-        _log_validation(config, report, prepared.report_path, "FINISHED")
+        log_validation(config, report, prepared.report_path, "FINISHED")
     return prepared
 
 
-def _log_validation(config: PipelineConfig, report: ValidationReport, where: Path, status: str) -> None:
-    """The prepare stage's MLflow run: the ValidationReport as an artifact and its counts as metrics."""
-    with child_run(f"{config.name}-prepare") as run:
-        mlflow.set_tags({"mlscale.stage": "prepare", "mlscale.config_hash": config.fingerprint(),
-                         "mlscale.validation_passed": str(report.passed).lower()})
+def log_validation(config: PipelineConfig, report: ValidationReport, where: Path, status: str,
+                   stage: str = "prepare", tags: dict[str, str] | None = None) -> None:
+    """A validating stage's MLflow run: the ValidationReport as an artifact and its counts as metrics."""
+    with child_run(f"{config.name}-{stage}") as run:
+        mlflow.set_tags({"mlscale.stage": stage, "mlscale.config_hash": config.fingerprint(),
+                         "mlscale.validation_passed": str(report.passed).lower(), **(tags or {})})
         mlflow.log_metrics({"rows_read": float(report.rows_read), "rows_quarantined": float(report.rows_quarantined),
                             "quarantine_fraction": report.quarantine_fraction,
                             **{f"rule_failed.{rule}": float(n) for rule, n in _metric_safe(report).items()}})

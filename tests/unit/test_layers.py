@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, int]] = [
     # the domain, in the order data flows
     ("mlscale.data", 1), ("mlscale.features", 2), ("mlscale.models", 3), ("mlscale.train", 4), ("mlscale.tune", 5),
     ("mlscale.registry", 6), ("mlscale.evaluate", 7), ("mlscale.behaviour", 7), ("mlscale.promotion", 7),
+    ("mlscale.scoring", 7),
     ("mlscale.serve", 8), ("mlscale.monitor", 9),
     # orchestration
     ("mlscale.stages", 10), ("mlscale.pipeline", 11), ("mlscale.entry", 12), ("mlscale.cli", 12),

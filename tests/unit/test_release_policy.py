@@ -1,0 +1,76 @@
+"""The canary policy as a pure function: live numbers in, promote / roll back / wait out, with reasons."""
+
+import pytest
+
+from mlscale.config import CanaryConfig
+from mlscale.serve.live import LiveStats
+from mlscale.serve.release import decide_release
+
+POLICY = CanaryConfig(min_requests=100, max_error_rate=0.02, max_p99_ratio=1.5, p99_floor_ms=10,
+                      max_prediction_shift=0.05, timeout_s=600)
+
+
+def traffic(requests: int, errors: int = 0, milliseconds: float = 4.0, shift: float = 0.0) -> LiveStats:
+    stats = LiveStats()
+    for index in range(requests):
+        stats.request(milliseconds / 1000, failed=index < errors)
+        stats.predicted([0.3 + shift])
+        stats.compared([0.3 + shift], [0.3])
+    return stats
+
+
+def decide(champion: LiveStats, challenger: LiveStats, elapsed: float = 30.0, **changes):
+    return decide_release(POLICY.model_copy(update=changes), "1", "2", champion, challenger, 1.0, elapsed)
+
+
+def test_a_healthy_challenger_is_promoted_once_it_has_enough_traffic():
+    early = decide(traffic(50), traffic(99))
+    assert early.action == "wait" and not early.final and "99 of 100" in early.reasons[0]
+    ready = decide(traffic(900), traffic(100, shift=0.01))
+    assert ready.action == "promote" and ready.final
+    assert ready.challenger["requests"] == 100 and ready.champion_version == "1" and ready.challenger_version == "2"
+
+
+def test_hold_instead_of_promote_when_auto_promote_is_off():
+    assert decide(traffic(900), traffic(100), auto_promote=False).action == "hold"
+
+
+@pytest.mark.parametrize(("challenger", "reason"), [
+    (traffic(100, errors=3), "error rate 0.0300 > 0.02"),
+    (traffic(100, milliseconds=45.0), "p99 latency 50 ms > 1.5 x the champion's 5 ms"),
+    (traffic(100, shift=0.08), "prediction shift 0.0800 > 0.05"),
+])
+def test_each_broken_threshold_rolls_back_and_is_named(challenger, reason):
+    decision = decide(traffic(900), challenger)
+    assert decision.action == "rollback"
+    assert any(reason in text for text in decision.reasons), decision.reasons
+
+
+def test_a_small_absolute_latency_excess_is_noise_not_a_rollback():
+    # 7.5 ms vs 3 ms is 2.5x, but only 4.5 ms above: under the 10 ms floor
+    assert decide(traffic(900, milliseconds=2.5), traffic(100, milliseconds=7.0)).action == "promote"
+
+
+def test_all_broken_thresholds_are_reported_together():
+    decision = decide(traffic(900), traffic(100, errors=10, milliseconds=400, shift=0.5))
+    assert decision.action == "rollback" and len(decision.reasons) == 3
+
+
+def test_shift_is_measured_in_units_of_the_label_scale():
+    champion, challenger = traffic(900), traffic(100, shift=8.0)  # regression: 8 minutes off
+    assert decide_release(POLICY, "1", "2", champion, challenger, label_scale=40.0).action == "rollback"
+    assert decide_release(POLICY, "1", "2", champion, challenger, label_scale=400.0).action == "promote"
+
+
+def test_a_canary_without_enough_traffic_by_the_timeout_is_rolled_back():
+    decision = decide(traffic(10), traffic(5), elapsed=601)
+    assert decision.action == "rollback" and "timeout" in decision.reasons[0]
+
+
+def test_live_stats_merge_by_addition_and_round_trip_as_json():
+    first, second = traffic(10, errors=1, milliseconds=3), traffic(30, milliseconds=40, shift=0.1)
+    merged = first.merge(second)
+    assert merged.requests == 40 and merged.errors == 1 and merged.paired == 40
+    assert merged.latency_quantile_ms(0.2) == 3 and merged.latency_quantile_ms(0.99) == 50
+    assert merged.mean_abs_shift == pytest.approx(0.075)
+    assert type(merged).from_dict(merged.to_dict()) == merged
