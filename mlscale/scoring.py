@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import ray.data
 
 from mlscale.caching import cache_key, code_hash
-from mlscale.config import PipelineConfig
+from mlscale.config import PipelineConfig, ValidationConfig
 from mlscale.data.expressions import columns_of
 from mlscale.data.prepare import count_rows, judge_output, schema_for, source_rules
 from mlscale.data.schema import ColumnSpec
@@ -77,6 +77,15 @@ def scoring_specs(config: PipelineConfig, bundle: Bundle, columns: list[str]) ->
                               f"({', '.join(declared)})")
         specs.append(declared[name])
     return specs
+
+
+def scoring_validation(config: PipelineConfig, specs: list[ColumnSpec]) -> ValidationConfig:
+    """The validation section narrowed to the scored columns: cross-column checks and the key over them only (the
+    new rows need not carry the label, nor columns the model does not read)."""
+    names = {spec.name for spec in specs}
+    return config.validation.model_copy(update={
+        "checks": [check for check in config.validation.checks if set(columns_of(check.expr)) <= names],
+        "unique": config.validation.unique if set(config.validation.unique or []) <= names else None})
 
 
 def kept_columns(config: PipelineConfig, bundle: Bundle) -> list[str]:
@@ -147,10 +156,7 @@ def score_source(config: PipelineConfig, model_uri: str, variant: str = "fp32", 
     bundle = load_bundle(served_uri, config.tracking_uri)
     kept = kept_columns(config, bundle)
     specs = scoring_specs(config, bundle, kept)
-    names = {spec.name for spec in specs}
-    settings = config.validation.model_copy(update={
-        "checks": [check for check in config.validation.checks if set(columns_of(check.expr)) <= names],
-        "unique": config.validation.unique if set(config.validation.unique or []) <= names else None})
+    settings = scoring_validation(config, specs)
     build_rules(specs, settings, [])  # a bad expression fails before any data is read
     source = read_source(config.data, schema_for(config), config.storage.root_path / "cache")
     version = served_uri.rsplit("/", 1)[-1]

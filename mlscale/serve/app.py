@@ -296,6 +296,7 @@ class ModelServerReplica:
             predictions = predicted
             if served.cache is not None:
                 served.cache.store(keys, predictions)
+        self.metrics.predictions(served.version, predictions, served.bundle.label)
         if self.canary is not None:
             await self._compare(served, records, predictions)
         body = b'{"predictions":' + json.dumps(predictions).encode() + b',"model":' + served.info_json + b"}"

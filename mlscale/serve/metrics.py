@@ -4,10 +4,14 @@ latency, and what batching achieved."""
 
 from __future__ import annotations
 
+import math
+
 from ray.serve.metrics import Counter, Histogram
 
 LATENCY_BOUNDARIES_MS: list[float] = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000,
                                       2000, 5000]
+PREDICTIONS_OBSERVED = 16
+UNIT_BOUNDARIES: list[float] = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
 SIZE_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384]
 
 
@@ -33,6 +37,24 @@ class ServiceMetrics:
                                                                           "cache, by version and result (hit: "
                                                                           "answered from it).",
                                      tag_keys=("version", "result"))  # type: ignore[arg-type]
+
+        self.prediction = Histogram("mlscale_prediction", description="Predictions on one 0-1 scale, by version: "
+                                                                      "the probability (classification), or where "
+                                                                      "the value falls in the training label's "
+                                                                      "normal distribution (regression).",
+                                    boundaries=UNIT_BOUNDARIES, tag_keys=("version",))
+
+    def predictions(self, version: str, values: list[float], label: dict) -> None:
+        """The distribution of what a version predicts, on one scale for any label (a regression value v becomes
+        Phi((v - mean) / std) of the training label), so a shift between versions shows on one dashboard. At most
+        PREDICTIONS_OBSERVED per request (evenly spaced), so a 10k-record request costs what a small one does."""
+        tags = {"version": version}
+        values = values[::max(1, len(values) // PREDICTIONS_OBSERVED)][:PREDICTIONS_OBSERVED]
+        if label.get("task") == "regression":
+            mean, std = float(label.get("mean", 0.0)), float(label.get("std", 1.0)) or 1.0
+            values = [0.5 * (1.0 + math.erf((value - mean) / (std * math.sqrt(2.0)))) for value in values]
+        for value in values:
+            self.prediction.observe(value, tags=tags)
 
     def cache(self, version: str, hit: bool) -> None:
         self.cache_lookups.inc(tags={"version": version, "result": "hit" if hit else "miss"})

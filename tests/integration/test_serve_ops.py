@@ -200,7 +200,9 @@ def test_prometheus_metrics_count_requests_per_version_and_status(pipeline_resul
         lines = [line for line in text.splitlines() if line.startswith("ray_mlscale_requests_total")]
         return (any(f'version="{version}"' in line and 'status="200"' in line for line in lines)
                 and any('status="422"' in line for line in lines)
-                and "ray_mlscale_request_latency_ms_bucket" in text and "ray_mlscale_batch_records_bucket" in text)
+                and "ray_mlscale_request_latency_ms_bucket" in text and "ray_mlscale_batch_records_bucket" in text
+                and any(line.startswith("ray_mlscale_prediction_bucket") and f'version="{version}"' in line
+                        for line in text.splitlines()))
 
     wait_for(exported, 90, "mlscale's metrics on the node's Prometheus endpoint")
 
