@@ -11,7 +11,7 @@ One bundle (trained here on the flights sample), one JSON body of one record, on
       pass, not HTTP, is the work), plus the forward pass alone in-process.
 Then the autoscaling reaction: a load step against an autoscaled deployment, timed to its first new replica.
 
-    python benchmarks/serve_latency.py                 # ~6 min on 2 cores
+    python benchmarks/serve_latency.py                 # ~9 min on 2 cores
     python benchmarks/serve_latency.py --seconds 5     # a quick look
 
 Writes benchmarks/results/serve_latency.json (throughput_ratio_c32, p99_ratio_c32, p50_overhead_ms_c1,
@@ -74,9 +74,9 @@ def load(url: str, body: Path, concurrency: int, seconds: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def sweep(name: str, url: str, body: Path, seconds: float) -> list[dict]:
+def sweep(name: str, url: str, body: Path, seconds: float, levels: tuple[int, ...] = CONCURRENCY) -> list[dict]:
     rows = []
-    for concurrency in CONCURRENCY:
+    for concurrency in levels:
         row = {"system": name, **load(url, body, concurrency, seconds)}
         print(f"  {name:<22} c={concurrency:<3} {row['throughput_rps']:8.0f} req/s  p50 {row['p50_ms']:7.2f} ms  "
               f"p99 {row['p99_ms']:7.2f} ms  {row['statuses']}", flush=True)
@@ -144,7 +144,7 @@ def autoscale_reaction(config, model_uri: str, body: Path) -> dict:
 
     assert running() == 1
     started = time.perf_counter()
-    step = threading.Thread(target=load, args=(url, body, 32, 40.0))
+    step = threading.Thread(target=load, args=(url, body, 32, 25.0))
     step.start()
     reaction = None
     while step.is_alive():
@@ -214,7 +214,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    arguments.add_argument("--seconds", type=float, default=12.0, help="measured seconds per load level")
+    arguments.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load level")
     arguments.add_argument("--replicas", type=int, default=1, help="replicas of (a) and (b)")
     args = arguments.parse_args()
     began = time.time()
@@ -249,7 +249,7 @@ def main() -> None:
         serve.delete("batched")
         print("(b) mlscale on Ray Serve, no batching", flush=True)
         url = serve_with(config, model_uri, "unbatched", num_replicas=args.replicas, max_batch_size=1)
-        rows += sweep("mlscale-unbatched", url, body, args.seconds)
+        rows += sweep("mlscale-unbatched", url, body, args.seconds, levels=(32,))
         serve.delete("unbatched")
         print("(e) mlscale with the prediction cache: the same record again", flush=True)
         url = serve_with(config, model_uri, "cached", num_replicas=args.replicas,

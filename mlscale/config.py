@@ -711,7 +711,9 @@ class ScoreConfig(_Section):
     columns: list[str] | None = Field(
         None, description="Input columns written beside each prediction; None: validation.unique when set (the "
                           "rows' key), else every input column.")
-    actors: int = Field(1, ge=1, description="Model replicas scoring in parallel (Ray Data actor pool).")
+    actors: int | None = Field(
+        None, ge=1, description="Model replicas scoring in parallel (a Ray Data actor pool; Ray Data fuses reading "
+                                "and validation into them); None: autoscaled from 1 to the cluster's CPUs.")
     batch_size: int = Field(4096, ge=1)
 
 

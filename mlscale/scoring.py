@@ -175,7 +175,8 @@ def score_source(config: PipelineConfig, model_uri: str, variant: str = "fp32", 
             BatchScorer, fn_constructor_kwargs={"served_uri": served_uri, "tracking_uri": config.tracking_uri,
                                                 "variant": variant, "kept": kept, "version": version},
             batch_format="pyarrow", batch_size=config.score.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=config.score.actors),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.score.actors or max(
+                1, int(ray.cluster_resources().get("CPU", 1)))),
         )
         with atomic_directory(target) as staging:
             scored.write_parquet(str(staging), partition_cols=[PART_COLUMN])
