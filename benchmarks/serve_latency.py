@@ -8,15 +8,16 @@ One bundle (trained here on the flights sample), one JSON body of one record, on
   (d) (a)'s replica reached on its own port (Ray Serve's direct ingress), to show what the proxy hop costs;
   (e) (a) with the prediction cache on: the same record again is a cache hit;
   (f) (a) as the int8 dynamically quantized variant against fp32, with requests of 256 records (where the forward
-      pass, not HTTP, is the work), plus the forward pass alone in-process.
+      pass, not HTTP, is the work), plus the forward pass alone in-process;
+  (g) (a) with the prediction log on (every request, written to parquet in the background).
 Then the autoscaling reaction: a load step against an autoscaled deployment, timed to its first new replica.
 
     python benchmarks/serve_latency.py                 # ~9 min on 2 cores
     python benchmarks/serve_latency.py --seconds 5     # a quick look
 
 Writes benchmarks/results/serve_latency.json (throughput_ratio_c32, p99_ratio_c32, p50_overhead_ms_c1,
-autoscale_reaction_s, cache_hit_p50_ms, int8_throughput_ratio, int8_metric_drop, and every measurement) and
-serve_latency.png.
+autoscale_reaction_s, cache_hit_p50_ms, int8_throughput_ratio, int8_metric_drop, log_overhead_p50_ms_c1,
+log_throughput_ratio_c32, and every measurement) and serve_latency.png.
 """
 
 from __future__ import annotations
@@ -261,6 +262,14 @@ def main() -> None:
                   flush=True)
         rows += cached
         serve.delete("cached")
+        print("(g) mlscale with the prediction log on (every request)", flush=True)
+        url = serve_with(config, model_uri, "logged", num_replicas=args.replicas,
+                         prediction_log={"path": str(work / "prediction-log"), "sample_rate": 1.0})
+        rows += [{"system": "mlscale-logged", **load(url, body, concurrency, args.seconds)} for concurrency in (1, 32)]
+        for row in rows[-2:]:
+            print(f"  logged c={row['concurrency']}: {row['throughput_rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms",
+                  flush=True)
+        serve.delete("logged")
         print("(f) int8 against fp32, 256 records per request", flush=True)
         from mlscale.data.prepare import load_prepared
         from mlscale.data.records import held_out_records
@@ -286,6 +295,8 @@ def main() -> None:
         - at("fastapi-uvicorn", 1)["p50_ms"],
         "cache_hit_p50_ms": at("mlscale-cache-hit", 1)["p50_ms"],
         "cache_miss_p50_ms": at("mlscale-batched", 1)["p50_ms"],
+        "log_overhead_p50_ms_c1": at("mlscale-logged", 1)["p50_ms"] - at("mlscale-batched", 1)["p50_ms"],
+        "log_throughput_ratio_c32": at("mlscale-logged", 32)["throughput_rps"] / ours["throughput_rps"],
         "cache_hit_throughput_ratio_c32": at("mlscale-cache-hit", 32)["throughput_rps"] / theirs["throughput_rps"],
         **{key: value for key, value in int8.items() if key != "rows"}, "int8_rows": int8["rows"],
         "replicas": args.replicas, "seconds_per_level": args.seconds, "rows": rows, "autoscaling": scaling,
@@ -301,6 +312,8 @@ def main() -> None:
         print(f"{row['system']:<22}{row['concurrency']:>8}{row['throughput_rps']:>10.0f}{row['p50_ms']:>10.2f}"
               f"{row['p99_ms']:>10.2f}")
     print(f"cache_hit_p50_ms: {result['cache_hit_p50_ms']:.2f} (a miss: {result['cache_miss_p50_ms']:.2f})")
+    print(f"prediction log: {result['log_overhead_p50_ms_c1']:+.2f} ms p50 at 1 client, "
+          f"{result['log_throughput_ratio_c32']:.2f}x throughput at 32")
     print(f"int8 / fp32: served {result['int8_throughput_ratio']:.2f}x, forward pass "
           f"{result['int8_forward_ratio']:.2f}x, {result['int8_metric']} drop {result['int8_metric_drop']:+.5f}")
     reaction = result["autoscale_reaction_s"]

@@ -623,6 +623,18 @@ class PredictionCacheConfig(_Section):
     ttl_s: float = Field(300.0, gt=0, description="An answer older than this is predicted again.")
 
 
+class PredictionLogConfig(_Section):
+    """What the service was asked and answered, sampled, written to parquet in batches off the request path."""
+
+    path: str | None = Field(None, description="A folder or object-storage URI (s3://...); None: "
+                                               "<storage.root>/predictions/<name>.")
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0, description="Share of requests logged.")
+    flush_records: int = Field(5_000, ge=1, description="Write when this many records wait.")
+    flush_interval_s: float = Field(5.0, gt=0, description="Write at least this often.")
+    max_pending_records: int = Field(
+        200_000, ge=1, description="Records kept while storage is failing; past it the oldest are dropped (counted).")
+
+
 class GraphConfig(_Section):
     """More than one model behind one endpoint, each its own deployment (own replicas, own autoscaling)."""
 
@@ -691,6 +703,9 @@ class ServeConfig(_Section):
                             "against fp32 on the test split and refuses it beyond int8_max_metric_drop.")
     int8_max_metric_drop: float = Field(0.005, ge=0, description="Largest loss of the test metric int8 may cost.")
     cache: PredictionCacheConfig | None = Field(None, description="Set: repeated records are answered from memory.")
+    prediction_log: PredictionLogConfig | None = Field(
+        None, description="Set: requests are logged (features, prediction, version, request id, time) for "
+                          "monitoring and label joins.")
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     graph: GraphConfig | None = Field(None, description="Set: deploy a fallback or ensemble graph instead.")
     compare_rows: int = Field(128, ge=1, description="Held-out rows served and compared with batch scoring.")

@@ -18,7 +18,8 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from mlscale.serve.docs import openapi_document
 from mlscale.serve.ledger import release_ledger
 from mlscale.serve.live import LiveStats
 from mlscale.serve.metrics import ServiceMetrics
+from mlscale.serve.predlog import LogSettings, PredictionLog
 from mlscale.serve.requests import RequestParser, RequestRejected, authorized, key_digest
 
 DEPLOYMENT = "ModelServer"
@@ -92,6 +94,7 @@ class Rollout(BaseModel):
     cache_entries: int = Field(0, ge=0, description="0: no prediction cache.")
     cache_ttl_s: float = Field(300.0, gt=0)
     canary: Canary | None = None
+    prediction_log: dict[str, Any] | None = Field(None, description="LogSettings, the path resolved.")
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,8 @@ class ModelServerReplica:
         self.canary: Canary | None = None
         self.live: dict[str, LiveStats] = {}
         self.reporter: asyncio.Task | None = None
+        self.prediction_log: PredictionLog | None = None
+        self.log_writer: asyncio.Task | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's update path: load the versions the rollout names (kept when unchanged) and apply its limits."""
@@ -178,6 +183,20 @@ class ModelServerReplica:
         self.predict_batch.set_max_batch_size(rollout.max_batch_size)  # type: ignore[attr-defined]
         self.predict_batch.set_batch_wait_timeout_s(rollout.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.served = champion
+        self._configure_log(rollout, champion)
+
+    def _configure_log(self, rollout: Rollout, champion: ServedModel) -> None:
+        """A new prediction log when its settings or the input schema change; the old one writes what it holds."""
+        wanted = LogSettings(**rollout.prediction_log) if rollout.prediction_log else None
+        current = self.prediction_log
+        if current is not None and wanted == current.settings and current.input_schema == list(
+                champion.bundle.input_schema):
+            return
+        if current is not None:
+            current.closed = True
+            current.wake.set()
+        self.prediction_log = PredictionLog(wanted, list(champion.bundle.input_schema)) if wanted else None
+        self.log_writer = None
 
     @staticmethod
     def _serving(uri: str, served_uri: str, rollout: Rollout, loaded: dict[tuple[str, str], ServedModel],
@@ -297,6 +316,11 @@ class ModelServerReplica:
             if served.cache is not None:
                 served.cache.store(keys, predictions)
         self.metrics.predictions(served.version, predictions, served.bundle.label)
+        if (prediction_log := self.prediction_log) is not None:
+            if self.log_writer is None:
+                self.log_writer = asyncio.get_running_loop().create_task(prediction_log.run())
+            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            prediction_log.offer(request_id, served.version, records, predictions)
         if self.canary is not None:
             await self._compare(served, records, predictions)
         body = b'{"predictions":' + json.dumps(predictions).encode() + b',"model":' + served.info_json + b"}"
@@ -334,6 +358,9 @@ class ModelServerReplica:
             if served.cache is not None:
                 answer["cache"] = {"entries": len(served.cache), "hits": served.cache.hits,
                                    "misses": served.cache.misses}
+            if self.prediction_log is not None:
+                answer["prediction_log"] = {**asdict(self.prediction_log.counts),
+                                            "pending": len(self.prediction_log.pending)}
         return answer
 
     @api.get("/openapi.json", include_in_schema=False)
@@ -351,13 +378,20 @@ ModelServer = serve.deployment(name=DEPLOYMENT)(serve.ingress(api)(ModelServerRe
 
 
 def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settings: ServeConfig,
-                   record: str, canary: Canary | None = None) -> dict[str, Any]:
-    cache = settings.cache
+                   record: str, canary: Canary | None = None, log_path: str | None = None) -> dict[str, Any]:
+    cache, logging_settings = settings.cache, settings.prediction_log
+    prediction_log = None
+    if logging_settings is not None:
+        path = logging_settings.path or log_path
+        if path is None:
+            raise ConfigError("serve.prediction_log.path is required here (no storage root to put it under)")
+        prediction_log = {**logging_settings.model_dump(exclude={"path"}), "path": path}
     return Rollout(uri=model_uri, served_uri=served, tracking_uri=tracking_uri, record=record,
                    max_records=settings.max_records_per_request, max_body_bytes=settings.max_body_bytes,
                    max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.batch_wait_timeout_s,
                    variant=settings.variant, cache_entries=cache.max_entries if cache else 0,
-                   cache_ttl_s=cache.ttl_s if cache else 300.0, canary=canary).model_dump()
+                   cache_ttl_s=cache.ttl_s if cache else 300.0, canary=canary,
+                   prediction_log=prediction_log).model_dump()
 
 
 def deployment_options(settings: ServeConfig) -> dict[str, Any]:
@@ -381,7 +415,8 @@ def deployment_options(settings: ServeConfig) -> dict[str, Any]:
 
 
 def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
-              record: str = "Record", canary: Canary | None = None) -> serve.Application:
+              record: str = "Record", canary: Canary | None = None,
+              log_path: str | None = None) -> serve.Application:
     """The application for one registered bundle, sized by the serve section of the config; `record` names the
     request model (from the dataset's name).
 
@@ -391,7 +426,7 @@ def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
     """
     served = pinned_uri(model_uri, tracking_uri)
     digests = api_key_digests(settings)
-    rollout = rollout_config(model_uri, served, tracking_uri, settings, record, canary)
+    rollout = rollout_config(model_uri, served, tracking_uri, settings, record, canary, log_path)
     return ModelServer.options(user_config=rollout, **deployment_options(settings)).bind(digests)
 
 
@@ -432,11 +467,14 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     """Serve application builder for config files (`serve deploy`, KubeRay RayService).
 
     args: model_uri (default models:/flights-late-arrival@champion), tracking_uri (default $MLFLOW_TRACKING_URI),
-    dataset (the pipeline's name, which names the request model), and any field of the config's serve section
+    dataset (the pipeline's name, which names the request model), prediction_log_path (where the prediction log
+    goes when serve.prediction_log sets no path), and any field of the config's serve section
     (num_replicas, autoscaling, max_batch_size, model_cpus, ...), validated the same way.
     """
     args = dict(args)
     model_uri = args.pop("model_uri", "models:/flights-late-arrival@champion")
     tracking_uri = args.pop("tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     dataset = args.pop("dataset", "flights")
-    return build_app(model_uri, tracking_uri, ServeConfig.model_validate(args), record_name(dataset))
+    log_path = args.pop("prediction_log_path", None)
+    return build_app(model_uri, tracking_uri, ServeConfig.model_validate(args), record_name(dataset),
+                     log_path=log_path)

@@ -11,6 +11,7 @@ from mlscale.config import PipelineConfig
 from mlscale.data.schema import record_name
 from mlscale.registry.store import pinned_uri
 from mlscale.serve.app import DEPLOYMENT, rollout_config
+from mlscale.serve.predlog import default_log_path
 
 APP_BUILDER = "mlscale.serve.app:app_builder"
 # Where the service listens is the file's http_options and the application's own name and prefix; the comparison
@@ -40,7 +41,11 @@ def serve_config_document(config: PipelineConfig, model_uri: str | None = None,
     args.update(settings.model_dump(mode="json", exclude=NOT_APP_ARGS, exclude_defaults=True))
     # The version rides in the deployment's user_config, not in args: Serve hashes args into the app's code
     # version (a change restarts every replica) but applies a new user_config to the running replicas.
-    rollout = rollout_config(requested, served, config.tracking_uri, settings, record_name(config.name))
+    log_path = default_log_path(config.storage.root_path, config.name)
+    if settings.prediction_log is not None:
+        args["prediction_log_path"] = log_path
+    rollout = rollout_config(requested, served, config.tracking_uri, settings, record_name(config.name),
+                             log_path=log_path)
     http_options: dict[str, Any] = {"host": host, "port": settings.port}
     if settings.request_timeout_s is not None:
         http_options["request_timeout_s"] = settings.request_timeout_s

@@ -8,6 +8,7 @@ from mlscale.config import PipelineConfig
 from mlscale.data.schema import record_name
 from mlscale.serve.app import Canary, api_key_digests, build_app
 from mlscale.serve.graph import build_graph
+from mlscale.serve.predlog import default_log_path
 
 
 def endpoint_url(config: PipelineConfig) -> str:
@@ -23,6 +24,7 @@ def deploy(config: PipelineConfig, model_uri: str, canary: Canary | None = None)
     if settings.graph is not None:  # a fallback or ensemble graph of the models it names
         app = build_graph(settings, config.tracking_uri, record_name(config.name), api_key_digests(settings))
     else:
-        app = build_app(model_uri, config.tracking_uri, settings, record_name(config.name), canary)
+        log_path = default_log_path(config.storage.root_path, config.name)
+        app = build_app(model_uri, config.tracking_uri, settings, record_name(config.name), canary, log_path)
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
     return endpoint_url(config)

@@ -1,0 +1,58 @@
+"""The prediction log behind the live service: requests logged with Serve's request ids, and a storage outage that
+fails no request and loses no logged row once storage is back."""
+
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from mlscale.data.records import held_out_records
+from tests.conftest import wait_for_http
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def logged(folder) -> list[dict]:
+    return [row for path in sorted(folder.rglob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+
+
+def test_requests_are_logged_off_the_request_path_and_survive_a_storage_outage(pipeline_result, tmp_path):
+    from ray import serve
+
+    from mlscale.stages.deploy import deploy_stage
+
+    config, result = pipeline_result
+    blocker = tmp_path / "storage-down"
+    blocker.write_text("a file where the log's folder should be: writes fail until it is removed")
+    folder = blocker / "log"
+    settings = type(config.serve).model_validate({
+        **config.serve.model_dump(), "app_name": "logged", "route_prefix": "/logged", "model_cpus": 0.5,
+        "prediction_log": {"path": str(folder), "flush_interval_s": 0.3}})
+    endpoint = deploy_stage(config.model_copy(update={"serve": settings}), result.trained.version_uri)
+    health = endpoint.rsplit("/", 1)[0] + "/health"
+    try:
+        wait_for_http(health, 120, "the logged app")
+        records = held_out_records(result.prepared.read("test"), 3)
+        answers = {}
+        for index in range(8):  # while storage is down: every request answered, promptly
+            started = time.perf_counter()
+            response = requests.post(endpoint, json=records, headers={"x-request-id": f"req-{index}"}, timeout=30)
+            assert response.status_code == 200 and time.perf_counter() - started < 5
+            assert response.headers["x-request-id"] == f"req-{index}"
+            answers[f"req-{index}"] = response.json()["predictions"]
+            time.sleep(0.1)
+        counts = requests.get(health, timeout=10).json()["prediction_log"]
+        assert counts["failed_writes"] >= 1 and counts["written"] == 0 and counts["pending"] == 24
+        blocker.unlink()  # storage is back
+        deadline = time.time() + 30
+        while requests.get(health, timeout=10).json()["prediction_log"]["written"] < 24:
+            assert time.time() < deadline, "the pending rows were not written after storage came back"
+            time.sleep(0.3)
+        rows = logged(folder)
+        assert len(rows) == 24 and {row["model_version"] for row in rows} == {result.trained.version}
+        for row in rows:
+            assert row["prediction"] == pytest.approx(answers[row["request_id"]][row["record_index"]])
+            assert row["carrier"] == records[row["record_index"]]["carrier"]
+    finally:
+        serve.delete("logged")
