@@ -119,6 +119,10 @@ class Int8Linear(torch.nn.Module):
     the other rows it is batched with, so a served record gets exactly the answer batch scoring gives it.
     """
 
+    weight_t: torch.Tensor  # buffers, named for type checkers
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         weight = linear.weight.detach().float()

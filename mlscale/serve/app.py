@@ -164,6 +164,7 @@ class ModelServerReplica:
         self.canary: Canary | None = None
         self.live: dict[str, LiveStats] = {}
         self.reporter: asyncio.Task | None = None
+        self.shadows: set[asyncio.Task] = set()  # shadow comparisons in flight (kept so they are not collected)
         self.prediction_log: PredictionLog | None = None
         self.log_writer: asyncio.Task | None = None
 
@@ -321,8 +322,10 @@ class ModelServerReplica:
                 self.log_writer = asyncio.get_running_loop().create_task(prediction_log.run())
             request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
             prediction_log.offer(request_id, served.version, records, predictions)
-        if self.canary is not None:
-            await self._compare(served, records, predictions)
+        if self.canary is not None:  # after the answer, so the shadow pass never counts in the version's latency
+            shadow = asyncio.get_running_loop().create_task(self._compare(served, records, predictions))
+            self.shadows.add(shadow)
+            shadow.add_done_callback(self.shadows.discard)
         body = b'{"predictions":' + json.dumps(predictions).encode() + b',"model":' + served.info_json + b"}"
         return Response(content=body, media_type="application/json"), False
 

@@ -131,7 +131,7 @@ def _why(error: BaseException, timeout_s: float) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
-GraphModelDeployment = serve.deployment(GraphModel)
+GraphModelDeployment = serve.deployment(name="GraphModel")(GraphModel)
 GraphIngress = serve.deployment(name=GRAPH_INGRESS)(serve.ingress(graph_api)(GraphIngressReplica))
 
 

@@ -16,7 +16,6 @@ from mlscale.serve.live import LiveStats
 NAMESPACE = "mlscale"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
 class ReleaseLedger:
     def __init__(self) -> None:
         self.reports: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # rollout -> replica -> version -> stats
@@ -34,13 +33,17 @@ class ReleaseLedger:
         return {version: stats.to_dict() for version, stats in total.items()}
 
 
+# applied as a call: a class decorator would hide ActorClass.options from type checkers
+LedgerActor: Any = ray.remote(num_cpus=0, max_restarts=-1)(ReleaseLedger)
+
+
 def ledger_name(app_name: str) -> str:
     return f"mlscale-release-{app_name}"
 
 
 def release_ledger(app_name: str) -> Any:
     """The app's ledger, created on first use (detached: it outlives the job that started the release)."""
-    return ReleaseLedger.options(name=ledger_name(app_name), namespace=NAMESPACE, get_if_exists=True,
+    return LedgerActor.options(name=ledger_name(app_name), namespace=NAMESPACE, get_if_exists=True,
                                  lifetime="detached").remote()
 
 
