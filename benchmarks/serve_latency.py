@@ -215,7 +215,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    arguments.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load level")
+    arguments.add_argument("--seconds", type=float, default=8.0, help="measured seconds per load level")
     arguments.add_argument("--replicas", type=int, default=1, help="replicas of (a) and (b)")
     args = arguments.parse_args()
     began = time.time()
@@ -244,7 +244,7 @@ def main() -> None:
         url = serve_with(config, model_uri, "batched", num_replicas=args.replicas)
         rows += sweep("mlscale-batched", url, body, args.seconds)
         print("(d) the same replica, reached directly (Ray Serve's direct ingress: no proxy hop)", flush=True)
-        rows += sweep("mlscale-direct-ingress", direct_url("batched"), body, args.seconds)
+        rows += sweep("mlscale-direct-ingress", direct_url("batched"), body, args.seconds, levels=(1, 32))
         from ray import serve
 
         serve.delete("batched")
