@@ -78,10 +78,7 @@ class PredictionLog:
             self.pending.append({**record, "request_id": request_id, "record_index": index, "timestamp": now,
                                  "model_version": version, "prediction": prediction})
         self.counts.offered += len(records)
-        overflow = len(self.pending) - self.settings.max_pending_records
-        if overflow > 0:
-            del self.pending[:overflow]
-            self.counts.dropped += overflow
+        self._trim()
         if len(self.pending) >= self.settings.flush_records:
             self.wake.set()
 
@@ -106,10 +103,14 @@ class PredictionLog:
                 log.warning("prediction log write to %s failed (%d times): %s", self.settings.path,
                             self.counts.failed_writes, error)
             self.pending = rows + self.pending
-            overflow = len(self.pending) - self.settings.max_pending_records
-            if overflow > 0:
-                del self.pending[:overflow]
-                self.counts.dropped += overflow
+            self._trim()
+
+    def _trim(self) -> None:
+        """Past max_pending_records the oldest rows go, counted as dropped."""
+        overflow = len(self.pending) - self.settings.max_pending_records
+        if overflow > 0:
+            del self.pending[:overflow]
+            self.counts.dropped += overflow
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         table = pa.Table.from_pylist(rows, schema=self.schema)
