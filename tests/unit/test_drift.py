@@ -1,0 +1,45 @@
+"""Drift statistics against a training profile: no drift on the same distribution, clear drift on a shifted one."""
+
+import numpy as np
+import pytest
+
+from mlscale.monitor.drift import categorical_drift, numeric_drift, overall_drift, psi
+
+RNG = np.random.default_rng(0)
+TRAINING = RNG.normal(10.0, 2.0, 200_000)
+QUANTILES = np.quantile(TRAINING, np.linspace(0, 1, 101)).tolist()
+
+
+def test_psi_is_zero_for_equal_distributions_and_grows_with_the_difference():
+    same = np.full(10, 0.1)
+    assert psi(same, same) == pytest.approx(0.0)
+    assert 0 < psi(same, np.r_[np.full(5, 0.12), np.full(5, 0.08)]) < psi(same, np.r_[np.full(5, 0.18),
+                                                                                            np.full(5, 0.02)])
+
+
+def test_a_sample_of_the_training_distribution_does_not_drift():
+    drift = numeric_drift("x", QUANTILES, RNG.normal(10.0, 2.0, 5_000))
+    assert drift.psi < 0.02 and drift.p_value > 0.01 and drift.test == "kstest"
+
+
+def test_a_shifted_distribution_drifts_by_psi_and_by_the_ks_test():
+    drift = numeric_drift("x", QUANTILES, RNG.normal(11.0, 2.0, 5_000))  # half a standard deviation
+    assert drift.psi > 0.2 and drift.p_value < 1e-6
+
+
+def test_missing_values_are_counted_apart_and_ties_merge_their_bins():
+    mostly_zero = np.quantile(np.r_[np.zeros(900), RNG.exponential(1.0, 100)], np.linspace(0, 1, 11)).tolist()
+    live = np.r_[np.zeros(90), RNG.exponential(1.0, 10), np.full(25, np.nan)]
+    drift = numeric_drift("precip", mostly_zero, live)
+    assert drift.live_null_fraction == pytest.approx(0.2) and drift.psi < 0.1
+
+
+def test_categorical_drift_by_frequencies_with_unseen_values_as_other():
+    frequencies = {"UA": 0.5, "B6": 0.3, "EV": 0.2}
+    same = ["UA"] * 500 + ["B6"] * 300 + ["EV"] * 200
+    moved = ["UA"] * 200 + ["B6"] * 300 + ["EV"] * 200 + ["NEW"] * 300 + [None] * 100
+    calm, shifted = categorical_drift("carrier", frequencies, same), categorical_drift("carrier", frequencies, moved)
+    assert calm.psi == pytest.approx(0.0, abs=1e-3) and calm.js_distance == pytest.approx(0.0, abs=1e-3)
+    assert shifted.psi > 0.5 and shifted.js_distance > 0.3 and shifted.p_value < 1e-6
+    assert shifted.live_null_fraction == pytest.approx(100 / 1100)
+    assert overall_drift([calm, shifted]) == pytest.approx((calm.psi + shifted.psi) / 2)
