@@ -44,20 +44,24 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def numeric_drift(column: str, quantiles: Sequence[float], live: np.ndarray) -> FeatureDrift:
-    """Live values against the training quantiles (quantiles[i] at level i / (len - 1), from the minimum to the
-    maximum); missing values are counted apart, not as drift."""
+def numeric_drift(column: str, quantiles: Sequence[float], live: np.ndarray, bins: int = 10) -> FeatureDrift:
+    """Live values against the training quantiles (quantiles[i] at rank i / (len - 1), from the minimum to the
+    maximum): PSI over `bins` equal-mass training bins (deciles: finer bins than the sketch's rank error would
+    measure the sketch, not the drift) and the KS test against the CDF the quantiles describe. Missing values are
+    counted apart, not as drift."""
     values = np.asarray(live, dtype=np.float64)
     nulls = np.isnan(values)
     present = values[~nulls]
-    levels = np.linspace(0.0, 1.0, len(quantiles))
-    edges, first = np.unique(np.asarray(quantiles, dtype=np.float64), return_index=True)
-    # the probability mass between distinct edges (ties, e.g. a column that is mostly 0, merge their bins)
+    reference = np.asarray(quantiles, dtype=np.float64)
+    ranks = np.linspace(0.0, 1.0, len(reference))
+    levels = np.linspace(0.0, 1.0, bins + 1)
+    edges, first = np.unique(np.interp(levels, ranks, reference), return_index=True)
+    # the mass between distinct edges (ties, e.g. a column that is mostly 0, merge their bins)
     upper = np.append(levels[first[1:]], 1.0)
     mass = np.diff(np.concatenate([[0.0], upper]))
-    bins = np.searchsorted(edges[1:], present, side="left")  # bin i: (edges[i], edges[i + 1]]; below/above clamp
-    observed = np.bincount(np.clip(bins, 0, len(mass) - 1), minlength=len(mass)) / max(present.size, 1)
-    ks = stats.kstest(present, lambda x: np.interp(x, edges, upper, left=0.0, right=1.0)) if present.size else None
+    index = np.searchsorted(edges[1:], present, side="left")  # bin i: (edges[i], edges[i + 1]]; beyond: clamped
+    observed = np.bincount(np.clip(index, 0, len(mass) - 1), minlength=len(mass)) / max(present.size, 1)
+    ks = stats.kstest(present, lambda x: np.interp(x, reference, ranks, left=0.0, right=1.0)) if present.size else None
     return FeatureDrift(column, "numeric", psi(mass, observed), "kstest", float(ks.statistic) if ks else 0.0,
                         float(ks.pvalue) if ks else 1.0, None, int(values.size),
                         float(nulls.mean()) if values.size else 0.0)
@@ -90,3 +94,17 @@ def overall_drift(features: Sequence[FeatureDrift]) -> float:
     """One number for a window: the mean PSI over the features (0 is none; 0.1 moderate, 0.25 large by the usual
     reading)."""
     return float(np.mean([feature.psi for feature in features])) if features else 0.0
+
+
+def profile_drift(profile: dict[str, Any], live: dict[str, Sequence[Any]]) -> list[FeatureDrift]:
+    """Every profiled column present in the live columns, against the training profile of a bundle
+    (`Bundle.profile`): numeric columns through their quantiles, categorical ones through their frequencies."""
+    found = []
+    for name, numeric in profile.get("numeric", {}).items():
+        if name in live and numeric.get("quantiles"):
+            values = np.array([np.nan if value is None else value for value in live[name]], dtype=np.float64)
+            found.append(numeric_drift(name, numeric["quantiles"], values))
+    for name, categorical in profile.get("categorical", {}).items():
+        if name in live:
+            found.append(categorical_drift(name, categorical["frequencies"], live[name]))
+    return found

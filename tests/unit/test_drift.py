@@ -1,9 +1,10 @@
 """Drift statistics against a training profile: no drift on the same distribution, clear drift on a shifted one."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from mlscale.monitor.drift import categorical_drift, numeric_drift, overall_drift, psi
+from mlscale.monitor.drift import categorical_drift, numeric_drift, overall_drift, profile_drift, psi
 
 RNG = np.random.default_rng(0)
 TRAINING = RNG.normal(10.0, 2.0, 200_000)
@@ -43,3 +44,20 @@ def test_categorical_drift_by_frequencies_with_unseen_values_as_other():
     assert shifted.psi > 0.5 and shifted.js_distance > 0.3 and shifted.p_value < 1e-6
     assert shifted.live_null_fraction == pytest.approx(100 / 1100)
     assert overall_drift([calm, shifted]) == pytest.approx((calm.psi + shifted.psi) / 2)
+
+
+def test_drift_of_live_columns_against_a_fitted_bundle_profile():
+    from mlscale.features.featureset import FeatureSet, batch_stats
+    from tests.unit.test_featureset import RICH, sample_table
+
+    training = sample_table(4000, seed=1)
+    profile = FeatureSet(RICH).fit_stats(batch_stats(training, RICH)).profile()
+    calm = sample_table(2000, seed=2)
+    warm = calm.set_column(calm.schema.get_field_index("temp"), "temp",
+                           pa.array(calm.column("temp").to_numpy(zero_copy_only=False) + 8.0))  # warmer season
+    steady = {d.column: d for d in profile_drift(profile, calm.to_pydict())}
+    drifted = {d.column: d for d in profile_drift(profile, warm.to_pydict())}
+    assert set(steady) == {"dep_delay", "temp", "distance", "carrier"}
+    assert max(d.psi for d in steady.values()) < 0.05
+    assert drifted["temp"].psi > 0.25 and drifted["temp"].p_value < 1e-6
+    assert drifted["dep_delay"].psi < 0.05  # only what moved drifts
