@@ -61,3 +61,37 @@ def test_drift_of_live_columns_against_a_fitted_bundle_profile():
     assert max(d.psi for d in steady.values()) < 0.05
     assert drifted["temp"].psi > 0.25 and drifted["temp"].p_value < 1e-6
     assert drifted["dep_delay"].psi < 0.05  # only what moved drifts
+
+
+def test_windows_of_the_prediction_log_drift_only_where_the_traffic_moved(tmp_path):
+    """Two days of logged traffic written by the service's own log writer: the second day is warmer."""
+    import asyncio
+    from datetime import UTC, datetime
+    from unittest import mock
+
+    from mlscale.data.schema import ColumnSpec
+    from mlscale.features.featureset import FeatureSet, batch_stats
+    from mlscale.monitor.windows import judge_windows, read_log
+    from mlscale.serve.predlog import LogSettings, PredictionLog
+    from tests.unit.test_featureset import RICH, sample_table
+
+    profile = FeatureSet(RICH).fit_stats(batch_stats(sample_table(4000, seed=1), RICH)).profile()
+    schema = [ColumnSpec(name="temp", dtype="float"), ColumnSpec(name="carrier", dtype="str")]
+    writer = PredictionLog(LogSettings(str(tmp_path / "log")), schema)
+    for day, shift, seed in ((1, 0.0, 5), (2, 15.0, 6)):
+        table = sample_table(600, seed=seed)
+        temps = table.column("temp").to_pylist()
+        records = [{"temp": None if t is None else t + shift, "carrier": c}
+                   for t, c in zip(temps, table.column("carrier").to_pylist(), strict=True)]
+        with mock.patch("mlscale.serve.predlog.datetime") as clock:
+            clock.now.return_value = datetime(2013, 6, day, 12, tzinfo=UTC)
+            writer.offer(f"day-{day}", "7", records, [0.5] * len(records))
+        asyncio.run(writer.flush())
+    windows = judge_windows(read_log(str(tmp_path / "log")), profile, "day", min_rows=100, threshold=0.2,
+                            feature_threshold=0.25)
+    assert [w.start[:10] for w in windows] == ["2013-06-01", "2013-06-02"]
+    assert [w.rows for w in windows] == [600, 600] and windows[0].versions == {"7": 600}
+    assert not windows[0].drifted and windows[1].drifted_features == ["temp"]
+    assert windows[1].overall > windows[0].overall
+    too_small = judge_windows(read_log(str(tmp_path / "log")), profile, "day", 1000, 0.2, 0.25)
+    assert all(w.overall is None and not w.drifted for w in too_small)
