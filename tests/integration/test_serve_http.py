@@ -79,10 +79,12 @@ def test_bodies_that_are_not_records_are_4xx(service, body):
     assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
 
 
-def test_schema_and_health(service):
+def test_schema_and_health(service, pipeline_result):
     endpoint, _ = service
     base = endpoint.rsplit("/", 1)[0]
-    assert requests.get(f"{base}/health", timeout=30).json() == {"status": "ok"}
+    # no cache, no canary, no prediction log configured: only the status and the version served
+    assert requests.get(f"{base}/health", timeout=30).json() == {"status": "ok",
+                                                                 "version": pipeline_result[1].trained.version}
     names = {spec["name"] for spec in requests.get(f"{base}/schema", timeout=30).json()["input_schema"]}
     assert {"dep_delay", "carrier", "origin", "dest", "sched_dep_time"} <= names
 
