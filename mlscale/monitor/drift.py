@@ -55,12 +55,14 @@ def numeric_drift(column: str, quantiles: Sequence[float], live: np.ndarray, bin
     reference = np.asarray(quantiles, dtype=np.float64)
     ranks = np.linspace(0.0, 1.0, len(reference))
     levels = np.linspace(0.0, 1.0, bins + 1)
-    edges, first = np.unique(np.interp(levels, ranks, reference), return_index=True)
-    # the mass between distinct edges (ties, e.g. a column that is mostly 0, merge their bins)
-    upper = np.append(levels[first[1:]], 1.0)
-    mass = np.diff(np.concatenate([[0.0], upper]))
-    index = np.searchsorted(edges[1:], present, side="left")  # bin i: (edges[i], edges[i + 1]]; beyond: clamped
-    observed = np.bincount(np.clip(index, 0, len(mass) - 1), minlength=len(mass)) / max(present.size, 1)
+    at = np.interp(levels, ranks, reference)
+    edges = np.unique(at)
+    # the training mass up to each distinct edge: a tied edge (a column that is mostly 0, or mostly 10) holds every
+    # level it repeats at, so its point mass lands in its own bin
+    upper = np.array([levels[at == edge].max() for edge in edges])
+    mass = np.diff(np.concatenate([[0.0], upper]))  # bins (-inf, e0], (e0, e1], ...; past the training max: last
+    index = np.minimum(np.searchsorted(edges, present, side="left"), len(edges) - 1)
+    observed = np.bincount(index, minlength=len(mass)) / max(present.size, 1)
     ks = stats.kstest(present, lambda x: np.interp(x, reference, ranks, left=0.0, right=1.0)) if present.size else None
     return FeatureDrift(column, "numeric", psi(mass, observed), "kstest", float(ks.statistic) if ks else 0.0,
                         float(ks.pvalue) if ks else 1.0, None, int(values.size),
