@@ -143,6 +143,18 @@ def canary(
     _run("canary", _config(config, set_), challenger=challenger)
 
 
+@app.command()
+def monitor(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model_uri: Annotated[str | None, typer.Option(help="Whose training profile is the reference (default: the "
+                                                       "serving alias).")] = None,
+) -> None:
+    """Judge the prediction log's windows for drift against the serving model's training profile: a report, a plot
+    and an MLflow run (serve.prediction_log must be on)."""
+    _run("monitor", _config(config, set_), model_uri=model_uri)
+
+
 @app.command("serve-config")
 def serve_config(
     config: ConfigOption = None,

@@ -771,6 +771,17 @@ class EvaluateConfig(_Section):
     behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
 
 
+class MonitorConfig(_Section):
+    """Drift of live traffic (the prediction log) against the serving model's training profile (`mlscale monitor`)."""
+
+    window: Literal["hour", "day"] = Field("day", description="How the logged requests are cut into windows.")
+    min_window_rows: int = Field(100, ge=1, description="Smaller windows are reported as too small, not judged.")
+    drift_threshold: float = Field(
+        0.2, gt=0, description="A window drifts when the mean PSI over the features passes this (0.1 moderate, "
+                               "0.25 large by the usual reading).")
+    feature_threshold: float = Field(0.25, gt=0, description="A feature drifts when its PSI passes this.")
+
+
 class PipelineConfig(_Section):
     name: str = Field(
         "flights", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
@@ -788,6 +799,7 @@ class PipelineConfig(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @property
     def tracking_uri(self) -> str:
@@ -821,7 +833,7 @@ class PipelineConfig(_Section):
     def fingerprint(self) -> str:
         """A stable hash of the settings that change a training run's results (lineage, caching); a search's settings
         are not among them: each trial's config has its own hash."""
-        payload = self.model_dump(mode="json", exclude={"ray", "serve", "score", "tracking", "tune"})
+        payload = self.model_dump(mode="json", exclude={"ray", "serve", "score", "monitor", "tracking", "tune"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

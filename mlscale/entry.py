@@ -94,6 +94,13 @@ def canary_summary(config: PipelineConfig, challenger: str = "challenger") -> di
     return canary_stage(config, challenger).summary()
 
 
+def monitor_summary(config: PipelineConfig, model_uri: str | None = None) -> dict[str, Any]:
+    from mlscale.stages.monitor import monitor_stage
+
+    start(config)
+    return monitor_stage(config, model_uri).summary()
+
+
 def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
     result = run_pipeline(config)
     report = config.storage.root_path / "reports" / f"{config.name}-pipeline.json"
@@ -109,6 +116,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "deploy": deploy_summary,
     "score": score_summary,
     "canary": canary_summary,
+    "monitor": monitor_summary,
     "pipeline": pipeline_summary,
 }
 

@@ -99,3 +99,18 @@ def pareto_plot(points: list[tuple[float, float]], front: list[tuple[float, floa
     axis.set(xlabel=cost, ylabel=metric, xscale="log", title=title)
     axis.legend()
     return _save(figure, path)
+
+
+def drift_over_time(starts: list[str], psi: dict[str, list[float | None]], overall: list[float | None],
+                    threshold: float, path: str | Path) -> Path:
+    """PSI per feature and overall per window, with the threshold a window drifts past."""
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    for name, values in psi.items():
+        axis.plot(starts, [float("nan") if v is None else v for v in values], marker=".", alpha=0.6, label=name)
+    axis.plot(starts, [float("nan") if v is None else v for v in overall], marker="o", color="black", linewidth=2,
+              label="overall (mean)")
+    axis.axhline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
+    axis.set(xlabel="window", ylabel="PSI against training", title="drift of live traffic")
+    axis.tick_params(axis="x", rotation=30)
+    axis.legend(fontsize="small", ncol=2)
+    return _save(figure, path)

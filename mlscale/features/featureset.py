@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from mlscale.config import FeaturesConfig, NumericFeature
 from mlscale.features.sketch import QuantileSketch
-from mlscale.features.stats import CategoryStats, NumericStats, TableStats
+from mlscale.features.stats import CategoryStats, Distribution, NumericStats, TableStats
 from mlscale.hashing import HASH_SCHEME, bucket_ids
 
 if TYPE_CHECKING:  # serving loads a bundle without Ray: only fitting takes a Ray dataset
@@ -62,17 +62,18 @@ def preprocess(values: np.ndarray, clip: list[float] | tuple[float, float] | Non
 
 def batch_stats(table: pa.Table, config: FeaturesConfig) -> TableStats:
     """The statistics one batch contributes to the fit; merged across batches with TableStats.merge."""
-    numeric, profile, sketches = {}, {}, {}
+    numeric, profile, sketches, distributions = {}, {}, {}, {}
     for feature in config.numeric:
         raw = _floats(table.column(feature.column))
         profile[feature.column] = NumericStats.of(raw)
+        distributions[feature.column] = Distribution.of(raw)
         values = preprocess(raw, feature.clip, feature.log1p)
         numeric[feature.column] = profile[feature.column] if values is raw else NumericStats.of(values)
         if feature.buckets:
             sketches[feature.column] = QuantileSketch(k=config.sketch_size).update(values)
     categorical = {f.column: CategoryStats.of(table.column(f.column)) for f in config.categorical if not f.hash_buckets}
     return TableStats(numeric=numeric, categorical=categorical, profile=profile, sketches=sketches,
-                      rows=table.num_rows)
+                      rows=table.num_rows, distributions=distributions)
 
 
 def _batch_stats(batch: pa.Table, config: FeaturesConfig) -> dict[str, list[str]]:
@@ -246,7 +247,8 @@ class FeatureSet:
             "date": list(config.date_columns) if config.date_columns else None,
             "profile_numeric": {
                 name: {"count": s.count, "null_fraction": s.null_fraction, "mean": s.mean, "std": s.std,
-                       "min": s.min, "max": s.max}
+                       "min": s.min, "max": s.max,
+                       "quantiles": stats.distributions[name].quantiles() if name in stats.distributions else None}
                 for name, s in stats.profile.items()
             },
             "profile_categorical": {

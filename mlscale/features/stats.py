@@ -5,6 +5,7 @@ Moments use Chan's parallel update so that merging many partial results is numer
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasketches import kll_doubles_sketch
 
 from mlscale.features.sketch import QuantileSketch
 
@@ -87,6 +89,42 @@ class CategoryStats:
 
 
 @dataclass
+class Distribution:
+    """A column's raw values as a mergeable KLL quantile sketch (Apache DataSketches; rank error ~1.3% at k=200):
+    what monitoring compares live traffic against, fitted in the same streaming pass as the other statistics."""
+
+    sketch: kll_doubles_sketch = field(default_factory=lambda: kll_doubles_sketch(200))
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Distribution:
+        present = values[~np.isnan(values)]
+        distribution = cls()
+        if present.size:
+            distribution.sketch.update(np.ascontiguousarray(present, dtype=np.float64))
+        return distribution
+
+    def merge(self, other: Distribution) -> Distribution:
+        merged = kll_doubles_sketch.deserialize(self.sketch.serialize())
+        merged.merge(other.sketch)
+        return Distribution(merged)
+
+    def quantiles(self, points: int = 101) -> list[float] | None:
+        """Values at evenly spaced ranks from the minimum to the maximum (None when the column was all missing)."""
+        if self.sketch.is_empty():
+            return None
+        inner = self.sketch.get_quantiles(np.linspace(0.0, 1.0, points)[1:-1].tolist())
+        return [float(self.sketch.get_min_value()), *(float(value) for value in inner),
+                float(self.sketch.get_max_value())]
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kll": base64.b64encode(self.sketch.serialize()).decode()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> Distribution:
+        return cls(kll_doubles_sketch.deserialize(base64.b64decode(data["kll"])))
+
+
+@dataclass
 class TableStats:
     """Mergeable statistics of one dataset: the feature values (after clip/log), the raw columns (the profile
     monitoring compares against), category counts and quantile sketches."""
@@ -96,6 +134,7 @@ class TableStats:
     profile: dict[str, NumericStats] = field(default_factory=dict)
     sketches: dict[str, QuantileSketch] = field(default_factory=dict)
     rows: int = 0
+    distributions: dict[str, Distribution] = field(default_factory=dict)
 
     def merge(self, other: TableStats) -> TableStats:
         return TableStats(
@@ -104,6 +143,7 @@ class TableStats:
             profile={k: v.merge(other.profile[k]) for k, v in self.profile.items()},
             sketches={k: v.merge(other.sketches[k]) for k, v in self.sketches.items()},
             rows=self.rows + other.rows,
+            distributions={k: v.merge(other.distributions[k]) for k, v in self.distributions.items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +153,7 @@ class TableStats:
             "profile": {k: vars(v) for k, v in self.profile.items()},
             "categorical": {k: {"counts": dict(v.counts), "nulls": v.nulls} for k, v in self.categorical.items()},
             "sketches": {k: v.to_dict() for k, v in self.sketches.items()},
+            "distributions": {k: v.to_dict() for k, v in self.distributions.items()},
         }
 
     @classmethod
@@ -123,4 +164,5 @@ class TableStats:
             profile={k: NumericStats(**v) for k, v in data["profile"].items()},
             sketches={k: QuantileSketch.from_dict(v) for k, v in data["sketches"].items()},
             rows=data["rows"],
+            distributions={k: Distribution.from_dict(v) for k, v in data.get("distributions", {}).items()},
         )

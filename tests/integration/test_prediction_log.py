@@ -2,6 +2,7 @@
 fails no request and loses no logged row once storage is back."""
 
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -56,3 +57,49 @@ def test_requests_are_logged_off_the_request_path_and_survive_a_storage_outage(p
             assert row["carrier"] == records[row["record_index"]]["carrier"]
     finally:
         serve.delete("logged")
+
+
+def test_the_monitor_judges_logged_traffic_against_the_training_profile(pipeline_result, tmp_path):
+    """Rows drawn at random from the training months do not drift; the held-out later months do, on the weather
+    (the split is by month: real seasonal drift). The report, the plot and the MLflow runs are written."""
+    from ray import serve
+
+    from mlscale.stages.deploy import deploy_stage
+    from mlscale.stages.monitor import monitor_stage
+    from mlscale.tracking import tracking_client
+
+    config, result = pipeline_result
+    trained_months = held_out_records(result.prepared.read("train").random_shuffle(seed=0), 400)
+    later_months = held_out_records(result.prepared.read("test"), 400)
+    outcomes = {}
+    try:
+        for name, body in (("training-months", trained_months), ("later-months", later_months)):
+            settings = type(config.serve).model_validate({
+                **config.serve.model_dump(), "app_name": "monitored", "route_prefix": "/monitored",
+                "model_cpus": 0.5, "prediction_log": {"path": str(tmp_path / name), "flush_interval_s": 0.3}})
+            monitored = config.model_copy(update={
+                "serve": settings, "monitor": config.monitor.model_copy(update={"min_window_rows": 100})})
+            endpoint = deploy_stage(monitored, result.trained.version_uri)
+            wait_for_http(endpoint.rsplit("/", 1)[0] + "/health", 120, "the monitored app")
+            for start in range(0, len(body), 100):
+                assert requests.post(endpoint, json=body[start:start + 100], timeout=30).status_code == 200
+            deadline = time.time() + 30
+            while len(logged(tmp_path / name)) < len(body):
+                assert time.time() < deadline, "the log was not written"
+                time.sleep(0.3)
+            outcomes[name] = monitor_stage(monitored, result.trained.version_uri)
+    finally:
+        serve.delete("monitored")
+    calm, seasonal = outcomes["training-months"].windows[-1], outcomes["later-months"].windows[-1]
+    assert calm.rows == seasonal.rows == 400 and calm.versions == {result.trained.version: 400}
+    assert not calm.drifted and not calm.drifted_features, calm.to_dict()
+    assert seasonal.drifted and "temp" in seasonal.drifted_features
+    assert seasonal.overall > 3 * calm.overall
+    report = outcomes["later-months"]
+    assert Path(report.report_path).exists() and Path(report.plot_path).stat().st_size > 10_000
+    client = tracking_client(config.tracking_uri)
+    experiment = client.get_run(result.trained.run_id).info.experiment_id
+    runs = client.search_runs([experiment], "tags.`mlscale.stage` = 'monitor'")
+    assert len(runs) >= 2 and "drift_overall" in runs[0].data.metrics
+    print(f"monitor: training months drift {calm.overall:.3f}; later months {seasonal.overall:.3f} on "
+          f"{seasonal.drifted_features}")

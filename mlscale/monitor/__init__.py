@@ -1,0 +1,1 @@
+"""Monitoring: drift and decay of live traffic against the training profile, and the retraining trigger."""

@@ -1,0 +1,112 @@
+"""Drift of live traffic against the training profile, per feature and overall.
+
+Numeric features are compared through the training quantiles (the profile's sketch): PSI over the training deciles
+and scipy's one-sample Kolmogorov-Smirnov test against the training CDF the quantiles describe. Categorical features
+are compared through the training frequencies: PSI, scipy's Jensen-Shannon distance and chi-square test. The
+statistics are scipy's; only the binning that turns a profile into expected frequencies is here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+EPSILON = 1e-4  # keeps PSI finite when a bin is empty on one side
+OTHER = "__other__"
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    column: str
+    kind: Literal["numeric", "categorical"]
+    psi: float
+    test: str  # the scipy test behind statistic and p_value
+    statistic: float
+    p_value: float
+    js_distance: float | None
+    live_rows: int
+    live_null_fraction: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of two distributions over the same bins (fractions summing to 1)."""
+    expected = np.clip(np.asarray(expected, dtype=np.float64), EPSILON, None)
+    actual = np.clip(np.asarray(actual, dtype=np.float64), EPSILON, None)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def numeric_drift(column: str, quantiles: Sequence[float], live: np.ndarray, bins: int = 10) -> FeatureDrift:
+    """Live values against the training quantiles (quantiles[i] at rank i / (len - 1), from the minimum to the
+    maximum): PSI over `bins` equal-mass training bins (deciles: finer bins than the sketch's rank error would
+    measure the sketch, not the drift) and the KS test against the CDF the quantiles describe. Missing values are
+    counted apart, not as drift."""
+    values = np.asarray(live, dtype=np.float64)
+    nulls = np.isnan(values)
+    present = values[~nulls]
+    reference = np.asarray(quantiles, dtype=np.float64)
+    ranks = np.linspace(0.0, 1.0, len(reference))
+    levels = np.linspace(0.0, 1.0, bins + 1)
+    at = np.interp(levels, ranks, reference)
+    edges = np.unique(at)
+    # the training mass up to each distinct edge: a tied edge (a column that is mostly 0, or mostly 10) holds every
+    # level it repeats at, so its point mass lands in its own bin
+    upper = np.array([levels[at == edge].max() for edge in edges])
+    mass = np.diff(np.concatenate([[0.0], upper]))  # bins (-inf, e0], (e0, e1], ...; past the training max: last
+    index = np.minimum(np.searchsorted(edges, present, side="left"), len(edges) - 1)
+    observed = np.bincount(index, minlength=len(mass)) / max(present.size, 1)
+    ks = stats.kstest(present, lambda x: np.interp(x, reference, ranks, left=0.0, right=1.0)) if present.size else None
+    return FeatureDrift(column, "numeric", psi(mass, observed), "kstest", float(ks.statistic) if ks else 0.0,
+                        float(ks.pvalue) if ks else 1.0, None, int(values.size),
+                        float(nulls.mean()) if values.size else 0.0)
+
+
+def categorical_drift(column: str, frequencies: dict[str, float], live: Sequence[Any]) -> FeatureDrift:
+    """Live values against the training frequencies of the top categories (the rest of the mass is one `other`
+    bin, where unseen values land too)."""
+    present = [str(value) for value in live if value is not None]
+    counts = Counter(present)
+    names = list(frequencies)
+    expected = np.array([frequencies[name] for name in names] + [max(0.0, 1.0 - sum(frequencies.values()))])
+    observed = np.array([counts.get(name, 0) for name in names] + [sum(n for k, n in counts.items()
+                                                                        if k not in frequencies)], dtype=np.float64)
+    total = observed.sum()
+    actual = observed / total if total else observed
+    expected = expected / expected.sum()
+    if total:  # an `other` bin training never saw gets a sliver of mass, so what lands there counts in the test
+        floor = np.clip(expected, EPSILON, None)
+        test = stats.chisquare(observed, floor / floor.sum() * total)
+        statistic, p_value = float(test.statistic), float(test.pvalue)
+    else:
+        statistic, p_value = 0.0, 1.0
+    distance = float(jensenshannon(expected, actual, base=2)) if total else 0.0
+    return FeatureDrift(column, "categorical", psi(expected, actual), "chisquare", statistic, p_value, distance,
+                        len(live), 1.0 - len(present) / len(live) if len(live) else 0.0)
+
+
+def overall_drift(features: Sequence[FeatureDrift]) -> float:
+    """One number for a window: the mean PSI over the features (0 is none; 0.1 moderate, 0.25 large by the usual
+    reading)."""
+    return float(np.mean([feature.psi for feature in features])) if features else 0.0
+
+
+def profile_drift(profile: dict[str, Any], live: dict[str, Sequence[Any]]) -> list[FeatureDrift]:
+    """Every profiled column present in the live columns, against the training profile of a bundle
+    (`Bundle.profile`): numeric columns through their quantiles, categorical ones through their frequencies."""
+    found = []
+    for name, numeric in profile.get("numeric", {}).items():
+        if name in live and numeric.get("quantiles"):
+            values = np.array([np.nan if value is None else value for value in live[name]], dtype=np.float64)
+            found.append(numeric_drift(name, numeric["quantiles"], values))
+    for name, categorical in profile.get("categorical", {}).items():
+        if name in live:
+            found.append(categorical_drift(name, categorical["frequencies"], live[name]))
+    return found
