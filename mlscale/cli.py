@@ -149,10 +149,25 @@ def monitor(
     set_: SetOption = None,
     model_uri: Annotated[str | None, typer.Option(help="Whose training profile is the reference (default: the "
                                                        "serving alias).")] = None,
+    every: Annotated[float | None, typer.Option(help="Run again every this many seconds (a schedule without "
+                                                     "cron); default: once.")] = None,
 ) -> None:
-    """Judge the prediction log's windows for drift against the serving model's training profile: a report, a plot
-    and an MLflow run (serve.prediction_log must be on)."""
-    _run("monitor", _config(config, set_), model_uri=model_uri)
+    """Judge the prediction log's windows for drift, prediction drift and (with monitor.labels) decay against the
+    serving model: a report, plots and an MLflow run; decide whether to retrain and, with monitor.retrain.enabled,
+    submit the retrain job (serve.prediction_log must be on)."""
+    settings = _config(config, set_)
+    while True:
+        _run("monitor", settings, model_uri=model_uri)
+        if every is None:
+            return
+        time.sleep(every)
+
+
+@app.command()
+def retrain(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Train on the split's windows, judge against the champion on its test windows, and canary the new version
+    when it beats the champion by monitor.retrain.min_delta (the monitor submits this job by itself)."""
+    _run("retrain", _config(config, set_))
 
 
 @app.command("serve-config")

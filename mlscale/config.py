@@ -50,9 +50,10 @@ class TrackingConfig(_Section):
     experiment: str = "mlscale"
     registered_model: str = "flights-late-arrival"
     alias: str = Field("champion", description="The alias serving loads.")
-    promotion: Literal["always", "if_better", "manual"] = Field(
+    promotion: Literal["always", "if_better", "manual", "canary"] = Field(
         "if_better", description="After training, the new version is the challenger; if_better moves the champion "
-                                 "alias to it when it beats the champion on the test split."
+                                 "alias to it when it beats the champion on the test split; canary judges it the "
+                                 "same way but leaves the alias to a canary release (the retraining loop)."
     )
     promotion_min_delta: float = Field(0.0, ge=0, description="if_better: how much better it must be.")
     secrets: list[str] = Field(
@@ -771,15 +772,65 @@ class EvaluateConfig(_Section):
     behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
 
 
-class MonitorConfig(_Section):
-    """Drift of live traffic (the prediction log) against the serving model's training profile (`mlscale monitor`)."""
+class LabelsConfig(_Section):
+    """Where labels that arrive after the predictions are (for flights: the arrival delay, hours later)."""
 
-    window: Literal["hour", "day"] = Field("day", description="How the logged requests are cut into windows.")
+    path: str = Field(..., description="A parquet file or folder (local or a pyarrow filesystem URI), or a .csv.")
+    on: list[str] = Field(["request_id"], min_length=1,
+                          description="Columns both the labels and the prediction log carry: the request id the "
+                                      "service returned (with record_index for multi-record requests), or a key.")
+    column: str | None = Field(None, description="The label column; None: data.label.")
+
+
+class RetrainConfig(_Section):
+    """The retraining loop: what the monitor does when the newest judged window drifts or decays."""
+
+    enabled: bool = Field(False, description="Off: the monitor reports and logs the decision it would take.")
+    on: list[Literal["drift", "decay"]] = Field(["drift", "decay"], min_length=1, description="What triggers.")
+    train_windows: int = Field(3, ge=1, description="Recent labelled windows the new model trains on.")
+    val_windows: int = Field(1, ge=1, description="The windows after those: early stopping and checkpoints.")
+    test_windows: int = Field(
+        1, ge=1, description="The newest labelled windows: the new model is judged against the champion on them.")
+    min_delta: float = Field(
+        0.0, ge=0, description="How much better than the champion the new model must be on the newest labelled "
+                               "data to start a canary (it must pass its behavioural checks too).")
+    cooldown_s: float = Field(86_400.0, ge=0, description="No retrain starts sooner than this after the last one.")
+    max_per_day: int = Field(2, ge=1, description="At most this many retrains start in any 24 hours.")
+    jobs_address: str | None = Field(
+        None, description="The Jobs API (dashboard) URL the retrain job is submitted to; None: "
+                          "RAY_API_SERVER_ADDRESS, else the connected cluster's dashboard.")
+    wait: bool = Field(True, description="Follow the retrain job to its end and record its outcome (an embedded "
+                                         "local Ray lives only as long as the monitor that started it).")
+    timeout_s: float = Field(3600.0, gt=0, description="How long a followed retrain job may take.")
+
+
+class MonitorConfig(_Section):
+    """Drift and decay of live traffic (the prediction log) against the serving model (`mlscale monitor`), and the
+    retraining they trigger."""
+
+    window: Literal["hour", "day", "column"] = Field(
+        "day", description="How the logged requests are cut into windows: by the time they were served, or by the "
+                           "value of a logged column (window_column, e.g. the flights' month: event time).")
+    window_column: str | None = Field(None, description="window: column: the logged input column to cut by.")
     min_window_rows: int = Field(100, ge=1, description="Smaller windows are reported as too small, not judged.")
     drift_threshold: float = Field(
         0.2, gt=0, description="A window drifts when the mean PSI over the features passes this (0.1 moderate, "
                                "0.25 large by the usual reading).")
     feature_threshold: float = Field(0.25, gt=0, description="A feature drifts when its PSI passes this.")
+    prediction_threshold: float = Field(
+        0.25, gt=0, description="The predictions drift when their PSI against the first judged window of the same "
+                                "version passes this (reported; a trigger only through drift or decay).")
+    labels: LabelsConfig | None = Field(None, description="Set: live performance per window, and decay.")
+    max_metric_drop: float = Field(
+        0.03, ge=0, description="A window decays when the model's live metric (train.metric, on the window's "
+                                "labelled rows) is worse than its test metric by more than this.")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+
+    @model_validator(mode="after")
+    def _window_column(self) -> MonitorConfig:
+        if self.window == "column" and not self.window_column:
+            raise ValueError("monitor.window_column is required when monitor.window is 'column'")
+        return self
 
 
 class PipelineConfig(_Section):

@@ -101,6 +101,12 @@ def monitor_summary(config: PipelineConfig, model_uri: str | None = None) -> dic
     return monitor_stage(config, model_uri).summary()
 
 
+def retrain_summary(config: PipelineConfig) -> dict[str, Any]:
+    from mlscale.stages.retrain import retrain_stage
+
+    return retrain_stage(config).summary()
+
+
 def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
     result = run_pipeline(config)
     report = config.storage.root_path / "reports" / f"{config.name}-pipeline.json"
@@ -117,6 +123,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "score": score_summary,
     "canary": canary_summary,
     "monitor": monitor_summary,
+    "retrain": retrain_summary,
     "pipeline": pipeline_summary,
 }
 
@@ -175,3 +182,7 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
     failure = failed_checks(summary)
     return report_error(stage, failure) if failure else 0
+
+
+if __name__ == "__main__":  # `python -m mlscale.entry <stage> --set ...`: what a submitted job runs without jobs/
+    sys.exit(job_main(sys.argv[1], sys.argv[2:]))

@@ -114,3 +114,22 @@ def drift_over_time(starts: list[str], psi: dict[str, list[float | None]], overa
     axis.tick_params(axis="x", rotation=30)
     axis.legend(fontsize="small", ncol=2)
     return _save(figure, path)
+
+
+def metric_over_time(starts: list[str], values: list[float | None], metric: str, path: str | Path,
+                     others: dict[str, list[float | None]] | None = None,
+                     marks: dict[str, str] | None = None) -> Path:
+    """A live metric per window (others: more series on the same windows, e.g. a retrained model's), with the
+    windows where something happened (marks: window -> what) shown as vertical lines."""
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    for name, series in {metric: values, **(others or {})}.items():
+        axis.plot(starts, [float("nan") if v is None else v for v in series], marker="o", label=name)
+    for start, what in (marks or {}).items():
+        if start in starts:
+            axis.axvline(starts.index(start), color="tab:red", linestyle=":", alpha=0.7)
+            axis.annotate(what, (starts.index(start), axis.get_ylim()[1]), fontsize="small", rotation=90,
+                          va="top", ha="right")
+    axis.set(xlabel="window", ylabel=metric, title=f"{metric} per window of live traffic")
+    axis.tick_params(axis="x", rotation=30)
+    axis.legend(fontsize="small")
+    return _save(figure, path)

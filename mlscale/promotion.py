@@ -33,7 +33,7 @@ from mlscale.evaluate import Evaluation, evaluate, score
 from mlscale.registry.store import label_of, set_alias, version_of
 from mlscale.tracking import tracking_client
 
-Policy = Literal["always", "if_better", "manual"]
+Policy = Literal["always", "if_better", "manual", "canary"]
 DECISION_TAG = "mlscale.promotion"
 
 
@@ -62,6 +62,7 @@ class PromotionDecision:
     delta: float | None  # challenger minus champion
     behaviour_passed: bool
     reason: str
+    qualified: bool | None = None  # if_better / canary: it beat the champion by the margin and passed its checks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,19 +97,27 @@ def decide(model: str, alias: str, policy: str, metric: str, mode: Literal["max"
     delta = mine - theirs if theirs is not None else None
 
     def verdict(promote: bool, reason: str) -> PromotionDecision:
+        if policy == "canary" and champion is not None:  # qualifies for a canary; only the canary moves the alias
+            return PromotionDecision(
+                model=model, alias=alias, challenger_version=challenger.version,
+                champion_version=champion.version if champion else None, promote=False, policy=policy,
+                metric=metric, mode=mode, challenger_value=mine, champion_value=theirs, delta=delta,
+                behaviour_passed=behaviour_passed, qualified=promote,
+                reason=reason.replace("if_better:", "canary:", 1) + ("; released through a canary" if promote
+                                                                      else "; the champion keeps serving"))
         return PromotionDecision(
             model=model, alias=alias, challenger_version=challenger.version,
             champion_version=champion.version if champion else None, promote=promote, policy=policy, metric=metric,
             mode=mode, challenger_value=mine, champion_value=theirs, delta=delta, behaviour_passed=behaviour_passed,
-            reason=reason)
+            reason=reason, qualified=promote if policy == "if_better" else None)
 
     numbers = f"{metric} {mine:.5f}" + (f" vs {theirs:.5f} (v{champion.version})" if champion else "")
     if policy == "always":
         return verdict(True, f"always: {numbers}")
     if policy == "manual":
         return verdict(False, f"manual: {numbers}; promote with `mlscale registry promote`")
-    if policy != "if_better":
-        raise PromotionError(f"tracking.promotion {policy!r} is unknown; known: always, if_better, manual")
+    if policy not in ("if_better", "canary"):
+        raise PromotionError(f"tracking.promotion {policy!r} is unknown; known: always, if_better, manual, canary")
     if not behaviour_passed:
         return verdict(False, f"if_better: behaviour checks failed: {list(behaviour_failures)}; {numbers}")
     if champion is None:

@@ -76,6 +76,13 @@ def batch_stats(table: pa.Table, config: FeaturesConfig) -> TableStats:
                       rows=table.num_rows, distributions=distributions)
 
 
+def _distribution_profile(distribution: Distribution | None) -> dict[str, Any]:
+    """What monitoring compares live values against: 101 quantiles (the KS reference) and exact decile bins (PSI)."""
+    if distribution is None:
+        return {"quantiles": None, "bins": None}
+    return {"quantiles": distribution.quantiles(), "bins": distribution.bins()}
+
+
 def _batch_stats(batch: pa.Table, config: FeaturesConfig) -> dict[str, list[str]]:
     return {"stats": [json.dumps(batch_stats(batch, config).to_dict())]}
 
@@ -248,7 +255,7 @@ class FeatureSet:
             "profile_numeric": {
                 name: {"count": s.count, "null_fraction": s.null_fraction, "mean": s.mean, "std": s.std,
                        "min": s.min, "max": s.max,
-                       "quantiles": stats.distributions[name].quantiles() if name in stats.distributions else None}
+                       **_distribution_profile(stats.distributions.get(name))}
                 for name, s in stats.profile.items()
             },
             "profile_categorical": {

@@ -116,6 +116,19 @@ class Distribution:
         return [float(self.sketch.get_min_value()), *(float(value) for value in inner),
                 float(self.sketch.get_max_value())]
 
+    def bins(self, count: int = 10) -> dict[str, list[float]] | None:
+        """Equal-mass bins for drift: the distinct edges at the training `count`-iles and the training mass in
+        (previous edge, edge] read from the sketch's CDF, so a value held by many rows (a column that is mostly 0)
+        carries all of its mass in its own bin instead of the 1/count the ranks alone would give it."""
+        if self.sketch.is_empty():
+            return None
+        levels = np.linspace(0.0, 1.0, count + 1)[1:-1].tolist()
+        edges = sorted({*(float(v) for v in self.sketch.get_quantiles(levels)), float(self.sketch.get_max_value())})
+        below = self.sketch.get_cdf(edges, True)[:-1]  # inclusive: the mass at or below each edge
+        mass = np.diff(np.concatenate([[0.0], below]))
+        mass[-1] += 1.0 - float(np.sum(mass))  # the last edge is the maximum: whatever rounding left belongs there
+        return {"edges": edges, "mass": [float(m) for m in mass]}
+
     def to_dict(self) -> dict[str, str]:
         return {"kll": base64.b64encode(self.sketch.serialize()).decode()}
 

@@ -44,28 +44,59 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def numeric_drift(column: str, quantiles: Sequence[float], live: np.ndarray, bins: int = 10) -> FeatureDrift:
-    """Live values against the training quantiles (quantiles[i] at rank i / (len - 1), from the minimum to the
-    maximum): PSI over `bins` equal-mass training bins (deciles: finer bins than the sketch's rank error would
-    measure the sketch, not the drift) and the KS test against the CDF the quantiles describe. Missing values are
-    counted apart, not as drift."""
-    values = np.asarray(live, dtype=np.float64)
-    nulls = np.isnan(values)
-    present = values[~nulls]
+def quantile_bins(quantiles: Sequence[float] | np.ndarray, bins: int = 10) -> dict[str, list[float]]:
+    """Equal-mass bins read off the quantiles alone (a profile written before it carried `bins`): each distinct
+    edge holds the ranks it repeats at, to the quantiles' resolution."""
     reference = np.asarray(quantiles, dtype=np.float64)
     ranks = np.linspace(0.0, 1.0, len(reference))
     levels = np.linspace(0.0, 1.0, bins + 1)
     at = np.interp(levels, ranks, reference)
-    edges = np.unique(at)
-    # the training mass up to each distinct edge: a tied edge (a column that is mostly 0, or mostly 10) holds every
-    # level it repeats at, so its point mass lands in its own bin
-    upper = np.array([levels[at == edge].max() for edge in edges])
-    mass = np.diff(np.concatenate([[0.0], upper]))  # bins (-inf, e0], (e0, e1], ...; past the training max: last
+    edges = np.unique(at[1:])
+    upper = np.array([ranks[reference <= edge].max() for edge in edges])
+    return {"edges": edges.tolist(), "mass": np.diff(np.concatenate([[0.0], upper])).tolist()}
+
+
+def sample_profile(values: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """A reference made from a sample rather than a sketch (the predictions of a version's first window): its 101
+    quantiles and its equal-mass bins with the sample's exact mass at each distinct edge."""
+    present = np.sort(np.asarray(values, dtype=np.float64)[~np.isnan(values)])
+    if not present.size:
+        return {"quantiles": [0.0, 0.0], "bins": {"edges": [0.0], "mass": [1.0]}}
+    quantiles = np.quantile(present, np.linspace(0.0, 1.0, 101), method="inverted_cdf")
+    edges = np.unique(np.r_[np.quantile(present, np.linspace(0.0, 1.0, bins + 1)[1:-1], method="inverted_cdf"),
+                            present[-1]])
+    below = np.searchsorted(present, edges, side="right") / present.size
+    return {"quantiles": quantiles.tolist(),
+            "bins": {"edges": edges.tolist(), "mass": np.diff(np.r_[0.0, below]).tolist()}}
+
+
+def numeric_drift(column: str, profile: dict[str, Any], live: np.ndarray) -> FeatureDrift:
+    """Live values against a column's training profile: PSI over its equal-mass bins (deciles: finer bins than the
+    sketch's rank error would measure the sketch, not the drift; values past the training max fall in the last bin)
+    and a test of the same: scipy's KS against the CDF the quantiles describe where the column is continuous, the
+    chi-square test over the bins where it has repeated values (KS assumes no ties: a wind speed measured in whole
+    knots would always look drifted). Missing values are counted apart, not as drift."""
+    values = np.asarray(live, dtype=np.float64)
+    nulls = np.isnan(values)
+    present = values[~nulls]
+    reference = np.asarray(profile["quantiles"], dtype=np.float64)
+    bins = profile.get("bins") or quantile_bins(reference)
+    edges, mass = np.asarray(bins["edges"]), np.asarray(bins["mass"])
     index = np.minimum(np.searchsorted(edges, present, side="left"), len(edges) - 1)
-    observed = np.bincount(index, minlength=len(mass)) / max(present.size, 1)
-    ks = stats.kstest(present, lambda x: np.interp(x, reference, ranks, left=0.0, right=1.0)) if present.size else None
-    return FeatureDrift(column, "numeric", psi(mass, observed), "kstest", float(ks.statistic) if ks else 0.0,
-                        float(ks.pvalue) if ks else 1.0, None, int(values.size),
+    counts = np.bincount(index, minlength=len(mass)).astype(np.float64)
+    observed = counts / max(present.size, 1)
+    continuous = np.unique(reference).size == reference.size
+    if not present.size:
+        test, statistic, p_value = "none", 0.0, 1.0
+    elif continuous:
+        ranks = np.linspace(0.0, 1.0, len(reference))
+        ks = stats.kstest(present, lambda x: np.interp(x, reference, ranks, left=0.0, right=1.0))
+        test, statistic, p_value = "kstest", float(ks.statistic), float(ks.pvalue)
+    else:
+        floor = np.clip(mass, EPSILON, None)
+        chi = stats.chisquare(counts, floor / floor.sum() * present.size)
+        test, statistic, p_value = "chisquare", float(chi.statistic), float(chi.pvalue)
+    return FeatureDrift(column, "numeric", psi(mass, observed), test, statistic, p_value, None, int(values.size),
                         float(nulls.mean()) if values.size else 0.0)
 
 
@@ -105,7 +136,7 @@ def profile_drift(profile: dict[str, Any], live: dict[str, Sequence[Any]]) -> li
     for name, numeric in profile.get("numeric", {}).items():
         if name in live and numeric.get("quantiles"):
             values = np.array([np.nan if value is None else value for value in live[name]], dtype=np.float64)
-            found.append(numeric_drift(name, numeric["quantiles"], values))
+            found.append(numeric_drift(name, numeric, values))
     for name, categorical in profile.get("categorical", {}).items():
         if name in live:
             found.append(categorical_drift(name, categorical["frequencies"], live[name]))

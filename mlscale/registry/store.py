@@ -203,19 +203,26 @@ def pinned_uri(model_uri: str, tracking_uri: str | None = None) -> str:
     return f"models:/{name}/{version}"
 
 
+def version_tags(model_uri: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """The tags of the registered version a models:/ URI names (empty for other URIs or an unknown version)."""
+    parsed = _parse_models_uri(model_uri)
+    if parsed is None:
+        return {}
+    name, reference = parsed
+    client = _client(tracking_uri)
+    try:
+        version = (client.get_model_version(name, reference) if reference.isdigit()
+                   else client.get_model_version_by_alias(name, reference))
+    except mlflow.exceptions.MlflowException:
+        return {}
+    return dict(version.tags)
+
+
 def label_of(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """A registered version's label spec from its tags (no download); the bundle itself for older versions."""
-    parsed = _parse_models_uri(model_uri)
-    if parsed is not None:
-        name, reference = parsed
-        client = _client(tracking_uri)
-        try:
-            version = (client.get_model_version(name, reference) if reference.isdigit()
-                       else client.get_model_version_by_alias(name, reference))
-        except mlflow.exceptions.MlflowException:
-            version = None
-        if version is not None and LABEL_TAG in version.tags:
-            return json.loads(version.tags[LABEL_TAG])
+    tags = version_tags(model_uri, tracking_uri)
+    if LABEL_TAG in tags:
+        return json.loads(tags[LABEL_TAG])
     return load_bundle(model_uri, tracking_uri).label
 
 

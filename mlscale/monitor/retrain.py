@@ -1,0 +1,123 @@
+"""Whether the monitor retrains now, as a pure function of the judged windows, the decision log and the policy; and
+the decision log itself: one JSON line per decision (for code) beside one readable line (for people)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from mlscale.config import RetrainConfig
+from mlscale.monitor.windows import WindowDrift
+
+
+@dataclass
+class RetrainDecision:
+    """What the monitor decided on its newest windows, why, and which windows a retrain would use."""
+
+    time: str
+    window: str | None  # the newest judged window
+    trigger: bool  # drift or decay passed its threshold
+    start: bool = False  # trigger, and nothing (cool-down, cap, labels, policy off) held it back
+    reasons: list[str] = field(default_factory=list)
+    held_back: str | None = None
+    champion: str | None = None
+    train: list[Any] = field(default_factory=list)  # window keys (the time column's values)
+    val: list[Any] = field(default_factory=list)
+    test: list[Any] = field(default_factory=list)
+    job_id: str | None = None
+    outcome: str | None = None  # the retrain job's end: its status and what it released
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": "monitor", **asdict(self)}
+
+
+def decide_retrain(windows: list[WindowDrift], history: list[dict[str, Any]], policy: RetrainConfig,
+                   now: datetime, champion: str | None = None) -> RetrainDecision:
+    """Trigger on the newest judged window's drift and the newest labelled window's decay (as `policy.on` says);
+    start only when enough labelled windows exist for train, val and test, no retrain started within the
+    cool-down, fewer than `max_per_day` started in the last 24 hours, and this window has not triggered one
+    already (a monitor run on a schedule sees the same window many times)."""
+    judged = [window for window in windows if window.overall is not None]
+    newest = judged[-1] if judged else None
+    decision = RetrainDecision(time=now.isoformat(), window=newest.start if newest else None, trigger=False,
+                               champion=champion)
+    if newest is None:
+        decision.reasons = ["no window has enough rows to judge"]
+        return decision
+    if "drift" in policy.on and newest.drifted:
+        decision.reasons.append(f"drift {newest.overall:.3f} in window {newest.start}"
+                                f" ({', '.join(newest.drifted_features) or 'spread over the features'})")
+    labelled = [window for window in windows if window.performance]
+    if "decay" in policy.on and labelled and labelled[-1].decayed:
+        performance = labelled[-1].performance
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in performance.items() if not k.endswith("_rows"))
+        decision.reasons.append(f"decay in window {labelled[-1].start}: {shown}")
+    decision.trigger = bool(decision.reasons)
+    if not decision.trigger:
+        decision.reasons = [f"no drift or decay in window {newest.start}"]
+        return decision
+    needed = policy.train_windows + policy.val_windows + policy.test_windows
+    recent = [window.key for window in labelled[-needed:]]
+    decision.train = recent[:policy.train_windows]
+    decision.val = recent[policy.train_windows:policy.train_windows + policy.val_windows]
+    decision.test = recent[policy.train_windows + policy.val_windows:]
+    decision.held_back = _held_back(decision, history, policy, now, len(labelled), needed)
+    decision.start = decision.held_back is None
+    return decision
+
+
+def _held_back(decision: RetrainDecision, history: list[dict[str, Any]], policy: RetrainConfig, now: datetime,
+               labelled: int, needed: int) -> str | None:
+    started = [entry for entry in history if entry.get("event") == "monitor" and entry.get("start")]
+    if not policy.enabled:
+        return "monitor.retrain.enabled is off"
+    if any(entry.get("window") == decision.window for entry in started):
+        return f"window {decision.window} has triggered a retrain already"
+    if labelled < needed:
+        return f"{labelled} labelled windows; a retrain needs {needed} (train, val, test)"
+    times = [datetime.fromisoformat(entry["time"]) for entry in started]
+    if times and now - max(times) < timedelta(seconds=policy.cooldown_s):
+        return f"cool-down: the last retrain started at {max(times).isoformat()} ({policy.cooldown_s:g} s)"
+    if sum(now - time < timedelta(days=1) for time in times) >= policy.max_per_day:
+        return f"cap: {policy.max_per_day} retrains started in the last 24 hours"
+    return None
+
+
+class DecisionLog:
+    """Every retraining decision, appended: `<name>.jsonl` to read back, `<name>.log` to read."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.entries_path = folder / f"{name}.jsonl"
+        self.text_path = folder / f"{name}.log"
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.entries_path.exists():
+            return []
+        return [json.loads(line) for line in self.entries_path.read_text().splitlines() if line.strip()]
+
+    def append(self, entry: dict[str, Any]) -> None:
+        with self.entries_path.open("a") as out:
+            out.write(json.dumps(entry, default=str) + "\n")
+        with self.text_path.open("a") as out:
+            out.write(readable(entry) + "\n")
+
+
+def readable(entry: dict[str, Any]) -> str:
+    """One line a person reads: when, what was decided, why."""
+    when = str(entry.get("time", ""))[:19]
+    if entry.get("event") == "monitor":
+        if entry.get("start"):
+            what = (f"RETRAIN started (job {entry.get('job_id')}) on windows {entry.get('train')} / "
+                    f"{entry.get('val')} / {entry.get('test')}")
+        elif entry.get("trigger"):
+            what = f"retrain held back: {entry.get('held_back')}"
+        else:
+            what = "no retrain"
+        outcome = f" -> {entry['outcome']}" if entry.get("outcome") else ""
+        return f"{when} window {entry.get('window')}: {what}; {'; '.join(entry.get('reasons', []))}{outcome}"
+    return (f"{when} retrain v{entry.get('version')}: {entry.get('judged')}; release: "
+            f"{entry.get('release') or 'none'}")

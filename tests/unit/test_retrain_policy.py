@@ -1,0 +1,136 @@
+"""The retraining decision as a pure function (triggers, cool-down, cap, labels, a window never twice), the
+decision log, the canary promotion policy, windows judged by an event-time column with labels and decay, and the
+retrain job's command reproducing the config exactly."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mlscale.config import MonitorConfig, RetrainConfig, load_config, parse_overrides
+from mlscale.monitor.retrain import DecisionLog, decide_retrain
+from mlscale.monitor.windows import Decay, WindowDrift, judge_windows
+from mlscale.promotion import Measurement, decide
+
+NOW = datetime(2013, 9, 1, 12, tzinfo=UTC)
+POLICY = RetrainConfig(enabled=True, train_windows=2, val_windows=1, test_windows=1, cooldown_s=3600,
+                       max_per_day=2)
+
+
+def windows(drifted_last: bool = True, decayed_last: bool = False, labelled: int = 6) -> list[WindowDrift]:
+    made = []
+    for month in range(1, 8):
+        window = WindowDrift(start=str(month), key=month, rows=500, versions={"1": 500}, overall=0.05)
+        if month <= labelled:
+            window.performance = {"live_auc": 0.7, "live_rows": 400.0}
+            window.decayed = decayed_last and month == labelled
+        made.append(window)
+    made[-1].overall, made[-1].drifted, made[-1].drifted_features = 0.4, drifted_last, ["temp"]
+    return made
+
+
+def test_drift_on_the_newest_window_starts_a_retrain_on_the_newest_labelled_windows():
+    decision = decide_retrain(windows(), [], POLICY, NOW, champion="1")
+    assert decision.trigger and decision.start and decision.held_back is None
+    assert "drift 0.400 in window 7 (temp)" in decision.reasons[0]
+    assert (decision.train, decision.val, decision.test) == ([3, 4], [5], [6])  # labels lag a window
+
+
+def test_decay_triggers_too_and_only_what_the_policy_names_does():
+    decayed = windows(drifted_last=False, decayed_last=True)
+    assert decide_retrain(decayed, [], POLICY, NOW).reasons[0].startswith("decay in window 6")
+    assert not decide_retrain(decayed, [], POLICY.model_copy(update={"on": ["drift"]}), NOW).trigger
+    calm = decide_retrain(windows(drifted_last=False), [], POLICY, NOW)
+    assert not calm.trigger and not calm.start and calm.reasons == ["no drift or decay in window 7"]
+
+
+def test_cool_down_cap_labels_a_window_seen_before_and_the_switch_hold_a_trigger_back():
+    started = {"event": "monitor", "start": True, "window": "6", "time": (NOW - timedelta(minutes=30)).isoformat()}
+    assert "cool-down" in decide_retrain(windows(), [started], POLICY, NOW).held_back
+    earlier = [{**started, "time": (NOW - timedelta(hours=h)).isoformat()} for h in (2, 5)]
+    assert "cap: 2 retrains" in decide_retrain(windows(), earlier, POLICY, NOW).held_back
+    assert decide_retrain(windows(), earlier[:1], POLICY, NOW).start
+    same_window = {**started, "window": "7", "time": (NOW - timedelta(days=3)).isoformat()}
+    assert "has triggered a retrain already" in decide_retrain(windows(), [same_window], POLICY, NOW).held_back
+    assert "a retrain needs 4" in decide_retrain(windows(labelled=3), [], POLICY, NOW).held_back
+    off = decide_retrain(windows(), [], POLICY.model_copy(update={"enabled": False}), NOW)
+    assert off.trigger and not off.start and off.held_back == "monitor.retrain.enabled is off"
+
+
+def test_the_decision_log_reads_back_what_it_wrote_and_a_person_can_read_it(tmp_path):
+    log = DecisionLog(tmp_path / "decisions", "flights")
+    decision = decide_retrain(windows(), [], POLICY, NOW, champion="1")
+    decision.job_id, decision.outcome = "flights-retrain-1", "v2: canary: better; canary promote: v2 serves"
+    log.append(decision.to_dict())
+    log.append({"event": "retrain", "time": NOW.isoformat(), "version": "2", "judged": "canary: better",
+                "release": "promote"})
+    entries = log.read()
+    assert entries[0]["train"] == [3, 4] and entries[0]["start"] and entries[1]["version"] == "2"
+    text = log.text_path.read_text().splitlines()
+    assert "RETRAIN started (job flights-retrain-1)" in text[0] and "-> v2: canary" in text[0]
+    assert text[1].endswith("retrain v2: canary: better; release: promote")
+    assert decide_retrain(windows(), entries, POLICY, NOW + timedelta(hours=2)).held_back.startswith("window 7")
+
+
+def test_the_canary_policy_qualifies_a_better_version_without_moving_the_alias():
+    champion, better, worse = (Measurement(v, {"test_auc": auc}) for v, auc in (("1", 0.70), ("2", 0.75),
+                                                                                   ("3", 0.69)))
+    qualified = decide("m", "champion", "canary", "test_auc", "max", 0.01, better, champion)
+    assert qualified.qualified and not qualified.promote and "released through a canary" in qualified.reason
+    refused = decide("m", "champion", "canary", "test_auc", "max", 0.01, worse, champion)
+    assert refused.qualified is False and not refused.promote and "champion keeps serving" in refused.reason
+    failing = decide("m", "champion", "canary", "test_auc", "max", 0.0, better, champion, False, ["monotone"])
+    assert not failing.qualified and "behaviour checks failed" in failing.reason
+    first = decide("m", "champion", "canary", "test_auc", "max", 0.0, better, None)
+    assert first.promote  # nothing to canary against: the first version is the champion
+    assert decide("m", "champion", "if_better", "test_auc", "max", 0.0, better, champion).qualified
+
+
+def test_windows_by_an_event_time_column_with_labels_prediction_drift_and_decay():
+    rng = np.random.default_rng(0)
+    months, temps, predictions, labels = [], [], [], []
+    for month, (shift, noise) in enumerate([(0.0, 0.0), (0.0, 0.0), (15.0, 0.45)], start=1):
+        n = 600
+        months += [month] * n
+        temps += list(rng.normal(10 + shift, 5, n))
+        truth = rng.random(n) < 0.3
+        score = np.clip(np.where(truth, 0.7, 0.2) + rng.normal(0, 0.1 + noise, n), 0.01, 0.99)
+        predictions += list(score)
+        labels += list(np.where(truth, 30.0, 0.0))
+    log = pa.table({"month": months, "temp": temps, "prediction": predictions,
+                    "model_version": ["4"] * len(months), "timestamp": pa.array([NOW] * len(months))})
+    labelled = log.append_column("arr_delay", pa.array(labels))
+    profile = {"numeric": {"temp": {"quantiles": np.quantile(rng.normal(10, 5, 50_000), np.linspace(0, 1, 101))
+                                    .tolist()}}}
+    settings = MonitorConfig(window="column", window_column="month")
+    judged = judge_windows(log, profile, settings, labelled, {"task": "classification", "threshold": 15.0},
+                           "arr_delay", Decay("auc", 0.99, "max", 0.05))
+    assert [w.key for w in judged] == [1, 2, 3] and [w.start for w in judged] == ["1", "2", "3"]
+    assert [w.drifted for w in judged] == [False, False, True]
+    assert judged[0].prediction.psi == pytest.approx(0.0, abs=1e-9) and judged[1].prediction.psi < 0.05
+    assert judged[2].prediction_drifted and judged[2].prediction.psi > 0.25
+    assert judged[0].performance["live_auc"] > 0.95 and not judged[0].decayed
+    assert judged[2].performance["live_auc"] < 0.9 and judged[2].decayed
+    with pytest.raises(KeyError, match="'hour_of_day' is not a logged column"):
+        judge_windows(log, profile, MonitorConfig(window="column", window_column="hour_of_day"))
+
+
+def test_the_retrain_job_command_reproduces_the_config_exactly():
+    import shlex
+
+    from mlscale.stages.retrain import retrain_config, retrain_entrypoint
+
+    config = load_config("flights", {"monitor.window": "column", "monitor.window_column": "month",
+                                     "monitor.retrain.min_delta": 0.002, "train.epochs": 1})
+    job = retrain_config(config, [6, 7], [8], [9])
+    assert job.split.train == [6, 7] and job.split.test == [9] and job.split.column == "month"
+    assert job.tracking.promotion == "canary" and job.tracking.promotion_min_delta == 0.002
+    words = shlex.split(retrain_entrypoint(job))
+    assert words[:4] == ["python", "-m", "mlscale.entry", "retrain"]
+    overrides = parse_overrides([word for word in words[4:] if word != "--set"])
+    assert load_config(None, overrides) == job
+    from mlscale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="monitor.window: column"):
+        retrain_config(load_config("flights"), [1], [2], [3])
