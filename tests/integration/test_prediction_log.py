@@ -96,7 +96,7 @@ def test_the_monitor_judges_logged_traffic_against_the_training_profile(pipeline
     assert seasonal.drifted and "temp" in seasonal.drifted_features
     assert seasonal.overall > 3 * calm.overall
     report = outcomes["later-months"]
-    assert Path(report.report_path).exists() and Path(report.plot_path).stat().st_size > 10_000
+    assert Path(report.report_path).exists() and Path(report.plot_paths[0]).stat().st_size > 10_000
     client = tracking_client(config.tracking_uri)
     experiment = client.get_run(result.trained.run_id).info.experiment_id
     runs = client.search_runs([experiment], "tags.`mlscale.stage` = 'monitor'")
