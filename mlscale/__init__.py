@@ -37,6 +37,10 @@ _EXPORTS: dict[str, str] = {
     "served_vs_batch": "mlscale.stages.deploy",
     "score_stage": "mlscale.stages.score",
     "canary_stage": "mlscale.stages.release",
+    "monitor_stage": "mlscale.stages.monitor",
+    "retrain_stage": "mlscale.stages.retrain",
+    "replay_stage": "mlscale.stages.replay",
+    "decide_retrain": "mlscale.monitor.retrain",
     "run_pipeline": "mlscale.pipeline",
     "PipelineResult": "mlscale.pipeline",
     "TrainedModel": "mlscale.stages.train",
@@ -87,7 +91,7 @@ __all__ = [
     "config_from_dict", "decide", "decide_release", "deploy_stage", "held_out_records", "json_value",
     "judge_against_champion", "list_versions", "load_bundle", "load_config", "load_prepared", "prepare_stage",
     "register_bundle", "register_path", "run_pipeline", "score_stage", "served_vs_batch", "set_alias", "start",
-    "train_stage", "tune_stage", "version_of",
+    "train_stage", "tune_stage", "version_of", "monitor_stage", "retrain_stage", "replay_stage", "decide_retrain",
 ]  # the names of _EXPORTS (a test keeps them equal)
 
 
@@ -124,6 +128,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         SourceError,
         ValidationFailed,
     )
+    from mlscale.monitor.retrain import decide_retrain
     from mlscale.pipeline import PipelineResult, run_pipeline
     from mlscale.promotion import Measurement, PromotionDecision, apply_decision, decide, judge_against_champion
     from mlscale.registry.bundle import Bundle
@@ -138,8 +143,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from mlscale.serve.release import ReleaseDecision, decide_release
     from mlscale.stages.common import start
     from mlscale.stages.deploy import deploy_stage, served_vs_batch
+    from mlscale.stages.monitor import monitor_stage
     from mlscale.stages.prepare import prepare_stage
     from mlscale.stages.release import canary_stage
+    from mlscale.stages.replay import replay_stage
+    from mlscale.stages.retrain import retrain_stage
     from mlscale.stages.score import score_stage
     from mlscale.stages.train import TrainedModel, train_stage
     from mlscale.stages.tune import tune_stage

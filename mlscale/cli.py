@@ -170,6 +170,13 @@ def retrain(config: ConfigOption = None, set_: SetOption = None) -> None:
     _run("retrain", _config(config, set_))
 
 
+@app.command()
+def replay(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Replay later windows of the data (replay.windows, e.g. months) through the service as live traffic, labels
+    arriving late, the monitor (and its retraining loop) after each; a per-window report and plots."""
+    _run("replay", _config(config, set_))
+
+
 @app.command("serve-config")
 def serve_config(
     config: ConfigOption = None,

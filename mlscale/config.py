@@ -833,6 +833,19 @@ class MonitorConfig(_Section):
         return self
 
 
+class ReplayConfig(_Section):
+    """`mlscale replay`: later windows of the source (e.g. months) sent through the HTTP service as live traffic,
+    one window after another, labels arriving `label_lag` windows late, the monitor run after each window."""
+
+    windows: list[Any] = Field(default_factory=lambda: list(range(5, 13)), min_length=1,
+                               description="Values of monitor.window_column to replay, in order.")
+    rows_per_window: int = Field(1000, ge=1, description="Rows drawn (seeded) from each window and sent.")
+    label_lag: int = Field(1, ge=0, description="A window's labels arrive this many windows later.")
+    clients: int = Field(4, ge=1, description="Concurrent HTTP clients.")
+    records_per_request: int = Field(50, ge=1)
+    seed: int = 0
+
+
 class PipelineConfig(_Section):
     name: str = Field(
         "flights", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
@@ -851,6 +864,7 @@ class PipelineConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
     @property
     def tracking_uri(self) -> str:
@@ -884,7 +898,8 @@ class PipelineConfig(_Section):
     def fingerprint(self) -> str:
         """A stable hash of the settings that change a training run's results (lineage, caching); a search's settings
         are not among them: each trial's config has its own hash."""
-        payload = self.model_dump(mode="json", exclude={"ray", "serve", "score", "monitor", "tracking", "tune"})
+        payload = self.model_dump(mode="json", exclude={"ray", "serve", "score", "monitor", "tracking", "tune",
+                                                         "replay"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -107,6 +107,12 @@ def retrain_summary(config: PipelineConfig) -> dict[str, Any]:
     return retrain_stage(config).summary()
 
 
+def replay_summary(config: PipelineConfig) -> dict[str, Any]:
+    from mlscale.stages.replay import replay_stage
+
+    return replay_stage(config).summary()
+
+
 def pipeline_summary(config: PipelineConfig) -> dict[str, Any]:
     result = run_pipeline(config)
     report = config.storage.root_path / "reports" / f"{config.name}-pipeline.json"
@@ -124,6 +130,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "canary": canary_summary,
     "monitor": monitor_summary,
     "retrain": retrain_summary,
+    "replay": replay_summary,
     "pipeline": pipeline_summary,
 }
 

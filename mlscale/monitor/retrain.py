@@ -35,11 +35,24 @@ class RetrainDecision:
 
 
 def decide_retrain(windows: list[WindowDrift], history: list[dict[str, Any]], policy: RetrainConfig,
-                   now: datetime, champion: str | None = None) -> RetrainDecision:
+                   now: datetime, champion: str | None = None, min_rows: int = 1) -> RetrainDecision:
     """Trigger on the newest judged window's drift and the newest labelled window's decay (as `policy.on` says);
     start only when enough labelled windows exist for train, val and test, no retrain started within the
     cool-down, fewer than `max_per_day` started in the last 24 hours, and this window has not triggered one
-    already (a monitor run on a schedule sees the same window many times)."""
+    already (a monitor run on a schedule sees the same window many times). A window is labelled data when at least
+    `min_rows` of its rows have their labels, whichever version answered them.
+
+    Args:
+        windows: the judged windows, oldest first.
+        history: the decision log's entries (what started before, and when).
+        policy: monitor.retrain.
+        now: the decision's time (cool-down and cap are measured from it).
+        champion: the serving version, recorded with the decision.
+        min_rows: labelled rows a window needs to be learnt from.
+
+    Returns:
+        The decision: whether it triggered, whether a retrain starts, why, and the train/val/test windows.
+    """
     judged = [window for window in windows if window.overall is not None]
     newest = judged[-1] if judged else None
     decision = RetrainDecision(time=now.isoformat(), window=newest.start if newest else None, trigger=False,
@@ -50,11 +63,12 @@ def decide_retrain(windows: list[WindowDrift], history: list[dict[str, Any]], po
     if "drift" in policy.on and newest.drifted:
         decision.reasons.append(f"drift {newest.overall:.3f} in window {newest.start}"
                                 f" ({', '.join(newest.drifted_features) or 'spread over the features'})")
-    labelled = [window for window in windows if window.performance]
-    if "decay" in policy.on and labelled and labelled[-1].decayed:
-        performance = labelled[-1].performance
+    measured = [window for window in windows if window.performance]
+    if "decay" in policy.on and measured and measured[-1].decayed:
+        performance = measured[-1].performance
         shown = ", ".join(f"{k} {v:.4f}" for k, v in performance.items() if not k.endswith("_rows"))
-        decision.reasons.append(f"decay in window {labelled[-1].start}: {shown}")
+        decision.reasons.append(f"decay in window {measured[-1].start}: {shown}")
+    labelled = [window for window in windows if window.labelled_rows >= min_rows]
     decision.trigger = bool(decision.reasons)
     if not decision.trigger:
         decision.reasons = [f"no drift or decay in window {newest.start}"]

@@ -46,8 +46,8 @@ class WindowDrift:
     drifted_features: list[str] = field(default_factory=list)
     prediction: FeatureDrift | None = None  # against the first judged window of the same version
     prediction_drifted: bool = False
-    labelled_rows: int = 0
-    performance: dict[str, float] = field(default_factory=dict)  # live_* metrics: None until enough labels
+    labelled_rows: int = 0  # rows whose labels have arrived, whichever version answered them: data to learn from
+    performance: dict[str, float] = field(default_factory=dict)  # live_* metrics of the monitored version
     decayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,8 +117,6 @@ def judge_windows(log: pa.Table, profile: dict[str, Any], settings: MonitorConfi
     log = with_windows(log, settings)
     if labelled is not None:
         labelled = with_windows(labelled, settings)
-        if version is not None:
-            labelled = labelled.filter(pc.equal(labelled.column("model_version"), version))
     reference_predictions: dict[str, dict[str, Any]] = {}
     judged = []
     for key in sorted(k for k in set(log.column(WINDOW).to_pylist()) if k is not None):
@@ -139,13 +137,15 @@ def judge_windows(log: pa.Table, profile: dict[str, Any], settings: MonitorConfi
         result.prediction = numeric_drift("prediction", reference, predictions)
         result.prediction_drifted = result.prediction.psi > settings.prediction_threshold
         if labelled is not None and label is not None:
-            _judge_performance(result, _in_window(labelled, key), label, label_column, settings, decay)
+            _judge_performance(result, _in_window(labelled, key), label, label_column, settings, decay, version)
     return judged
 
 
 def _judge_performance(result: WindowDrift, rows: pa.Table, label: dict[str, Any], label_column: str,
-                       settings: MonitorConfig, decay: Decay | None) -> None:
+                       settings: MonitorConfig, decay: Decay | None, version: str | None) -> None:
     result.labelled_rows = rows.num_rows
+    if version is not None:
+        rows = rows.filter(pc.equal(rows.column("model_version"), version))
     if rows.num_rows < settings.min_window_rows:
         return
     result.performance = window_performance(rows, label, label_column)

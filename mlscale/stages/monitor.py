@@ -104,7 +104,8 @@ def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: dat
         raise ConfigError(str(error.args[0])) from None
     report = MonitorReport(uri, path, windows)
     history = decision_log(config).read()
-    report.decision = decide_retrain(windows, history, settings.retrain, now or datetime.now(UTC), version)
+    report.decision = decide_retrain(windows, history, settings.retrain, now or datetime.now(UTC), version,
+                                     settings.min_window_rows)
     if report.decision.start:
         from mlscale.stages.retrain import submit_retrain
 

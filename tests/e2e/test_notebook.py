@@ -29,9 +29,9 @@ def test_quickstart_notebook_runs_clean_twice_on_the_same_storage(local_cluster,
                and "champion is v1" in o.get("text", "") for o in second)
 
 
-def execute() -> list:
-    """Run the notebook top to bottom; its outputs, after checking that no cell failed."""
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+def execute(name: str = NOTEBOOK.name) -> list:
+    """Run a notebook top to bottom; its outputs, after checking that no cell failed."""
+    notebook = nbformat.read(NOTEBOOK.with_name(name), as_version=4)
     NotebookClient(notebook, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute(env=dict(os.environ))
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]

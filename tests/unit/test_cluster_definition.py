@@ -116,3 +116,26 @@ def test_rayjob_targets_the_defined_cluster_and_a_real_job():
     assert (REPO / script).exists()
     config = job["entrypoint"].split("--config ")[1].split()[0]
     assert (REPO / config).exists()
+
+
+def test_the_monitor_runs_on_a_schedule_against_the_defined_cluster():
+    """The scheduled monitor submits jobs/monitor.py to the RayCluster's own head service with the cluster's token
+    from its secret, never overlaps itself, runs as non-root, and uses the cluster's image and environment."""
+    cron = load("kuberay/monitor-cronjob.yaml")
+    cluster = load("kuberay/raycluster.yaml")
+    assert (cron["apiVersion"], cron["kind"]) == ("batch/v1", "CronJob")
+    spec = cron["spec"]
+    assert len(spec["schedule"].split()) == 5 and spec["concurrencyPolicy"] == "Forbid"
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["image"] == cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    command = container["command"]
+    assert command[:3] == ["ray", "job", "submit"]
+    assert command[command.index("--address") + 1] == f"http://{cluster['metadata']['name']}-head-svc:8265"
+    script, config = command[command.index("--") + 2], command[command.index("--config") + 1]
+    assert script == "jobs/monitor.py" and (REPO / script).exists() and (REPO / config).exists()
+    env = {item["name"]: item for item in container["env"]}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == cluster["metadata"]["name"]
+    assert "value" not in env["RAY_AUTH_TOKEN"]  # a secret by reference, never a literal
+    assert {name: env[name]["value"] for name in SHARED_ENV} == SHARED_ENV

@@ -186,13 +186,13 @@ def test_the_examples_ship_in_the_package_and_load_by_name(tmp_path, monkeypatch
     import mlscale.config
 
     monkeypatch.chdir(tmp_path)  # no repository around
-    for name in ("flights", "flights-small", "flights-small.yaml"):
+    for name in ("flights", "flights-small", "flights-small.yaml", "flights-replay"):
         by_name = load_config(name)
         assert by_name.fingerprint() == load_config(REPO / "jobs" / "configs" / f"{name.removesuffix('.yaml')}.yaml"
                                                     ).fingerprint()
     packaged = Path(mlscale.config.__file__).with_name("configs")
     assert (REPO / "jobs" / "configs" / "flights.yaml").resolve() == packaged / "flights.yaml"  # one copy
-    with pytest.raises(ConfigError, match="built-in example: flights, flights-small"):
+    with pytest.raises(ConfigError, match="built-in example: flights, flights-replay, flights-small"):
         load_config("flight")
 
 

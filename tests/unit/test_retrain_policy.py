@@ -23,7 +23,7 @@ def windows(drifted_last: bool = True, decayed_last: bool = False, labelled: int
     for month in range(1, 8):
         window = WindowDrift(start=str(month), key=month, rows=500, versions={"1": 500}, overall=0.05)
         if month <= labelled:
-            window.performance = {"live_auc": 0.7, "live_rows": 400.0}
+            window.performance, window.labelled_rows = {"live_auc": 0.7, "live_rows": 400.0}, 400
             window.decayed = decayed_last and month == labelled
         made.append(window)
     made[-1].overall, made[-1].drifted, made[-1].drifted_features = 0.4, drifted_last, ["temp"]
@@ -112,6 +112,10 @@ def test_windows_by_an_event_time_column_with_labels_prediction_drift_and_decay(
     assert judged[2].prediction_drifted and judged[2].prediction.psi > 0.25
     assert judged[0].performance["live_auc"] > 0.95 and not judged[0].decayed
     assert judged[2].performance["live_auc"] < 0.9 and judged[2].decayed
+    successor = judge_windows(log, profile, settings, labelled, {"task": "classification", "threshold": 15.0},
+                              "arr_delay", Decay("auc", 0.99, "max", 0.05), version="5")
+    assert [w.labelled_rows for w in successor] == [600] * 3  # data to learn from, whoever answered
+    assert not any(w.performance or w.decayed for w in successor)  # v5 is not blamed for v4's answers
     with pytest.raises(KeyError, match="'hour_of_day' is not a logged column"):
         judge_windows(log, profile, MonitorConfig(window="column", window_column="hour_of_day"))
 
