@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +24,12 @@ from mlscale.data.prepare import PARTITIONS, PreparedData
 from mlscale.data.records import json_value
 from mlscale.errors import NothingToServe, SourceError
 from mlscale.monitor.labels import window_performance
+from mlscale.monitor.windows import read_log
 from mlscale.plots import drift_over_time, metric_over_time
 from mlscale.registry.store import load_bundle, version_of
 from mlscale.stages.common import start
 from mlscale.stages.deploy import deploy_stage
-from mlscale.stages.monitor import monitor_stage
+from mlscale.stages.monitor import log_path_of, monitor_stage
 from mlscale.stages.prepare import prepare_stage
 from mlscale.tracking import child_run
 
@@ -113,6 +115,7 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
     label_column = config.monitor.labels.column if config.monitor.labels and config.monitor.labels.column else \
         config.data.label
     arrived: list[dict[str, Any]] = []
+    logged = 0
     sent: dict[Any, list[dict[str, Any]]] = {}
     inputs = load_bundle(f"models:/{model}/{stale}", config.tracking_uri).input_columns
     for index, window in enumerate(settings.windows):
@@ -123,6 +126,8 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
         if index >= settings.label_lag:
             arrived += sent[settings.windows[index - settings.label_lag]]
             pq.write_table(pa.Table.from_pylist(arrived), labels_path)
+        logged += sum(request_id is not None for request_id, _ in answers)
+        wait_for_log(config, logged)
         with BackgroundTraffic(endpoint, records[: settings.records_per_request]) as background:
             monitored = monitor_stage(config)
         report.windows.append(replayed(monitored, window, len(records), failed + background.failed,
@@ -131,6 +136,24 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
     report.after_release = compare_after_release(config, report, rows, label_column)
     write_report(config, report)
     return report
+
+
+def wait_for_log(config: PipelineConfig, sent: int, timeout_s: float = 60.0) -> None:
+    """Until the prediction log holds (its sampled share of) every record sent so far: the service writes it in
+    batches, off the request path, so the monitor would otherwise judge a window still in memory."""
+    settings = config.serve.prediction_log
+    path = log_path_of(config)
+    expected = int(sent * (settings.sample_rate if settings else 1.0) * 0.9)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if read_log(path).num_rows >= expected:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.5)
+    log.warning("the prediction log at %s holds fewer than %d rows after %.0f s; judging what is there", path,
+                expected, timeout_s)
 
 
 def raise_missing(config: PipelineConfig) -> None:
