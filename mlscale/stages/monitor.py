@@ -83,8 +83,7 @@ def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: dat
         The judged windows, the decision, and where the report and plots were written.
 
     Raises:
-        SourceError: there is no prediction log (turn on serve.prediction_log and send traffic first), or the
-            labels are missing.
+        SourceError: there is no prediction log (turn on serve.prediction_log and send traffic first).
         NothingToServe: the alias points at no version.
     """
     uri = pinned_uri(model_uri or config.serving_uri, config.tracking_uri)
@@ -131,8 +130,9 @@ def _labelled(config: PipelineConfig, logged: pa.Table) -> tuple[pa.Table | None
         return None, column
     try:
         labels = read_table(settings.path)
-    except FileNotFoundError:
-        raise SourceError(f"monitor.labels.path: no labels at {settings.path}") from None
+    except FileNotFoundError:  # none have arrived yet: drift is judged, performance waits
+        log.warning("monitor.labels.path: no labels at %s yet; judging drift only", settings.path)
+        return None, column
     try:
         return join_labels(logged, labels, settings.on, column), column
     except KeyError as error:
