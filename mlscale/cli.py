@@ -62,10 +62,10 @@ BlockOption = Annotated[
 
 
 def _run(stage: str, config: PipelineConfig, block: bool = False, **kwargs: Any) -> None:
-    from mlscale.entry import STAGES, failed_checks, print_summary
+    from mlscale.entry import failed_checks, print_summary, run_stage
 
     try:
-        summary = STAGES[stage](config, **kwargs)
+        summary = run_stage(stage, config, **kwargs)
     except MlscaleError as error:
         raise _fail(stage, error) from None
     print_summary(f"mlscale {stage}", summary)

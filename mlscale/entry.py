@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlscale.config import PipelineConfig, load_config, parse_overrides
+from mlscale.cost import metered
 from mlscale.data.prepare import load_prepared
 from mlscale.errors import MlscaleError, PromotionError
 from mlscale.logs import configure_logging
@@ -135,6 +136,14 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
+def run_stage(stage: str, config: PipelineConfig, **kwargs: Any) -> dict[str, Any]:
+    """One stage by name, its summary with what it cost (wall, driver CPU, the cluster's reserved CPU/GPU
+    seconds: mlscale.cost) under `cost`."""
+    with metered() as cost:
+        summary = STAGES[stage](config, **kwargs)
+    return {**summary, "cost": cost.to_dict()}
+
+
 def print_summary(title: str, summary: dict[str, Any], console: Console | None = None) -> None:
     """A two-column table for people, then one JSON line for machines (job logs are parsed by tests)."""
     console = console or Console()
@@ -181,7 +190,7 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         config = load_config(args.config, parse_overrides(args.set))
-        summary = STAGES[stage](config)
+        summary = run_stage(stage, config)
     except MlscaleError as error:
         return report_error(stage, error, args.debug)
     print_summary(f"mlscale {stage}", summary)

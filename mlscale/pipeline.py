@@ -19,7 +19,7 @@ from mlscale.stages.common import start, timed
 from mlscale.stages.deploy import ServingCheck, deploy_stage, served_vs_batch
 from mlscale.stages.prepare import prepare_stage
 from mlscale.stages.train import TrainedModel, train_stage
-from mlscale.tracking import child_run
+from mlscale.tracking import stage_run
 
 
 @dataclass
@@ -31,6 +31,7 @@ class PipelineResult:
     endpoint: str
     check: ServingCheck
     seconds: dict[str, float] = field(default_factory=dict)
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)  # per stage: mlscale.cost.StageCost
 
     def summary(self) -> dict[str, Any]:
         counts = self.prepared.counts
@@ -50,10 +51,13 @@ class PipelineResult:
             "served_vs_batch_rows": self.check.rows,
             "served_vs_batch_max_abs_diff": self.check.max_abs_diff,
             "served_vs_batch_max_rel_diff": self.check.max_rel_diff,
+            "cluster_cpu_s": round(sum(cost["cluster_cpu_s"] for cost in self.costs.values()), 1),
+            "cluster_gpu_s": round(sum(cost["cluster_gpu_s"] for cost in self.costs.values()), 1),
         }
 
     def to_json(self) -> str:
-        return json.dumps({"summary": self.summary(), "stage_seconds": self.seconds, "history": self.trained.history,
+        return json.dumps({"summary": self.summary(), "stage_seconds": self.seconds, "stage_costs": self.costs,
+                           "history": self.trained.history,
                            "quarantine_reasons": self.prepared.quarantine_reasons,
                            "test_metrics": self.trained.test_metrics, "slices": self.trained.slices,
                            "promotion": self.trained.decision, "counts": asdict(self.prepared)["counts"]},
@@ -74,18 +78,20 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         MlscaleError: any stage's error (ValidationFailed, SourceError, NothingToServe, ServingError, ...).
     """
     seconds: dict[str, float] = {}
-    with timed("start", seconds):
+    costs: dict[str, dict[str, float]] = {}
+    with timed("start", seconds, costs):
         start(config)
-    with child_run(f"{config.name}-pipeline"):
+    with stage_run(f"{config.name}-pipeline"):
         mlflow.set_tag("mlscale.stage", "pipeline")
-        with timed("prepare", seconds):
+        with timed("prepare", seconds, costs):
             prepared = prepare_stage(config)
-        with timed("train", seconds):
+        with timed("train", seconds, costs):
             trained = train_stage(config, prepared)
         mlflow.log_metrics({f"{k}_seconds": v for k, v in seconds.items()})
     require_served_version(config, trained.version, trained.decision.get("reason", ""))
-    with timed("deploy", seconds):
+    with timed("deploy", seconds, costs):
         endpoint = deploy_stage(config, trained.model_uri)
-    with timed("served vs batch", seconds):
+    with timed("served vs batch", seconds, costs):
         check = served_vs_batch(config, prepared, trained.model_uri, endpoint)
-    return PipelineResult(prepared=prepared, trained=trained, endpoint=endpoint, check=check, seconds=seconds)
+    return PipelineResult(prepared=prepared, trained=trained, endpoint=endpoint, check=check, seconds=seconds,
+                          costs=costs)

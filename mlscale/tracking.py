@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -15,6 +17,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from mlscale.config import PipelineConfig
+from mlscale.cost import metered
 
 REDACTED = "***"
 # Field names whose values are credentials wherever they appear in a config (the user adds more: tracking.secrets).
@@ -79,6 +82,16 @@ def child_run(name: str, system_metrics: bool = False) -> mlflow.ActiveRun:
     system_metrics samples the driver's CPU, memory and disk (and GPU where pynvml is present) while it is open."""
     return mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None,
                             log_system_metrics=system_metrics or None)
+
+
+@contextmanager
+def stage_run(name: str, system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """A stage's MLflow run (`child_run`) that records what the stage cost when it ends: cost_wall_s,
+    cost_driver_cpu_s and the cluster's reserved cost_cluster_cpu_s / cost_cluster_gpu_s (mlscale.cost)."""
+    with child_run(name, system_metrics) as run:
+        with metered() as cost:
+            yield run
+        mlflow.log_metrics({f"cost_{key}": value for key, value in cost.to_dict().items()})
 
 
 def redact_url(text: str) -> str:

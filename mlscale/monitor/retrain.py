@@ -29,6 +29,8 @@ class RetrainDecision:
     test: list[Any] = field(default_factory=list)
     job_id: str | None = None
     outcome: str | None = None  # the retrain job's end: its status and what it released
+    gain: float | None = None  # the new version's metric minus the champion's, on the newest labelled windows
+    cost: dict[str, float] | None = None  # what the retrain job cost (mlscale.cost): beside the gain it bought
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": "monitor", **asdict(self)}
@@ -132,6 +134,9 @@ def readable(entry: dict[str, Any]) -> str:
         else:
             what = "no retrain"
         outcome = f" -> {entry['outcome']}" if entry.get("outcome") else ""
+        if entry.get("cost"):
+            outcome += f" (cost {entry['cost'].get('cluster_cpu_s', 0):.0f} reserved CPU-s, " \
+                       f"{entry['cost'].get('wall_s', 0):.0f} s)"
         return f"{when} window {entry.get('window')}: {what}; {'; '.join(entry.get('reasons', []))}{outcome}"
     return (f"{when} retrain v{entry.get('version')}: {entry.get('judged')}; release: "
             f"{entry.get('release') or 'none'}")

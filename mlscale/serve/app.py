@@ -217,9 +217,11 @@ class ModelServerReplica:
         return ServedModel(bundle, parser, info, json.dumps(info).encode(), cache)
 
     def check_health(self) -> None:
-        """Serve's health check: a replica without a loaded model is restarted rather than sent traffic."""
+        """Serve's health check (every few seconds): a replica without a loaded model is restarted rather than sent
+        traffic; a healthy one adds its replica-seconds and CPU-seconds to the cost metrics."""
         if self.served is None:
             raise RuntimeError("no model loaded")
+        self.metrics.account(self.served.version)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def predict_batch(self, items: list[tuple[ServedModel, list[dict[str, Any]]]]

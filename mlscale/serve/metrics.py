@@ -5,6 +5,7 @@ latency, and what batching achieved."""
 from __future__ import annotations
 
 import math
+import time
 
 from ray.serve.metrics import Counter, Histogram
 
@@ -43,6 +44,24 @@ class ServiceMetrics:
                                                                       "the value falls in the training label's "
                                                                       "normal distribution (regression).",
                                     boundaries=UNIT_BOUNDARIES, tag_keys=("version",))
+
+        self.replica_seconds = Counter("mlscale_replica_seconds", description="Seconds this replica has been up, by "
+                                                                              "the version it serves: what the "
+                                                                              "service costs in replica time.",
+                                       tag_keys=("version",))
+        self.replica_cpu_seconds = Counter("mlscale_replica_cpu_seconds", description="CPU seconds the replica's "
+                                                                                      "process used (its own "
+                                                                                      "counters), by version.",
+                                           tag_keys=("version",))
+        self.accounted = (time.monotonic(), time.process_time())
+
+    def account(self, version: str) -> None:
+        """Add the replica time and CPU time since the last call (Serve's periodic health check calls it)."""
+        now = (time.monotonic(), time.process_time())
+        wall, cpu = now[0] - self.accounted[0], now[1] - self.accounted[1]
+        self.accounted = now
+        self.replica_seconds.inc(max(wall, 0.0), tags={"version": version})
+        self.replica_cpu_seconds.inc(max(cpu, 0.0), tags={"version": version})
 
     def predictions(self, version: str, values: list[float], label: dict) -> None:
         """The distribution of what a version predicts, on one scale for any label (a regression value v becomes

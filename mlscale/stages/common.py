@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mlscale.cluster import ensure_ray
 from mlscale.config import PipelineConfig
+from mlscale.cost import metered
 from mlscale.tracking import start_tracking
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,13 @@ def start(config: PipelineConfig) -> None:
 
 
 @contextmanager
-def timed(name: str, seconds: dict[str, float]) -> Iterator[None]:
-    """Announce a stage and record how long it took (long work shows where it is)."""
+def timed(name: str, seconds: dict[str, float], costs: dict[str, dict[str, float]] | None = None) -> Iterator[None]:
+    """Announce a stage and record how long it took (long work shows where it is) and, with `costs`, what it cost
+    (mlscale.cost: wall, driver CPU, the cluster's reserved CPU/GPU seconds)."""
     log.info("%s ...", name)
-    began = time.perf_counter()
-    yield
-    seconds[name] = round(time.perf_counter() - began, 1)
-    log.info("%s done in %.1f s", name, seconds[name])
+    with metered() as cost:
+        yield
+    seconds[name] = round(cost.wall_s, 1)
+    if costs is not None:
+        costs[name] = cost.to_dict()
+    log.info("%s done in %.1f s (%.0f reserved CPU-s)", name, seconds[name], cost.cluster_cpu_s)

@@ -12,7 +12,7 @@ from mlscale.config import PipelineConfig
 from mlscale.data.prepare import PreparedData, prepare
 from mlscale.data.validation import ValidationReport
 from mlscale.errors import ValidationFailed
-from mlscale.tracking import child_run, tracking_client
+from mlscale.tracking import stage_run, tracking_client
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def prepare_stage(config: PipelineConfig) -> PreparedData:
 def log_validation(config: PipelineConfig, report: ValidationReport, where: Path, status: str,
                    stage: str = "prepare", tags: dict[str, str] | None = None) -> None:
     """A validating stage's MLflow run: the ValidationReport as an artifact and its counts as metrics."""
-    with child_run(f"{config.name}-{stage}") as run:
+    with stage_run(f"{config.name}-{stage}") as run:
         mlflow.set_tags({"mlscale.stage": stage, "mlscale.config_hash": config.fingerprint(),
                          "mlscale.validation_passed": str(report.passed).lower(), **(tags or {})})
         mlflow.log_metrics({"rows_read": float(report.rows_read), "rows_quarantined": float(report.rows_quarantined),

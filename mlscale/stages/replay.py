@@ -48,6 +48,8 @@ class ReplayedWindow:
     retrain: str  # started / held back: why / none
     outcome: str | None
     failed_requests: int
+    retrain_gain: float | None = None  # judged: the new version's metric minus the champion's
+    retrain_cpu_s: float | None = None  # the retrain job's reserved CPU-seconds
 
 
 @dataclass
@@ -130,6 +132,7 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
         wait_for_log(config, logged)
         with BackgroundTraffic(endpoint, records[: settings.records_per_request]) as background:
             monitored = monitor_stage(config)
+        logged += background.answered_records
         report.windows.append(replayed(monitored, window, len(records), failed + background.failed,
                                        version_of(model, config.tracking.alias, config.tracking_uri) or ""))
         log.info("replayed window %s: %s", window, asdict(report.windows[-1]))
@@ -143,7 +146,8 @@ def wait_for_log(config: PipelineConfig, sent: int, timeout_s: float = 60.0) -> 
     batches, off the request path, so the monitor would otherwise judge a window still in memory."""
     settings = config.serve.prediction_log
     path = log_path_of(config)
-    expected = int(sent * (settings.sample_rate if settings else 1.0) * 0.9)
+    rate = settings.sample_rate if settings else 1.0
+    expected = sent if rate >= 1.0 else int(sent * rate * 0.8)  # a sampled log: about its share
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -204,7 +208,7 @@ class BackgroundTraffic:
     first request until stopped; failures counted."""
 
     def __init__(self, endpoint: str, body: list[dict[str, Any]]) -> None:
-        self.endpoint, self.body, self.failed = endpoint, body, 0
+        self.endpoint, self.body, self.failed, self.answered_records = endpoint, body, 0, 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -224,6 +228,7 @@ class BackgroundTraffic:
             except requests.RequestException:
                 ok = False
             self.failed += not ok
+            self.answered_records += len(self.body) if ok else 0
 
 
 def replayed(monitored: Any, window: Any, rows: int, failed: int, serving: str) -> ReplayedWindow:
@@ -239,7 +244,8 @@ def replayed(monitored: Any, window: Any, rows: int, failed: int, serving: str) 
                           drift=current.overall if current else None,
                           drifted_features=current.drifted_features if current else [],
                           labelled_window=labelled.key if labelled else None, live_metric=live, retrain=retrain,
-                          outcome=decision.outcome, failed_requests=failed)
+                          outcome=decision.outcome, failed_requests=failed, retrain_gain=decision.gain,
+                          retrain_cpu_s=decision.cost.get("cluster_cpu_s") if decision.cost else None)
 
 
 def compare_after_release(config: PipelineConfig, report: ReplayReport, rows: dict[Any, list[dict[str, Any]]],

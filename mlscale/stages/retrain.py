@@ -44,12 +44,13 @@ class RetrainResult:
     version: str
     judged: str
     qualified: bool
+    delta: float | None  # its metric minus the champion's on the test windows
     metrics: dict[str, float]
     release: dict[str, Any] | None
 
     def summary(self) -> dict[str, Any]:
         release = self.release or {}
-        return {"model_version": self.version, "judged": self.judged, "qualified": self.qualified,
+        return {"model_version": self.version, "judged": self.judged, "qualified": self.qualified, "delta": self.delta,
                 **self.metrics, "release": release.get("action"), "action": release.get("action"),
                 "challenger_version": release.get("challenger_version"),
                 "reasons": release.get("reasons", []), "serving_version": release.get("serving_version")}
@@ -78,6 +79,7 @@ def retrain_stage(config: PipelineConfig) -> RetrainResult:
     if qualified and not trained.promoted:  # promoted: there was no champion to canary against
         release = canary_stage(config, trained.version).summary()
     result = RetrainResult(trained.version, trained.decision.get("reason", ""), qualified,
+                           trained.decision.get("delta"),
                            {k: v for k, v in trained.test_metrics.items() if k.startswith("test_")}, release)
     decision_log(config).append({"event": "retrain", "time": datetime.now(UTC).isoformat(),
                                  "version": result.version, "judged": result.judged,
@@ -143,6 +145,8 @@ def submit_retrain(config: PipelineConfig, decision: RetrainDecision) -> None:
     sys.stdout.write(logs[-4000:])
     summary = next((json.loads(line[len(SUMMARY_PREFIX):]) for line in reversed(logs.splitlines())
                     if line.startswith(SUMMARY_PREFIX)), None)
+    if summary is not None:
+        decision.gain, decision.cost = summary.get("delta"), summary.get("cost")
     if summary is None:
         decision.outcome = f"job {status.value}; the champion keeps serving"
     elif summary.get("release"):

@@ -20,7 +20,7 @@ from mlscale.models.networks import spec_for_features
 from mlscale.plots import training_curve
 from mlscale.registry.lineage import code_version
 from mlscale.stages.judge import Judged, register_and_judge
-from mlscale.tracking import child_run, flat_params
+from mlscale.tracking import flat_params, stage_run
 from mlscale.train.inputs import TrainingData, training_data
 from mlscale.train.loop import MlflowTarget
 from mlscale.train.trainer import resumable_run_name, run_training
@@ -121,7 +121,7 @@ def train_stage(config: PipelineConfig, prepared: PreparedData | None = None,
     spec = spec_for_features(config.train.model, data.features)
     label = label_spec(config.data, prepared.read("train"))
     lineage = data_lineage(config, prepared, data.features)
-    with child_run(run_name or f"{config.name}-train", system_metrics=True) as run, \
+    with stage_run(run_name or f"{config.name}-train", system_metrics=True) as run, \
             tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params(flat_params(config))
         mlflow.set_tags({f"mlscale.{k}": v for k, v in lineage.items()} | {"mlscale.stage": "train"})

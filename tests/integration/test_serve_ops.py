@@ -202,7 +202,13 @@ def test_prometheus_metrics_count_requests_per_version_and_status(pipeline_resul
                 and any('status="422"' in line for line in lines)
                 and "ray_mlscale_request_latency_ms_bucket" in text and "ray_mlscale_batch_records_bucket" in text
                 and any(line.startswith("ray_mlscale_prediction_bucket") and f'version="{version}"' in line
-                        for line in text.splitlines()))
+                        for line in text.splitlines())
+                and replica_seconds(text) > 0 and any(line.startswith("ray_mlscale_replica_cpu_seconds_total")
+                                                      for line in text.splitlines()))
+
+    def replica_seconds(text: str) -> float:  # the service's cost: replica time, from Serve's health checks
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ray_mlscale_replica_seconds_total") and f'version="{version}"' in line)
 
     wait_for(exported, 90, "mlscale's metrics on the node's Prometheus endpoint")
 
