@@ -802,16 +802,21 @@ class RetrainConfig(_Section):
     wait: bool = Field(True, description="Follow the retrain job to its end and record its outcome (an embedded "
                                          "local Ray lives only as long as the monitor that started it).")
     timeout_s: float = Field(3600.0, gt=0, description="How long a followed retrain job may take.")
+    search_trials: int = Field(
+        0, ge=0, description="More than 0: the retrain is a small search (the tune section's space, scheduler and "
+                             "sampler, this many trials) instead of one training run; its winner is judged.")
 
 
 class MonitorConfig(_Section):
     """Drift and decay of live traffic (the prediction log) against the serving model (`mlscale monitor`), and the
     retraining they trigger."""
 
-    window: Literal["hour", "day", "column"] = Field(
-        "day", description="How the logged requests are cut into windows: by the time they were served, or by the "
-                           "value of a logged column (window_column, e.g. the flights' month: event time).")
+    window: Literal["hour", "day", "column", "count"] = Field(
+        "day", description="How the logged requests are cut into windows: by the time they were served, by the "
+                           "value of a logged column (window_column, e.g. the flights' month: event time), or every "
+                           "window_rows logged rows in the order they were served.")
     window_column: str | None = Field(None, description="window: column: the logged input column to cut by.")
+    window_rows: int = Field(10_000, ge=1, description="window: count: rows per window.")
     min_window_rows: int = Field(100, ge=1, description="Smaller windows are reported as too small, not judged.")
     drift_threshold: float = Field(
         0.2, gt=0, description="A window drifts when the mean PSI over the features passes this (0.1 moderate, "

@@ -90,7 +90,15 @@ def read_log(path: str) -> pa.Table:
 
 
 def with_windows(log: pa.Table, settings: MonitorConfig) -> pa.Table:
-    """The log with each row's window key: the start of its hour or day, or the value of the window column."""
+    """The log with each row's window key: the start of its hour or day, the value of the window column, or (count)
+    the index of its block of window_rows rows in the order they were served. Kept when already there (labels
+    joined to a windowed log carry their rows' keys)."""
+    if WINDOW in log.column_names:
+        return log
+    if settings.window == "count":
+        log = log.sort_by([("timestamp", "ascending"), ("request_id", "ascending"), ("record_index", "ascending")])
+        return log.append_column(WINDOW, pa.array([i // settings.window_rows for i in range(log.num_rows)],
+                                                  pa.int64()))
     if settings.window == "column":
         column = settings.window_column or ""
         if column not in log.column_names:

@@ -18,7 +18,7 @@ from mlscale.config import PipelineConfig
 from mlscale.errors import ConfigError, SourceError
 from mlscale.monitor.labels import join_labels
 from mlscale.monitor.retrain import DecisionLog, RetrainDecision, decide_retrain
-from mlscale.monitor.windows import Decay, WindowDrift, judge_windows, read_log, read_table
+from mlscale.monitor.windows import Decay, WindowDrift, judge_windows, read_log, read_table, with_windows
 from mlscale.plots import drift_over_time, metric_over_time
 from mlscale.registry.store import label_of, load_bundle, pinned_uri, version_tags
 from mlscale.serve.predlog import default_log_path
@@ -94,6 +94,10 @@ def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: dat
         raise SourceError(f"{error}: set serve.prediction_log and send traffic to the service first") from None
     settings = config.monitor
     label = label_of(uri, config.tracking_uri)
+    try:
+        logged = with_windows(logged, settings)
+    except KeyError as error:
+        raise ConfigError(str(error.args[0])) from None
     labelled, label_column = _labelled(config, logged)
     version = uri.rsplit("/", 1)[-1]
     try:

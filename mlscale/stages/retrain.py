@@ -57,9 +57,9 @@ class RetrainResult:
 
 
 def retrain_stage(config: PipelineConfig) -> RetrainResult:
-    """Prepare and train on the config's split (the monitor's retrain config), judge against the champion on its
-    test windows (tracking.promotion is canary here, whatever the config says), and canary the new version when it
-    qualifies. A failure anywhere leaves the champion serving.
+    """Prepare and train (or search, with monitor.retrain.search_trials) on the config's split (the monitor's
+    retrain config), judge against the champion on its test windows (tracking.promotion is canary here, whatever the
+    config says), and canary the new version when it qualifies. A failure anywhere leaves the champion serving.
 
     Returns:
         The new version, the judgement and the release decision (None: it did not qualify).
@@ -73,7 +73,14 @@ def retrain_stage(config: PipelineConfig) -> RetrainResult:
     config = config.model_copy(update={"tracking": tracking})
     start(config)
     prepared = prepare_stage(config)
-    trained = train_stage(config, prepared)
+    trials = config.monitor.retrain.search_trials
+    if trials:  # a small search; its winner is judged the same way
+        from mlscale.stages.tune import tune_stage
+
+        config = config.model_copy(update={"tune": config.tune.model_copy(update={"num_trials": trials})})
+        trained = tune_stage(config, prepared).trained
+    else:
+        trained = train_stage(config, prepared)
     qualified = bool(trained.decision.get("qualified")) or trained.promoted
     release = None
     if qualified and not trained.promoted:  # promoted: there was no champion to canary against

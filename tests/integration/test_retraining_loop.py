@@ -138,3 +138,26 @@ def test_decay_triggers_a_retrain_job_whose_version_is_canaried_and_promoted_wit
     assert again.model_uri.endswith(f"/{new_version}") and not again.decision.start
     print(f"loop: v{champion} decayed (live AUC {by_month[11].performance['live_auc']:.3f}); retrained "
           f"v{new_version}: {decision.outcome}; {sum(firsts.values())} requests, all 200")
+
+
+def test_a_retrain_job_that_fails_leaves_the_champion_serving(decayed, pipeline_result):
+    """The same loop with a data source that is gone: the submitted job fails in its prepare stage; the monitor
+    records the failure, the champion alias does not move and the service keeps answering with it."""
+    from mlscale.registry.store import load_bundle, version_of
+    from mlscale.stages.monitor import decision_log, monitor_stage
+
+    config, endpoint, _, folder = decayed
+    _, result = pipeline_result
+    inputs = {spec.name for spec in load_bundle(result.trained.version_uri, config.tracking_uri).input_schema}
+    broken = config.model_copy(update={
+        "name": "loop-failing",  # its own decision log: the first test's decisions do not hold this one back
+        "data": config.data.model_copy(update={"source": "parquet", "path": str(folder / "gone")})})
+    champion = version_of(MODEL, "champion", config.tracking_uri)
+    report = monitor_stage(broken)
+    decision = report.decision
+    assert decision.start and decision.job_id, decision.to_dict()
+    assert decision.outcome == "job FAILED; the champion keeps serving", decision.outcome
+    assert version_of(MODEL, "champion", config.tracking_uri) == champion
+    answer = requests.post(endpoint, json=as_request(month_rows(result, 12)[:2], inputs), timeout=30)
+    assert answer.status_code == 200 and answer.json()["model"]["version"] == champion
+    assert "job FAILED" in decision_log(broken).text_path.read_text()

@@ -120,6 +120,21 @@ def test_windows_by_an_event_time_column_with_labels_prediction_drift_and_decay(
         judge_windows(log, profile, MonitorConfig(window="column", window_column="hour_of_day"))
 
 
+def test_windows_by_count_follow_the_order_rows_were_served():
+    from datetime import timedelta as delta
+
+    times = [NOW + delta(seconds=s) for s in (5, 1, 3, 2, 4, 0)]
+    log = pa.table({"timestamp": pa.array(times), "request_id": list("abcdef"), "record_index": [0] * 6,
+                    "temp": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "prediction": [0.5] * 6, "model_version": ["1"] * 6})
+    judged = judge_windows(log, {"numeric": {}}, MonitorConfig(window="count", window_rows=4, min_window_rows=1))
+    assert [(w.key, w.rows) for w in judged] == [(0, 4), (1, 2)]
+    from mlscale.monitor.windows import with_windows
+
+    keyed = with_windows(log, MonitorConfig(window="count", window_rows=4))
+    assert dict(zip(keyed.column("request_id").to_pylist(), keyed.column("window_key").to_pylist(), strict=True)) \
+        == {"f": 0, "b": 0, "d": 0, "c": 0, "e": 1, "a": 1}
+
+
 def test_the_retrain_job_command_reproduces_the_config_exactly():
     import shlex
 
