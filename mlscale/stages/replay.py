@@ -67,7 +67,7 @@ class ReplayReport:
         return {"windows": [w.window for w in self.windows], "stale_version": self.stale_version,
                 "serving_version": served[-1] if served else self.stale_version,
                 "retrains_started": sum(w.retrain == "started" for w in self.windows),
-                "releases": [f"{w.window}: {w.outcome}" for w in self.windows if w.outcome],
+                "retrain_outcomes": [f"{w.window}: {w.outcome}" for w in self.windows if w.outcome],
                 "failed_requests": sum(w.failed_requests for w in self.windows),
                 f"mean_{self.metric}_gain_after_release": sum(gains) / len(gains) if gains else None,
                 "report": self.report_path, "plots": self.plot_paths}
@@ -277,9 +277,6 @@ def write_report(config: PipelineConfig, report: ReplayReport) -> None:
     folder = config.storage.root_path / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     report.report_path = str(folder / f"{config.name}-replay.json")
-    Path(report.report_path).write_text(json.dumps(
-        {**report.summary(), "per_window": [asdict(w) for w in report.windows],
-         "after_release": report.after_release}, indent=2, default=str))
     starts = [str(w.window) for w in report.windows]
     marks = {str(w.window): f"retrain -> v{w.serving_version}" for w, before in
              zip(report.windows, [report.stale_version] + [w.serving_version for w in report.windows], strict=False)
@@ -293,6 +290,9 @@ def write_report(config: PipelineConfig, report: ReplayReport) -> None:
         str(drift_over_time(starts, {}, [w.drift for w in report.windows], config.monitor.drift_threshold,
                             folder / f"{config.name}-replay-drift.png")),
     ]
+    Path(report.report_path).write_text(json.dumps(
+        {**report.summary(), "per_window": [asdict(w) for w in report.windows],
+         "after_release": report.after_release}, indent=2, default=str))
     with child_run(f"{config.name}-replay"):
         mlflow.set_tag("mlscale.stage", "replay")
         for step, window in enumerate(report.windows):
