@@ -48,6 +48,7 @@ class WindowDrift:
     prediction_drifted: bool = False
     labelled_rows: int = 0  # rows whose labels have arrived, whichever version answered them: data to learn from
     performance: dict[str, float] = field(default_factory=dict)  # live_* metrics of the monitored version
+    served_performance: dict[str, float] = field(default_factory=dict)  # of whichever versions answered the window
     decayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,7 +56,8 @@ class WindowDrift:
                 "drifted": self.drifted, "drifted_features": self.drifted_features,
                 "prediction_psi": self.prediction.psi if self.prediction else None,
                 "prediction_drifted": self.prediction_drifted, "labelled_rows": self.labelled_rows,
-                "performance": self.performance, "decayed": self.decayed,
+                "performance": self.performance, "served_performance": self.served_performance,
+                "decayed": self.decayed,
                 "features": [feature.to_dict() for feature in self.features]}
 
 
@@ -152,6 +154,8 @@ def judge_windows(log: pa.Table, profile: dict[str, Any], settings: MonitorConfi
 def _judge_performance(result: WindowDrift, rows: pa.Table, label: dict[str, Any], label_column: str,
                        settings: MonitorConfig, decay: Decay | None, version: str | None) -> None:
     result.labelled_rows = rows.num_rows
+    if rows.num_rows >= settings.min_window_rows:
+        result.served_performance = window_performance(rows, label, label_column)
     if version is not None:
         rows = rows.filter(pc.equal(rows.column("model_version"), version))
     if rows.num_rows < settings.min_window_rows:

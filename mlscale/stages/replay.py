@@ -44,7 +44,7 @@ class ReplayedWindow:
     drift: float | None
     drifted_features: list[str]
     labelled_window: Any  # the newest window whose labels had arrived
-    live_metric: float | None  # the then-serving model's live metric on that window
+    live_metric: float | None  # the live metric of what served that window (the canary's share included)
     retrain: str  # started / held back: why / none
     outcome: str | None
     failed_requests: int
@@ -237,9 +237,9 @@ def replayed(monitored: Any, window: Any, rows: int, failed: int, serving: str) 
     labelled = next((w for w in reversed(monitored.windows) if w.labelled_rows), None)
     decision = monitored.decision
     retrain = "started" if decision.start else f"held back: {decision.held_back}" if decision.trigger else "none"
-    live = None
-    if labelled is not None and labelled.performance:
-        live = next((v for k, v in labelled.performance.items() if k.endswith(("_auc", "_rmse"))), None)
+    live = None  # what the model(s) serving that window achieved on it, once its labels are in
+    if labelled is not None and labelled.served_performance:
+        live = next((v for k, v in labelled.served_performance.items() if k.endswith(("_auc", "_rmse"))), None)
     return ReplayedWindow(window=window, rows=rows, serving_version=serving,
                           drift=current.overall if current else None,
                           drifted_features=current.drifted_features if current else [],

@@ -116,6 +116,7 @@ def test_windows_by_an_event_time_column_with_labels_prediction_drift_and_decay(
                               "arr_delay", Decay("auc", 0.99, "max", 0.05), version="5")
     assert [w.labelled_rows for w in successor] == [600] * 3  # data to learn from, whoever answered
     assert not any(w.performance or w.decayed for w in successor)  # v5 is not blamed for v4's answers
+    assert [w.served_performance for w in successor] == [w.performance for w in judged]  # what served, measured
     with pytest.raises(KeyError, match="'hour_of_day' is not a logged column"):
         judge_windows(log, profile, MonitorConfig(window="column", window_column="hour_of_day"))
 
