@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -73,17 +74,20 @@ class ReplayReport:
                 "report": self.report_path, "plots": self.plot_paths}
 
 
+def replay_folder(config: PipelineConfig) -> Path:
+    return config.storage.root_path / "replay" / config.name
+
+
 def replay_config(config: PipelineConfig) -> PipelineConfig:
-    """The config with what a replay needs filled in where it is unset: a prediction log and a labels file under
-    <storage>/replay/<name>, and windows by the time column."""
-    folder = config.storage.root_path / "replay" / config.name
-    serve = config.serve
-    if serve.prediction_log is None:
-        serve = serve.model_copy(update={"prediction_log": PredictionLogConfig(path=str(folder / "log"),
-                                                                               flush_interval_s=1.0)})
-    monitor = config.monitor
-    if monitor.labels is None:
-        monitor = monitor.model_copy(update={"labels": LabelsConfig(path=str(folder / "labels.parquet"))})
+    """The config a replay runs with: its own prediction log and labels under <storage>/replay/<name> (a replay
+    never writes into a production log or labels table the config may name), windows by the time column."""
+    folder = replay_folder(config)
+    log_settings = config.serve.prediction_log or PredictionLogConfig()
+    serve = config.serve.model_copy(update={"prediction_log": log_settings.model_copy(update={
+        "path": str(folder / "log"), "flush_interval_s": min(log_settings.flush_interval_s, 1.0)})})
+    labels = config.monitor.labels
+    monitor = config.monitor.model_copy(update={"labels": LabelsConfig(
+        path=str(folder / "labels.parquet"), column=labels.column if labels else None)})
     if monitor.window != "column":
         column = config.split.column or config.data.time_column
         monitor = monitor.model_copy(update={"window": "column", "window_column": column})
@@ -93,8 +97,9 @@ def replay_config(config: PipelineConfig) -> PipelineConfig:
 def replay_stage(config: PipelineConfig) -> ReplayReport:
     """Replay config.replay.windows through the service with the monitor (and its retraining loop) after each.
 
-    The champion must exist (run the pipeline first: `mlscale pipeline` with the same config); the replayed rows
-    are the prepared rows of those windows (valid, labelled), drawn with a seed.
+    The champion must exist (run the pipeline first: `mlscale run` with the same config); the replayed rows are the
+    prepared rows of those windows (valid, labelled), drawn with a seed. Run it on fresh storage: a rerun starts
+    from the current champion and keeps the decision log (whose cool-down and cap still count).
 
     Returns:
         Per window: drift, the live metric of the serving model, what the monitor decided and released, failed
@@ -103,8 +108,9 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
     config = replay_config(config)
     start(config)
     settings, column = config.replay, config.monitor.window_column or ""
+    shutil.rmtree(replay_folder(config), ignore_errors=True)  # traffic and labels arrive during this replay only
+    replay_folder(config).mkdir(parents=True)
     labels_path = Path(config.monitor.labels.path if config.monitor.labels else "")
-    labels_path.unlink(missing_ok=True)  # labels arrive during this replay, not from an earlier one
     model = config.tracking.registered_model
     stale = version_of(model, config.tracking.alias, config.tracking_uri)
     if stale is None:

@@ -154,3 +154,16 @@ def test_the_retrain_job_command_reproduces_the_config_exactly():
 
     with pytest.raises(ConfigError, match="monitor.window: column"):
         retrain_config(load_config("flights"), [1], [2], [3])
+
+
+def test_a_replay_never_writes_into_the_production_log_or_labels(tmp_path):
+    from mlscale.stages.replay import replay_config
+
+    config = load_config("flights-replay", {
+        "storage.root": str(tmp_path), "serve.prediction_log": {"path": "s3://prod/log", "sample_rate": 0.5},
+        "monitor.labels": {"path": "s3://prod/labels", "column": "arr_delay"}})
+    replayed = replay_config(config)
+    assert replayed.serve.prediction_log.path == str(tmp_path / "replay" / "flights-replay" / "log")
+    assert replayed.serve.prediction_log.sample_rate == 0.5
+    assert replayed.monitor.labels.path.startswith(str(tmp_path)) and replayed.monitor.labels.column == "arr_delay"
+    assert (replayed.monitor.window, replayed.monitor.window_column) == ("column", "month")
