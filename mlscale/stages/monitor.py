@@ -20,7 +20,7 @@ from mlscale.monitor.labels import join_labels
 from mlscale.monitor.retrain import DecisionLog, RetrainDecision, decide_retrain
 from mlscale.monitor.windows import Decay, WindowDrift, judge_windows, read_log, read_table, with_windows
 from mlscale.plots import drift_over_time, metric_over_time
-from mlscale.registry.store import label_of, load_bundle, pinned_uri, version_tags
+from mlscale.registry.store import load_bundle, pinned_uri, version_tags
 from mlscale.serve.predlog import default_log_path
 from mlscale.tracking import child_run
 
@@ -93,18 +93,15 @@ def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: dat
     except FileNotFoundError as error:
         raise SourceError(f"{error}: set serve.prediction_log and send traffic to the service first") from None
     settings = config.monitor
-    label = label_of(uri, config.tracking_uri)
     try:
-        logged = with_windows(logged, settings)
+        logged = with_windows(logged, settings)  # the only KeyError: a window column the log does not have
     except KeyError as error:
         raise ConfigError(str(error.args[0])) from None
-    labelled, label_column = _labelled(config, logged)
+    labelled = _labelled(config, logged)
     version = uri.rsplit("/", 1)[-1]
-    try:
-        windows = judge_windows(logged, load_bundle(uri, config.tracking_uri).profile, settings, labelled, label,
-                                label_column, _decay(config, uri), version)
-    except KeyError as error:
-        raise ConfigError(str(error.args[0])) from None
+    bundle = load_bundle(uri, config.tracking_uri)  # its profile and its label spec: one download
+    windows = judge_windows(logged, bundle.profile, settings, labelled, bundle.label, label_column_of(config),
+                            _decay(config, uri), version)
     report = MonitorReport(uri, path, windows)
     history = decision_log(config).read()
     report.decision = decide_retrain(windows, history, settings.retrain, now or datetime.now(UTC), version,
@@ -127,18 +124,23 @@ def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: dat
     return report
 
 
-def _labelled(config: PipelineConfig, logged: pa.Table) -> tuple[pa.Table | None, str]:
+def label_column_of(config: PipelineConfig) -> str:
+    """The column the late labels carry: monitor.labels.column, else the training label."""
     settings = config.monitor.labels
-    column = (settings.column if settings else None) or config.data.label
+    return (settings.column if settings else None) or config.data.label
+
+
+def _labelled(config: PipelineConfig, logged: pa.Table) -> pa.Table | None:
+    settings = config.monitor.labels
     if settings is None:
-        return None, column
+        return None
     try:
         labels = read_table(settings.path)
     except FileNotFoundError:  # none have arrived yet: drift is judged, performance waits
         log.warning("monitor.labels.path: no labels at %s yet; judging drift only", settings.path)
-        return None, column
+        return None
     try:
-        return join_labels(logged, labels, settings.on, column), column
+        return join_labels(logged, labels, settings.on, label_column_of(config))
     except KeyError as error:
         raise ConfigError(f"monitor.labels: {error.args[0]}") from None
 
@@ -157,10 +159,6 @@ def _write_report(config: PipelineConfig, report: MonitorReport) -> None:
     folder = config.storage.root_path / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     report.report_path = str(folder / f"{config.name}-monitor.json")
-    Path(report.report_path).write_text(json.dumps(
-        {**report.summary(), "thresholds": settings.model_dump(mode="json"),
-         "decision": report.decision.to_dict() if report.decision else None,
-         "windows": [w.to_dict() for w in report.windows]}, indent=2, default=str))
     windows = report.windows
     starts = [window.start for window in windows]
     features = sorted({feature.column for window in windows for feature in window.features})
@@ -174,6 +172,10 @@ def _write_report(config: PipelineConfig, report: MonitorReport) -> None:
         report.plot_paths.append(str(metric_over_time(
             starts, [window.performance.get(metric) for window in windows], metric,
             folder / f"{config.name}-live-metric.png")))
+    Path(report.report_path).write_text(json.dumps(  # after the plots: the summary names them
+        {**report.summary(), "thresholds": settings.model_dump(mode="json"),
+         "decision": report.decision.to_dict() if report.decision else None,
+         "windows": [w.to_dict() for w in report.windows]}, indent=2, default=str))
 
 
 def _track(config: PipelineConfig, report: MonitorReport) -> None:

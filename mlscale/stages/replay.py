@@ -30,7 +30,7 @@ from mlscale.plots import drift_over_time, metric_over_time
 from mlscale.registry.store import load_bundle, version_of
 from mlscale.stages.common import start
 from mlscale.stages.deploy import deploy_stage
-from mlscale.stages.monitor import log_path_of, monitor_stage
+from mlscale.stages.monitor import label_column_of, log_path_of, monitor_stage
 from mlscale.stages.prepare import prepare_stage
 from mlscale.tracking import child_run
 
@@ -114,14 +114,14 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
     model = config.tracking.registered_model
     stale = version_of(model, config.tracking.alias, config.tracking_uri)
     if stale is None:
-        raise_missing(config)
+        raise NothingToServe(f"{model}@{config.tracking.alias} is not set: run the pipeline with this config first "
+                             f"(mlscale run), then replay")
     endpoint = deploy_stage(config)
     prepared = prepare_stage(config)  # the pipeline's own preparation (cached): a retrain's split is another one
     rows = windows_of(prepared, column, settings.windows, settings.rows_per_window, settings.seed)
     metric = config.metric[0].removeprefix("val_")
     report = ReplayReport(metric=metric, stale_version=str(stale))
-    label_column = config.monitor.labels.column if config.monitor.labels and config.monitor.labels.column else \
-        config.data.label
+    label_column = label_column_of(config)
     arrived: list[dict[str, Any]] = []
     logged = 0
     sent: dict[Any, list[dict[str, Any]]] = {}
@@ -140,7 +140,8 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
             monitored = monitor_stage(config)
         logged += background.answered_records
         report.windows.append(replayed(monitored, window, len(records), failed + background.failed,
-                                       version_of(model, config.tracking.alias, config.tracking_uri) or ""))
+                                       version_of(model, config.tracking.alias, config.tracking_uri) or "",
+                                       f"live_{metric}"))
         log.info("replayed window %s: %s", window, asdict(report.windows[-1]))
     report.after_release = compare_after_release(config, report, rows, label_column)
     write_report(config, report)
@@ -164,11 +165,6 @@ def wait_for_log(config: PipelineConfig, sent: int, timeout_s: float = 60.0) -> 
         time.sleep(0.5)
     log.warning("the prediction log at %s holds fewer than %d rows after %.0f s; judging what is there", path,
                 expected, timeout_s)
-
-
-def raise_missing(config: PipelineConfig) -> None:
-    raise NothingToServe(f"{config.tracking.registered_model}@{config.tracking.alias} is not set: run the "
-                         f"pipeline with this config first (mlscale pipeline), then replay")
 
 
 def windows_of(prepared: PreparedData, column: str, windows: list[Any], rows: int,
@@ -237,15 +233,14 @@ class BackgroundTraffic:
             self.answered_records += len(self.body) if ok else 0
 
 
-def replayed(monitored: Any, window: Any, rows: int, failed: int, serving: str) -> ReplayedWindow:
+def replayed(monitored: Any, window: Any, rows: int, failed: int, serving: str, metric: str) -> ReplayedWindow:
     judged = {w.key: w for w in monitored.windows}
     current = judged.get(window)
     labelled = next((w for w in reversed(monitored.windows) if w.labelled_rows), None)
     decision = monitored.decision
     retrain = "started" if decision.start else f"held back: {decision.held_back}" if decision.trigger else "none"
-    live = None  # what the model(s) serving that window achieved on it, once its labels are in
-    if labelled is not None and labelled.served_performance:
-        live = next((v for k, v in labelled.served_performance.items() if k.endswith(("_auc", "_rmse"))), None)
+    # what the model(s) serving that window achieved on it, once its labels are in
+    live = labelled.served_performance.get(metric) if labelled is not None else None
     return ReplayedWindow(window=window, rows=rows, serving_version=serving,
                           drift=current.overall if current else None,
                           drifted_features=current.drifted_features if current else [],
