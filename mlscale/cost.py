@@ -25,9 +25,6 @@ class StageCost:
     def to_dict(self) -> dict[str, float]:
         return {k: round(v, 1) for k, v in asdict(self).items()}
 
-    def add(self, other: StageCost) -> StageCost:
-        return StageCost(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values(), strict=True)))
-
 
 def _driver_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -19,7 +19,7 @@ from mlscale.config import PipelineConfig, load_config, parse_overrides
 from mlscale.cost import metered
 from mlscale.data.prepare import load_prepared
 from mlscale.errors import MlscaleError, PromotionError
-from mlscale.logs import configure_logging
+from mlscale.logs import configure_logging, summary_line
 from mlscale.pipeline import run_pipeline
 from mlscale.stages.common import start
 from mlscale.stages.deploy import deploy_stage, served_vs_batch
@@ -152,7 +152,7 @@ def print_summary(title: str, summary: dict[str, Any], console: Console | None =
         shown = f"{value:.6g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value
         table.add_row(key, str(shown))
     console.print(table)
-    print("MLSCALE_SUMMARY " + json.dumps(summary, default=str), flush=True)
+    print(summary_line(summary), flush=True)
 
 
 def failed_checks(summary: dict[str, Any]) -> MlscaleError | None:

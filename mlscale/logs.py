@@ -6,11 +6,14 @@ where a run is. A notebook or an application keeps its own logging setup.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from typing import Any
 
 FORMAT = "[%(name)s] %(message)s"
+SUMMARY_PREFIX = "MLSCALE_SUMMARY "  # a stage's summary as one JSON line in its output (jobs' logs are parsed)
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -39,3 +42,14 @@ def configure_logging(level: str | None = None) -> None:
         handler.setFormatter(logging.Formatter(FORMAT))
         logger.addHandler(handler)
         logger.propagate = False  # one line per record, whatever the root logger does
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """A stage's summary as the one line its job log carries."""
+    return SUMMARY_PREFIX + json.dumps(summary, default=str)
+
+
+def summary_from_logs(logs: str) -> dict[str, Any] | None:
+    """The last summary line in a job's logs (None: the job ended before it printed one)."""
+    return next((json.loads(line[len(SUMMARY_PREFIX):]) for line in reversed(logs.splitlines())
+                 if line.startswith(SUMMARY_PREFIX)), None)

@@ -97,19 +97,16 @@ def decide(model: str, alias: str, policy: str, metric: str, mode: Literal["max"
     delta = mine - theirs if theirs is not None else None
 
     def verdict(promote: bool, reason: str) -> PromotionDecision:
+        qualified = promote if policy == "if_better" else None
         if policy == "canary" and champion is not None:  # qualifies for a canary; only the canary moves the alias
-            return PromotionDecision(
-                model=model, alias=alias, challenger_version=challenger.version,
-                champion_version=champion.version if champion else None, promote=False, policy=policy,
-                metric=metric, mode=mode, challenger_value=mine, champion_value=theirs, delta=delta,
-                behaviour_passed=behaviour_passed, qualified=promote,
-                reason=reason.replace("if_better:", "canary:", 1) + ("; released through a canary" if promote
-                                                                      else "; the champion keeps serving"))
+            qualified, promote = promote, False
+            reason = reason.replace("if_better:", "canary:", 1) + ("; released through a canary" if qualified
+                                                                    else "; the champion keeps serving")
         return PromotionDecision(
             model=model, alias=alias, challenger_version=challenger.version,
             champion_version=champion.version if champion else None, promote=promote, policy=policy, metric=metric,
             mode=mode, challenger_value=mine, champion_value=theirs, delta=delta, behaviour_passed=behaviour_passed,
-            reason=reason, qualified=promote if policy == "if_better" else None)
+            reason=reason, qualified=qualified)
 
     numbers = f"{metric} {mine:.5f}" + (f" vs {theirs:.5f} (v{champion.version})" if champion else "")
     if policy == "always":

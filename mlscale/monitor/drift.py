@@ -18,7 +18,6 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 EPSILON = 1e-4  # keeps PSI finite when a bin is empty on one side
-OTHER = "__other__"
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,14 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     expected = np.clip(np.asarray(expected, dtype=np.float64), EPSILON, None)
     actual = np.clip(np.asarray(actual, dtype=np.float64), EPSILON, None)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def _chisquare(counts: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """scipy's chi-square of counts against expected fractions, each floored at EPSILON (a bin training never saw
+    gets a sliver of mass, so what lands there counts in the test instead of dividing by zero)."""
+    floor = np.clip(expected, EPSILON, None)
+    test = stats.chisquare(counts, floor / floor.sum() * counts.sum())
+    return float(test.statistic), float(test.pvalue)
 
 
 def quantile_bins(quantiles: Sequence[float] | np.ndarray, bins: int = 10) -> dict[str, list[float]]:
@@ -93,9 +100,8 @@ def numeric_drift(column: str, profile: dict[str, Any], live: np.ndarray) -> Fea
         ks = stats.kstest(present, lambda x: np.interp(x, reference, ranks, left=0.0, right=1.0))
         test, statistic, p_value = "kstest", float(ks.statistic), float(ks.pvalue)
     else:
-        floor = np.clip(mass, EPSILON, None)
-        chi = stats.chisquare(counts, floor / floor.sum() * present.size)
-        test, statistic, p_value = "chisquare", float(chi.statistic), float(chi.pvalue)
+        test = "chisquare"
+        statistic, p_value = _chisquare(counts, mass)
     return FeatureDrift(column, "numeric", psi(mass, observed), test, statistic, p_value, None, int(values.size),
                         float(nulls.mean()) if values.size else 0.0)
 
@@ -112,12 +118,7 @@ def categorical_drift(column: str, frequencies: dict[str, float], live: Sequence
     total = observed.sum()
     actual = observed / total if total else observed
     expected = expected / expected.sum()
-    if total:  # an `other` bin training never saw gets a sliver of mass, so what lands there counts in the test
-        floor = np.clip(expected, EPSILON, None)
-        test = stats.chisquare(observed, floor / floor.sum() * total)
-        statistic, p_value = float(test.statistic), float(test.pvalue)
-    else:
-        statistic, p_value = 0.0, 1.0
+    statistic, p_value = _chisquare(observed, expected) if total else (0.0, 1.0)
     distance = float(jensenshannon(expected, actual, base=2)) if total else 0.0
     return FeatureDrift(column, "categorical", psi(expected, actual), "chisquare", statistic, p_value, distance,
                         len(live), 1.0 - len(present) / len(live) if len(live) else 0.0)

@@ -17,11 +17,11 @@ from typing import Any
 
 from mlscale.config import PipelineConfig, SplitConfig
 from mlscale.errors import ConfigError
+from mlscale.logs import summary_from_logs
 from mlscale.monitor.retrain import RetrainDecision
 from mlscale.stages.common import start
 
 log = logging.getLogger(__name__)
-SUMMARY_PREFIX = "MLSCALE_SUMMARY "
 
 
 def retrain_config(config: PipelineConfig, train: list[Any], val: list[Any], test: list[Any]) -> PipelineConfig:
@@ -124,7 +124,7 @@ def submit_retrain(config: PipelineConfig, decision: RetrainDecision) -> None:
     """Submit the retrain job for the decision's windows (recording its id on the decision) and, when
     monitor.retrain.wait is on, follow it to its end and record the outcome. A job that fails leaves the champion
     serving; the outcome says so."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
 
     settings = config.monitor.retrain
     job_config = retrain_config(config, decision.train, decision.val, decision.test)
@@ -150,16 +150,12 @@ def submit_retrain(config: PipelineConfig, decision: RetrainDecision) -> None:
         status = client.get_job_status(decision.job_id)
     logs = client.get_job_logs(decision.job_id)
     sys.stdout.write(logs[-4000:])
-    summary = next((json.loads(line[len(SUMMARY_PREFIX):]) for line in reversed(logs.splitlines())
-                    if line.startswith(SUMMARY_PREFIX)), None)
-    if summary is not None:
-        decision.gain, decision.cost = summary.get("delta"), summary.get("cost")
+    summary = summary_from_logs(logs)
     if summary is None:
         decision.outcome = f"job {status.value}; the champion keeps serving"
-    elif summary.get("release"):
-        decision.outcome = (f"v{summary['model_version']}: {summary['judged']}; canary "
-                            f"{summary['release']}: v{summary.get('serving_version')} serves")
-    else:
-        decision.outcome = f"v{summary['model_version']}: {summary['judged']}"
-    if status == JobStatus.FAILED and summary is None:
-        log.warning("retrain job %s failed; the champion keeps serving", decision.job_id)
+        log.warning("retrain job %s ended %s; the champion keeps serving", decision.job_id, status.value)
+        return
+    decision.gain, decision.cost = summary.get("delta"), summary.get("cost")
+    decision.outcome = f"v{summary['model_version']}: {summary['judged']}"
+    if summary.get("release"):
+        decision.outcome += f"; canary {summary['release']}: v{summary.get('serving_version')} serves"
