@@ -263,7 +263,10 @@ def test_the_generated_serve_config_deploys_and_rolls_out_a_new_version_in_place
         client.set_registered_model_alias(first.name, "from-file", second.version)  # a promotion
         deploy_file(None)  # regenerated: the same app, a new user_config
         wait_for(lambda: versions() == {str(second.version)}, 90, "every replica answering as the new version")
+        # a replica reconfiguring is UPDATING, not RUNNING, and takes no requests: wait until both are back
+        wait_for(lambda: running_replicas("from-file") == 2, 60, "both replicas running after the reconfigure")
         assert replica_actors("from-file") == before  # reconfigured in place, not restarted
+        assert versions() == {str(second.version)}
         again = requests.post(f"{base}/predict", json=records, timeout=30).json()["predictions"]
         assert again == pytest.approx(answer.json()["predictions"], abs=1e-7)
     finally:
