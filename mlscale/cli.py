@@ -255,6 +255,31 @@ def config_schema() -> None:
     typer.echo(json.dumps(PipelineConfig.model_json_schema(by_alias=True), indent=2))
 
 
+cluster_app = typer.Typer(help="The one cluster definition (cluster/definition.yaml) and the files made from it.",
+                          no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+DefinitionOption = Annotated[Path, typer.Option("--definition", help="The cluster definition YAML.")]
+
+
+@cluster_app.command("show")
+def cluster_show(definition: DefinitionOption = Path("cluster/definition.yaml")) -> None:
+    """The resolved definition: image and Ray version, node groups with their capacity type, storage, tracking."""
+    import yaml
+
+    from mlscale.clusterdef import load_definition
+
+    typer.echo(yaml.safe_dump(load_definition(definition).model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+@cluster_app.command("render")
+def cluster_render(definition: DefinitionOption = Path("cluster/definition.yaml")) -> None:
+    """Write the launcher YAML and the KubeRay manifests from the definition (a test fails when they drift)."""
+    from mlscale.clusterdef import write_rendered
+
+    for path in write_rendered(definition):
+        typer.echo(f"wrote {path}")
+
+
 @app.command()
 def evaluate(
     config: ConfigOption = None,

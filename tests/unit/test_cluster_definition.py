@@ -75,27 +75,57 @@ def test_a_typo_in_a_manifest_fails_the_crd_check():
         jsonschema.validate(document["spec"], _crd_spec_schema("ray.io_rayclusters.yaml"))
 
 
-def _images_and_env(text):
-    images = set(re.findall(r"mlscale/mlscale:[\w.\-]+", text))
-    env = dict(re.findall(r"(MLSCALE_STORAGE|MLFLOW_TRACKING_URI)[=:]\s*[\"']?([^\"'\s,}]+)", text))
-    env |= {m[0]: m[1] for m in re.findall(r"name: (MLSCALE_STORAGE|MLFLOW_TRACKING_URI), value: \"?([^\"}\s]+)", text)}
-    return images, env
+DEFINITION = CLUSTER / "definition.yaml"
 
 
-@pytest.mark.parametrize("name", ["ray-cluster.yaml", "Dockerfile", "kuberay/raycluster.yaml",
-                                  "kuberay/rayjob.yaml", "kuberay/rayservice.yaml"])
-def test_one_image_one_ray_version_one_env(name):
-    text = (CLUSTER / name).read_text()
-    images, env = _images_and_env(text)
-    for key, value in env.items():
-        assert SHARED_ENV[key] == value, (name, key, value)
-    if name == "kuberay/rayjob.yaml":  # runs on the RayCluster it selects, so it names no image of its own
-        assert env == SHARED_ENV
-        return
-    assert images, f"{name} names no mlscale image"
-    for image in images:
-        assert f"ray{ray.__version__}" in image, image
-    assert ray.__version__ in text
+def test_every_generated_file_is_what_the_definition_renders():
+    """One source of truth: a hand edit to a generated file, or a definition change not rendered, fails here
+    (`mlscale cluster render` fixes it)."""
+    from mlscale.clusterdef import load_definition, render
+
+    for name, text in render(load_definition(DEFINITION)).items():
+        assert (CLUSTER / name).read_text() == text, f"cluster/{name} differs from the definition: re-render it"
+
+
+def test_the_definition_names_the_installed_ray_one_image_per_kind_and_the_shared_env():
+    from mlscale.clusterdef import load_definition
+
+    definition = load_definition(DEFINITION)
+    assert definition.ray_version == ray.__version__
+    assert definition.shared_env["MLSCALE_STORAGE"] == SHARED_ENV["MLSCALE_STORAGE"]
+    launcher, cluster = load("ray-cluster.yaml"), load("kuberay/raycluster.yaml")["spec"]
+    assert {launcher["docker"]["image"], launcher["docker"]["worker_image"]} == set(definition.images.values())
+    groups = {group["groupName"]: group for group in cluster["workerGroupSpecs"]}
+    for group in definition.worker_groups:  # CPU groups pull the CPU image, GPU groups the GPU image
+        container = groups[group.name]["template"]["spec"]["containers"][0]
+        assert container["image"] == definition.images[group.image]
+        assert (groups[group.name]["minReplicas"], groups[group.name]["maxReplicas"]) == (group.min, group.max)
+        node = launcher["available_node_types"][f"{group.name}_worker"]["node_config"]
+        assert ("InstanceMarketOptions" in node) == (group.capacity == "spot")
+        selector = groups[group.name]["template"]["spec"]["nodeSelector"]
+        assert selector == definition.kubernetes.capacity_labels[group.capacity]
+    assert "InstanceMarketOptions" not in launcher["available_node_types"]["head"]["node_config"]
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert f"rayproject/ray:{ray.__version__}-py311" in dockerfile
+
+
+def test_a_bad_definition_is_refused_with_the_field_named():
+    from pydantic import ValidationError
+
+    from mlscale.clusterdef import ClusterDefinition
+
+    data = yaml.safe_load(DEFINITION.read_text())
+    data["head"]["capacity"] = "spot"
+    with pytest.raises(ValidationError, match="head.capacity must be on-demand"):
+        ClusterDefinition.model_validate(data)
+    data = yaml.safe_load(DEFINITION.read_text())
+    data["worker_groups"][0]["min"] = 9
+    with pytest.raises(ValidationError, match="min 9 > max"):
+        ClusterDefinition.model_validate(data)
+    data = yaml.safe_load(DEFINITION.read_text())
+    data["secrets"].pop("ray_token")
+    with pytest.raises(ValidationError, match="token authentication stays on"):
+        ClusterDefinition.model_validate(data)
 
 
 def test_rayservice_runs_the_raycluster_spec():

@@ -1,0 +1,299 @@
+"""One cluster definition (cluster/definition.yaml) and the files generated from it: the Ray cluster launcher YAML
+and the KubeRay RayCluster, RayJob, RayService and the monitor's CronJob. Generating them is what keeps one image,
+one Ray version, one set of node groups, one storage and tracking URI and one set of secrets everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GENERATED = "# Generated from cluster/definition.yaml by `mlscale cluster render`: edit the definition, not this file.\n"
+DASHBOARD_PORT = 8265
+SERVE_PORT = 8000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SecretRef(_Strict):
+    secret: str
+    key: str
+
+
+class NodeGroup(_Strict):
+    cpu: int = Field(..., ge=0)
+    memory_gib: int = Field(..., ge=1)
+    gpu: int = Field(0, ge=0)
+    instance_type: str
+    capacity: Literal["spot", "on-demand"] = "on-demand"
+
+
+class WorkerGroup(NodeGroup):
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9-]*$")
+    image: Literal["cpu", "gpu"]
+    min: int = Field(..., ge=0)
+    max: int = Field(..., ge=1)
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources (e.g. serve).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WorkerGroup:
+        if self.min > self.max:
+            raise ValueError(f"worker group {self.name}: min {self.min} > max {self.max}")
+        if self.gpu and self.image != "gpu":
+            raise ValueError(f"worker group {self.name} has GPUs but pulls the {self.image} image")
+        return self
+
+
+class Autoscaling(_Strict):
+    idle_timeout_minutes: int = Field(10, ge=1)
+    upscaling_speed: float = Field(1.0, gt=0)
+
+
+class Aws(_Strict):
+    region: str
+    ami: str
+    security_group: str
+    shared_filesystem: str
+
+
+class Kubernetes(_Strict):
+    shared_volume_claim: str
+    capacity_labels: dict[Literal["spot", "on-demand"], dict[str, str]]
+
+
+class ClusterDefinition(_Strict):
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9-]*$")
+    ray_version: str
+    python: str
+    images: dict[Literal["cpu", "gpu"], str]
+    storage_uri: str
+    tracking_uri: str
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, SecretRef]
+    head: NodeGroup
+    worker_groups: list[WorkerGroup] = Field(..., min_length=1)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    aws: Aws
+    kubernetes: Kubernetes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterDefinition:
+        if self.head.capacity != "on-demand":
+            raise ValueError("head.capacity must be on-demand: the head holds the cluster's state (GCS)")
+        for kind, image in self.images.items():
+            if f"ray{self.ray_version}" not in image or f"py{self.python.replace('.', '')}" not in image:
+                raise ValueError(f"images.{kind} {image!r} does not name ray{self.ray_version} and "
+                                 f"py{self.python.replace('.', '')}")
+        if "ray_token" not in self.secrets:
+            raise ValueError("secrets.ray_token is required: token authentication stays on in every definition")
+        return self
+
+    @property
+    def shared_env(self) -> dict[str, str]:
+        return {"MLSCALE_STORAGE": self.storage_uri, "MLFLOW_TRACKING_URI": self.tracking_uri, **self.env}
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """No &anchors / *aliases for repeated blocks: each manifest reads on its own."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def load_definition(path: str | Path) -> ClusterDefinition:
+    return ClusterDefinition.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+def launcher(definition: ClusterDefinition) -> dict[str, Any]:
+    """The Ray cluster launcher YAML (`ray up`): spot market options per node type, the launcher's own security
+    group with no inbound rule from the world, the dashboard on loopback behind token auth."""
+    env = {"RAY_AUTH_MODE": "token", **definition.shared_env}
+    mount = definition.storage_uri if definition.storage_uri.startswith("/") else None
+    node_types: dict[str, Any] = {"head": {"resources": {"CPU": 0}, "node_config": _aws_node(definition,
+                                                                                              definition.head)}}
+    for group in definition.worker_groups:
+        node_types[f"{group.name}_worker"] = {
+            "min_workers": group.min, "max_workers": group.max,
+            "resources": {**({"GPU": group.gpu} if group.gpu else {}), **group.resources},
+            "node_config": _aws_node(definition, group)}
+    return {
+        "cluster_name": definition.name,
+        "max_workers": sum(group.max for group in definition.worker_groups),
+        "upscaling_speed": definition.autoscaling.upscaling_speed,
+        "idle_timeout_minutes": definition.autoscaling.idle_timeout_minutes,
+        "provider": {"type": "aws", "region": definition.aws.region, "cache_stopped_nodes": False,
+                     "security_group": {"GroupName": definition.aws.security_group, "IpPermissions": []}},
+        "auth": {"ssh_user": "ubuntu"},
+        "docker": {
+            "image": definition.images["cpu"], "worker_image": definition.images.get("gpu", definition.images["cpu"]),
+            "container_name": definition.name, "pull_before_run": True,
+            "run_options": ["--ulimit nofile=65536:65536", "--shm-size=8g",
+                            *([f"-v {mount}:{mount}"] if mount else []),
+                            *(f"--env {name}={value}" for name, value in env.items())]},
+        "file_mounts": {"~/.ray/auth_token": "~/.ray/auth_token"},
+        "initialization_commands": [
+            f"sudo mkdir -p {mount} && (mountpoint -q {mount} || sudo mount -t nfs4 -o nfsvers=4.1 "
+            f"{definition.aws.shared_filesystem} {mount})"] if mount else [],
+        "available_node_types": node_types,
+        "head_node_type": "head",
+        "setup_commands": [],
+        "head_start_ray_commands": [
+            "ray stop",
+            "RAY_AUTH_MODE=token ray start --head --port=6379 --object-manager-port=8076 "
+            "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats"],
+        "worker_start_ray_commands": [
+            "ray stop",
+            "RAY_AUTH_MODE=token ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076 "
+            "--disable-usage-stats"],
+    }
+
+
+def _aws_node(definition: ClusterDefinition, group: NodeGroup) -> dict[str, Any]:
+    node: dict[str, Any] = {"InstanceType": group.instance_type, "ImageId": definition.aws.ami}
+    if group.capacity == "spot":
+        node["InstanceMarketOptions"] = {"MarketType": "spot"}
+    return node
+
+
+def raycluster_spec(definition: ClusterDefinition) -> dict[str, Any]:
+    """The RayCluster spec (also the RayService's rayClusterConfig): token auth, a head that schedules only, one
+    worker group per definition group on its capacity type, non-root pods."""
+    env = [{"name": name, "value": value} for name, value in definition.shared_env.items()]
+    mounts = [{"name": "shared", "mountPath": definition.storage_uri}] if definition.storage_uri.startswith("/") \
+        else []
+    volumes = [{"name": "shared", "persistentVolumeClaim": {"claimName": definition.kubernetes.shared_volume_claim}}] \
+        if mounts else []
+
+    def pod(name: str, image: str, group: NodeGroup, ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        resources = {"cpu": str(group.cpu), "memory": f"{group.memory_gib}Gi",
+                     **({"nvidia.com/gpu": str(group.gpu)} if group.gpu else {})}
+        container: dict[str, Any] = {"name": name, "image": image,
+                                     "resources": {"limits": resources, "requests": dict(resources)}, "env": env,
+                                     "securityContext": {"allowPrivilegeEscalation": False,
+                                                         "capabilities": {"drop": ["ALL"]}}}
+        if ports:
+            container["ports"] = ports
+        if mounts:
+            container["volumeMounts"] = mounts
+        spec: dict[str, Any] = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100},
+                                "containers": [container],
+                                "nodeSelector": definition.kubernetes.capacity_labels[group.capacity]}
+        if volumes:
+            spec["volumes"] = volumes
+        if group.gpu:
+            spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        return {"spec": spec}
+
+    ports = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": DASHBOARD_PORT, "name": "dashboard"},
+             {"containerPort": SERVE_PORT, "name": "serve"}]
+    workers = []
+    for group in definition.worker_groups:
+        params = {"disable-usage-stats": "true"}
+        if group.resources:
+            params["resources"] = yaml.safe_dump(group.resources, default_flow_style=True).strip().replace(
+                "'", '"')
+        workers.append({"groupName": group.name, "replicas": group.min, "minReplicas": group.min,
+                        "maxReplicas": group.max, "rayStartParams": params,
+                        "template": pod("ray-worker", definition.images[group.image], group)})
+    return {
+        "rayVersion": definition.ray_version,
+        "enableInTreeAutoscaling": True,
+        "authOptions": {"mode": "token"},
+        "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "disable-usage-stats": "true"},
+                          "template": pod("ray-head", definition.images["cpu"], definition.head, ports)},
+        "workerGroupSpecs": workers,
+    }
+
+
+def raycluster(definition: ClusterDefinition) -> dict[str, Any]:
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster",
+            "metadata": {"name": definition.name, "labels": {"app.kubernetes.io/name": definition.name}},
+            "spec": raycluster_spec(definition)}
+
+
+def rayjob(definition: ClusterDefinition, stage: str = "pipeline",
+           config: str = "jobs/configs/flights.yaml") -> dict[str, Any]:
+    """A stage as a RayJob on the defined RayCluster (selected by name: the cluster is defined once); its driver
+    asks for a CPU so it lands on a worker, not on the head that only schedules."""
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob",
+            "metadata": {"name": f"{definition.name}-{stage}", "labels": {"app.kubernetes.io/name": definition.name}},
+            "spec": {"clusterSelector": {"ray.io/cluster": definition.name},
+                     "entrypoint": f"python jobs/{stage}.py --config {config}",
+                     "entrypointNumCpus": 1,
+                     "runtimeEnvYAML": yaml.safe_dump({"working_dir": "/opt/mlscale",
+                                                       "env_vars": definition.shared_env}, sort_keys=False),
+                     "submissionMode": "K8sJobMode", "activeDeadlineSeconds": 7200, "backoffLimit": 1,
+                     "shutdownAfterJobFinishes": False}}
+
+
+def rayservice(definition: ClusterDefinition, model_uri: str = "models:/flights-late-arrival@champion"
+               ) -> dict[str, Any]:
+    """The model service: the RayCluster's own spec, and the Serve app for the registered champion (the API keys
+    from their secret, mounted as a file)."""
+    serve_config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT, "request_timeout_s": 30},  # inside the pod
+        "applications": [{"name": definition.name, "route_prefix": "/",
+                          "import_path": "mlscale.serve.app:app_builder",
+                          "args": {"model_uri": model_uri, "tracking_uri": definition.tracking_uri,
+                                   "max_batch_size": 64,
+                                   "autoscaling": {"min_replicas": 2, "max_replicas": 8,
+                                                   "target_ongoing_requests": 16}}}]}
+    return {"apiVersion": "ray.io/v1", "kind": "RayService",
+            "metadata": {"name": definition.name, "labels": {"app.kubernetes.io/name": definition.name}},
+            "spec": {"upgradeStrategy": {"type": "NewCluster"},
+                     "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
+                     "rayClusterConfig": raycluster_spec(definition)}}
+
+
+def monitor_cronjob(definition: ClusterDefinition, config: str = "jobs/configs/flights.yaml",
+                    schedule: str = "17 * * * *") -> dict[str, Any]:
+    """The monitor on a schedule: KubeRay v1.7.0 has no cron for RayJobs, so a CronJob submits it to the
+    RayCluster's head service with the cluster's token (from its secret), never overlapping itself."""
+    token = definition.secrets["ray_token"]
+    env = [{"name": "RAY_AUTH_MODE", "value": "token"},
+           {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.secret, "key": token.key}}},
+           *({"name": name, "value": value} for name, value in definition.shared_env.items())]
+    container = {
+        "name": "submit-monitor", "image": definition.images["cpu"],
+        "command": ["ray", "job", "submit", "--address", f"http://{definition.name}-head-svc:{DASHBOARD_PORT}",
+                    "--entrypoint-num-cpus", "1", "--", "python", "jobs/monitor.py", "--config", config],
+        "env": env,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}}}
+    pod = {"metadata": {"labels": {"app.kubernetes.io/name": definition.name,
+                                   "app.kubernetes.io/component": "monitor"}},
+           "spec": {"restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container]}}
+    return {"apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": f"{definition.name}-monitor", "labels": {"app.kubernetes.io/name": definition.name}},
+            "spec": {"schedule": schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 600,
+                     "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 5,
+                     "jobTemplate": {"spec": {"backoffLimit": 0, "activeDeadlineSeconds": 7200, "template": pod}}}}
+
+
+def render(definition: ClusterDefinition) -> dict[str, str]:
+    """Every generated file, by its path under cluster/, as the text to write."""
+    def dump(document: dict[str, Any]) -> str:
+        return GENERATED + yaml.dump(document, Dumper=_PlainDumper, sort_keys=False, width=120)
+
+    return {"ray-cluster.yaml": dump(launcher(definition)), "kuberay/raycluster.yaml": dump(raycluster(definition)),
+            "kuberay/rayjob.yaml": dump(rayjob(definition)), "kuberay/rayservice.yaml": dump(rayservice(definition)),
+            "kuberay/monitor-cronjob.yaml": dump(monitor_cronjob(definition))}
+
+
+def write_rendered(definition_path: str | Path) -> list[Path]:
+    """Render the definition into the files beside it; the paths written."""
+    folder = Path(definition_path).parent
+    written = []
+    for name, text in render(load_definition(definition_path)).items():
+        (folder / name).write_text(text)
+        written.append(folder / name)
+    return written
