@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-GENERATED = "# Generated from cluster/definition.yaml by `mlscale cluster render`: edit the definition, not this file.\n"
+GENERATED = "# Generated from cluster/definition.yaml by `mlscale cluster render`: edit the definition instead.\n"
 DASHBOARD_PORT = 8265
 SERVE_PORT = 8000
 

@@ -1,7 +1,6 @@
 """The cluster definition is one cluster: valid against the schemas and consistent across launcher and KubeRay."""
 
 import json
-import re
 from pathlib import Path
 
 import jsonschema
