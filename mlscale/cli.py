@@ -280,6 +280,90 @@ def cluster_render(definition: DefinitionOption = Path("cluster/definition.yaml"
         typer.echo(f"wrote {path}")
 
 
+AddressOption = Annotated[str | None, typer.Option(help="The Jobs API, http://<head>:8265 (default: "
+                                                      "RAY_API_SERVER_ADDRESS or an http RAY_ADDRESS).")]
+
+
+@cluster_app.command("submit")
+def cluster_submit(
+    stage: Annotated[str, typer.Argument(help="pipeline, prepare, train, tune, deploy, score, canary, monitor, "
+                                              "retrain or replay.")],
+    config: Annotated[str | None, typer.Option(help="The pipeline config, a path under the project or a "
+                                                    "built-in example name.")] = None,
+    set_: SetOption = None,
+    address: AddressOption = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job's logs to its end; exit with its status.")] = True,
+) -> None:
+    """Submit a stage as a Ray job to the cluster (the project folder as working_dir, token auth from
+    RAY_AUTH_TOKEN or ~/.ray/auth_token); the same as `ray job submit -- python jobs/<stage>.py ...`."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from mlscale.submit import forwarded_env, job_entrypoint, job_runtime_env, jobs_address
+
+    try:
+        client = JobSubmissionClient(jobs_address(address))
+        job_id = client.submit_job(entrypoint=job_entrypoint(stage, config, set_),
+                                   runtime_env=job_runtime_env(Path.cwd(), forwarded_env()),
+                                   metadata={"mlscale.stage": stage})
+    except MlscaleError as error:
+        raise _fail("cluster submit", error) from None
+    typer.echo(f"submitted {job_id}")
+    if not wait:
+        return
+    for chunk in _follow(client, job_id):
+        typer.echo(chunk, nl=False)
+    status = client.get_job_status(job_id)
+    typer.echo(f"job {job_id}: {status.value}")
+    if status != JobStatus.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def _follow(client: Any, job_id: str) -> Any:
+    import asyncio
+
+    async def tail() -> list[str]:
+        return [chunk async for chunk in client.tail_job_logs(job_id)]
+
+    yield from asyncio.run(tail())
+
+
+@cluster_app.command("logs")
+def cluster_logs(job_id: str, address: AddressOption = None) -> None:
+    """A job's logs so far."""
+    from ray.job_submission import JobSubmissionClient
+
+    from mlscale.submit import jobs_address
+
+    typer.echo(JobSubmissionClient(jobs_address(address)).get_job_logs(job_id), nl=False)
+
+
+@cluster_app.command("status")
+def cluster_status(job_id: Annotated[str | None, typer.Argument()] = None, address: AddressOption = None) -> None:
+    """One job's status, or every job's (id, status, stage, entrypoint)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from mlscale.submit import jobs_address
+
+    client = JobSubmissionClient(jobs_address(address))
+    if job_id:
+        typer.echo(client.get_job_status(job_id).value)
+        return
+    for job in client.list_jobs():
+        typer.echo(f"{job.submission_id or job.job_id}\t{job.status.value}\t"
+                   f"{(job.metadata or {}).get('mlscale.stage', '-')}\t{job.entrypoint}")
+
+
+@cluster_app.command("stop")
+def cluster_stop(job_id: str, address: AddressOption = None) -> None:
+    """Stop a running job (a train job resumes from its checkpoint when submitted again)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from mlscale.submit import jobs_address
+
+    stopped = JobSubmissionClient(jobs_address(address)).stop_job(job_id)
+    typer.echo(f"{job_id}: {'stopping' if stopped else 'not running'}")
+
+
 @app.command()
 def evaluate(
     config: ConfigOption = None,
