@@ -292,26 +292,37 @@ def cluster_submit(
                                                     "built-in example name.")] = None,
     set_: SetOption = None,
     address: AddressOption = None,
+    definition: DefinitionOption = Path("cluster/definition.yaml"),
     wait: Annotated[bool, typer.Option(help="Follow the job's logs to its end; exit with its status.")] = True,
 ) -> None:
     """Submit a stage as a Ray job to the cluster (the project folder as working_dir, token auth from
-    RAY_AUTH_TOKEN or ~/.ray/auth_token); the same as `ray job submit -- python jobs/<stage>.py ...`."""
+    RAY_AUTH_TOKEN or ~/.ray/auth_token, the driver's resources from the definition's `jobs`); the same as
+    `ray job submit --entrypoint-num-cpus 1 --entrypoint-resources '{"driver": 1}' -- python jobs/<stage>.py ...`."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from mlscale.clusterdef import load_definition
     from mlscale.submit import forwarded_env, job_entrypoint, job_runtime_env, jobs_address
 
     try:
+        jobs = load_definition(definition).jobs
         client = JobSubmissionClient(jobs_address(address))
         job_id = client.submit_job(entrypoint=job_entrypoint(stage, config, set_),
                                    runtime_env=job_runtime_env(Path.cwd(), forwarded_env()),
+                                   entrypoint_num_cpus=jobs.entrypoint_num_cpus,
+                                   entrypoint_resources=jobs.entrypoint_resources or None,
                                    metadata={"mlscale.stage": stage})
     except MlscaleError as error:
         raise _fail("cluster submit", error) from None
     typer.echo(f"submitted {job_id}")
     if not wait:
         return
+    followed = ""
     for chunk in _follow(client, job_id):
         typer.echo(chunk, nl=False)
+        followed += chunk
+    # the stream can end early (a driver on another node than the head): print what it did not show
+    logs = client.get_job_logs(job_id)
+    typer.echo(logs[len(followed):] if logs.startswith(followed) else logs, nl=False)
     status = client.get_job_status(job_id)
     typer.echo(f"job {job_id}: {status.value}")
     if status != JobStatus.SUCCEEDED:

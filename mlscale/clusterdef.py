@@ -4,11 +4,14 @@ one Ray version, one set of node groups, one storage and tracking URI and one se
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlscale.errors import ConfigError
 
 GENERATED = "# Generated from cluster/definition.yaml by `mlscale cluster render`: edit the definition instead.\n"
 DASHBOARD_PORT = 8265
@@ -62,7 +65,15 @@ class Aws(_Strict):
 
 class Kubernetes(_Strict):
     shared_volume_claim: str
+    ingress_namespace: str = Field("ingress-nginx", description="The only namespace that may reach the serve port.")
     capacity_labels: dict[Literal["spot", "on-demand"], dict[str, str]]
+
+
+class Jobs(_Strict):
+    """What every stage's driver asks for: a CPU and the `driver` resource, which only on-demand groups carry, so
+    a reclaimed spot node never takes a driver (and the run it coordinates) with it, and the head only schedules."""
+    entrypoint_num_cpus: float = Field(1, ge=0)
+    entrypoint_resources: dict[str, float] = Field(default_factory=lambda: {"driver": 1.0})
 
 
 class ClusterDefinition(_Strict):
@@ -77,6 +88,7 @@ class ClusterDefinition(_Strict):
     head: NodeGroup
     worker_groups: list[WorkerGroup] = Field(..., min_length=1)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    jobs: Jobs = Field(default_factory=Jobs)
     aws: Aws
     kubernetes: Kubernetes
 
@@ -88,6 +100,14 @@ class ClusterDefinition(_Strict):
             if f"ray{self.ray_version}" not in image or f"py{self.python.replace('.', '')}" not in image:
                 raise ValueError(f"images.{kind} {image!r} does not name ray{self.ray_version} and "
                                  f"py{self.python.replace('.', '')}")
+        for name in self.jobs.entrypoint_resources:
+            hosts = [group for group in self.worker_groups if group.resources.get(name)]
+            if not hosts:
+                raise ValueError(f"jobs.entrypoint_resources names {name!r}, which no worker group has: "
+                                 "no driver could start")
+            if any(group.capacity == "spot" for group in hosts):
+                raise ValueError(f"jobs.entrypoint_resources {name!r} is on a spot group: a reclaimed node "
+                                 "would take the driver with it")
         if "ray_token" not in self.secrets:
             raise ValueError("secrets.ray_token is required: token authentication stays on in every definition")
         return self
@@ -105,7 +125,21 @@ class _PlainDumper(yaml.SafeDumper):
 
 
 def load_definition(path: str | Path) -> ClusterDefinition:
-    return ClusterDefinition.model_validate(yaml.safe_load(Path(path).read_text()))
+    """The definition at path.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a valid definition (the message names the field).
+    """
+    try:
+        return ClusterDefinition.model_validate(yaml.safe_load(Path(path).read_text()))
+    except OSError as error:
+        raise ConfigError(f"cluster definition {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"cluster definition {path} is not YAML: {error}") from None
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
+                             for item in error.errors())
+        raise ConfigError(f"cluster definition {path}: {problems}") from None
 
 
 def launcher(definition: ClusterDefinition) -> dict[str, Any]:
@@ -179,14 +213,15 @@ def raycluster_spec(definition: ClusterDefinition) -> dict[str, Any]:
             container["ports"] = ports
         if mounts:
             container["volumeMounts"] = mounts
-        spec: dict[str, Any] = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100},
+        spec: dict[str, Any] = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100,
+                                                    "seccompProfile": {"type": "RuntimeDefault"}},
                                 "containers": [container],
                                 "nodeSelector": definition.kubernetes.capacity_labels[group.capacity]}
         if volumes:
             spec["volumes"] = volumes
         if group.gpu:
             spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        return {"spec": spec}
+        return {"metadata": {"labels": {"app.kubernetes.io/name": definition.name}}, "spec": spec}
 
     ports = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": DASHBOARD_PORT, "name": "dashboard"},
              {"containerPort": SERVE_PORT, "name": "serve"}]
@@ -218,12 +253,14 @@ def raycluster(definition: ClusterDefinition) -> dict[str, Any]:
 def rayjob(definition: ClusterDefinition, stage: str = "pipeline",
            config: str = "jobs/configs/flights.yaml") -> dict[str, Any]:
     """A stage as a RayJob on the defined RayCluster (selected by name: the cluster is defined once); its driver
-    asks for a CPU so it lands on a worker, not on the head that only schedules."""
+    asks for the definition's entrypoint resources, so it lands on on-demand capacity, not on the head that only
+    schedules nor on a spot node."""
     return {"apiVersion": "ray.io/v1", "kind": "RayJob",
             "metadata": {"name": f"{definition.name}-{stage}", "labels": {"app.kubernetes.io/name": definition.name}},
             "spec": {"clusterSelector": {"ray.io/cluster": definition.name},
                      "entrypoint": f"python jobs/{stage}.py --config {config}",
-                     "entrypointNumCpus": 1,
+                     "entrypointNumCpus": definition.jobs.entrypoint_num_cpus,
+                     "entrypointResources": json.dumps(definition.jobs.entrypoint_resources),
                      "runtimeEnvYAML": yaml.safe_dump({"working_dir": "/opt/mlscale",
                                                        "env_vars": definition.shared_env}, sort_keys=False),
                      "submissionMode": "K8sJobMode", "activeDeadlineSeconds": 7200, "backoffLimit": 1,
@@ -261,7 +298,9 @@ def monitor_cronjob(definition: ClusterDefinition, config: str = "jobs/configs/f
     container = {
         "name": "submit-monitor", "image": definition.images["cpu"],
         "command": ["ray", "job", "submit", "--address", f"http://{definition.name}-head-svc:{DASHBOARD_PORT}",
-                    "--entrypoint-num-cpus", "1", "--", "python", "jobs/monitor.py", "--config", config],
+                    "--entrypoint-num-cpus", str(definition.jobs.entrypoint_num_cpus),
+                    "--entrypoint-resources", json.dumps(definition.jobs.entrypoint_resources),
+                    "--", "python", "jobs/monitor.py", "--config", config],
         "env": env,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -279,6 +318,21 @@ def monitor_cronjob(definition: ClusterDefinition, config: str = "jobs/configs/f
                      "jobTemplate": {"spec": {"backoffLimit": 0, "activeDeadlineSeconds": 7200, "template": pod}}}}
 
 
+def network_policy(definition: ClusterDefinition) -> dict[str, Any]:
+    """Default deny for the cluster's pods (RayCluster, RayService and monitor alike: they share the name label),
+    then only: the pods among themselves (GCS, object transfer, workers), and the serve port from the ingress
+    controller's namespace. The dashboard and Jobs API are reached from inside (the monitor's CronJob) or through
+    `kubectl port-forward`, never from elsewhere in the cluster."""
+    own = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": definition.name}}}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": f"{definition.name}-ingress", "labels": {"app.kubernetes.io/name": definition.name}},
+            "spec": {**own, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [own]},
+                                 {"from": [{"namespaceSelector": {"matchLabels": {
+                                     "kubernetes.io/metadata.name": definition.kubernetes.ingress_namespace}}}],
+                                  "ports": [{"protocol": "TCP", "port": SERVE_PORT}]}]}}
+
+
 def render(definition: ClusterDefinition) -> dict[str, str]:
     """Every generated file, by its path under cluster/, as the text to write."""
     def dump(document: dict[str, Any]) -> str:
@@ -286,7 +340,8 @@ def render(definition: ClusterDefinition) -> dict[str, str]:
 
     return {"ray-cluster.yaml": dump(launcher(definition)), "kuberay/raycluster.yaml": dump(raycluster(definition)),
             "kuberay/rayjob.yaml": dump(rayjob(definition)), "kuberay/rayservice.yaml": dump(rayservice(definition)),
-            "kuberay/monitor-cronjob.yaml": dump(monitor_cronjob(definition))}
+            "kuberay/monitor-cronjob.yaml": dump(monitor_cronjob(definition)),
+            "kuberay/networkpolicy.yaml": dump(network_policy(definition))}
 
 
 def write_rendered(definition_path: str | Path) -> list[Path]:

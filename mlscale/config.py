@@ -400,6 +400,10 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     max_failures: int = Field(1, ge=-1, description="Worker failures to recover from (-1: unlimited).")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Where the workers go: PACK fills a node first (fast collectives); SPREAD puts them on "
+                            "different nodes when it can, so one lost node costs one worker, and the restart packs "
+                            "onto what is left (STRICT_SPREAD would wait for a replacement node instead).")
     materialize_mb: int = Field(
         2048, ge=0, description="Featurized training parquet up to this size is read once into the object store "
                                 "instead of once per epoch; larger splits stream every epoch."
@@ -667,6 +671,9 @@ class ServeConfig(_Section):
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "mlscale"
     route_prefix: str = "/"
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="Where Serve runs an HTTP proxy: on every node (a load balancer in front reaches "
+                                 "any of them) or on the head only (several raylets on one machine share a port).")
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
     autoscaling: ServeAutoscaling | None = Field(
         None, description="Set: the replica count follows the load between min_replicas and max_replicas.")

@@ -50,7 +50,7 @@ def serve_config_document(config: PipelineConfig, model_uri: str | None = None,
     if settings.request_timeout_s is not None:
         http_options["request_timeout_s"] = settings.request_timeout_s
     return {
-        "proxy_location": "EveryNode",
+        "proxy_location": settings.proxy_location,
         "http_options": http_options,
         "applications": [{"name": settings.app_name, "route_prefix": settings.route_prefix,
                           "import_path": APP_BUILDER, "args": args,

@@ -19,7 +19,8 @@ def endpoint_url(config: PipelineConfig) -> str:
 def deploy(config: PipelineConfig, model_uri: str, canary: Canary | None = None) -> str:
     """Start Serve (idempotent) and run the app for model_uri (and a canary beside it); returns the predict URL."""
     settings = config.serve
-    serve.start(http_options={"host": settings.host, "port": settings.port,
+    serve.start(proxy_location=settings.proxy_location,
+                http_options={"host": settings.host, "port": settings.port,
                               "request_timeout_s": settings.request_timeout_s})
     if settings.graph is not None:  # a fallback or ensemble graph of the models it names
         app = build_graph(settings, config.tracking_uri, record_name(config.name), api_key_digests(settings))

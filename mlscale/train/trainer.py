@@ -136,6 +136,7 @@ def make_trainer(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
             resources_per_worker={"CPU": settings.cpus_per_worker,
                                   **({"GPU": settings.gpus_per_worker} if settings.use_gpu else {})},
+            placement_strategy=settings.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,

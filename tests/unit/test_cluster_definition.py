@@ -168,3 +168,62 @@ def test_the_monitor_runs_on_a_schedule_against_the_defined_cluster():
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == cluster["metadata"]["name"]
     assert "value" not in env["RAY_AUTH_TOKEN"]  # a secret by reference, never a literal
     assert {name: env[name]["value"] for name in SHARED_ENV} == SHARED_ENV
+
+
+def _pod_templates():
+    """Every pod the definition makes: RayCluster head and workers, the RayService's, the monitor's."""
+    cluster = load("kuberay/raycluster.yaml")["spec"]
+    service = load("kuberay/rayservice.yaml")["spec"]["rayClusterConfig"]
+    for spec in (cluster, service):
+        yield spec["headGroupSpec"]["template"]
+        yield from (group["template"] for group in spec["workerGroupSpecs"])
+    yield load("kuberay/monitor-cronjob.yaml")["spec"]["jobTemplate"]["spec"]["template"]
+
+
+def test_the_network_policy_covers_every_pod_and_opens_only_the_serve_port_to_the_ingress():
+    policy = load("kuberay/networkpolicy.yaml")
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    for template in _pod_templates():
+        labels = template["metadata"]["labels"]
+        assert selected.items() <= labels.items(), labels  # no pod of the cluster escapes the policy
+        assert template["spec"]["securityContext"]["runAsNonRoot"]
+    internal, ingress = policy["spec"]["ingress"]
+    assert internal == {"from": [{"podSelector": {"matchLabels": selected}}]}
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8000}]  # not the dashboard, not the GCS
+    assert list(ingress["from"][0]) == ["namespaceSelector"]
+
+
+def test_drivers_land_on_on_demand_capacity_and_never_on_the_head():
+    from pydantic import ValidationError
+
+    from mlscale.clusterdef import ClusterDefinition, load_definition
+
+    definition = load_definition(DEFINITION)
+    job = load("kuberay/rayjob.yaml")["spec"]
+    assert job["entrypointNumCpus"] == definition.jobs.entrypoint_num_cpus
+    assert json.loads(job["entrypointResources"]) == definition.jobs.entrypoint_resources == {"driver": 1}
+    hosts = [group for group in definition.worker_groups if group.resources.get("driver")]
+    assert hosts and all(group.capacity == "on-demand" for group in hosts)
+    assert load("kuberay/raycluster.yaml")["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    data = yaml.safe_load(DEFINITION.read_text())
+    for group in data["worker_groups"]:
+        if group["capacity"] == "spot":
+            group["resources"] = {"driver": 2}
+        else:
+            group.get("resources", {}).pop("driver", None)
+    with pytest.raises(ValidationError, match="'driver' is on a spot group"):
+        ClusterDefinition.model_validate(data)
+
+
+def test_a_missing_or_broken_definition_names_the_file_and_the_field(tmp_path):
+    from mlscale.clusterdef import load_definition
+    from mlscale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_definition(tmp_path / "nowhere.yaml")
+    data = yaml.safe_load(DEFINITION.read_text())
+    data["worker_groups"][0]["cpu"] = "lots"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"worker_groups\.0\.cpu"):
+        load_definition(tmp_path / "bad.yaml")
