@@ -291,7 +291,8 @@ def _replicas(cluster: MultiNodeCluster, app: str) -> list[dict]:
 
 def test_serving_keeps_answering_when_a_node_is_lost(multinode):
     """Two replicas, one per worker node, under load from four clients; the spot node dies. The other replica
-    keeps answering while Serve replaces the lost one on the capacity left."""
+    keeps answering (no gap over 10 s, every request after the replacement answered) while Serve replaces the lost
+    one on the capacity left; only requests in flight on the lost replica may fail."""
     app = "multinode"
     _, summary = multinode.submit("deploy", {"serve.app_name": app, "serve.route_prefix": f"/{app}",
                                              "serve.num_replicas": 2, "serve.model_cpus": 0.5})
@@ -328,6 +329,8 @@ def test_serving_keeps_answering_when_a_node_is_lost(multinode):
     after = [status for sent, _, status in results if sent > killed_at + replaced]
     print(f"multinode serving: {len(results)} requests, {len(failed)} failed {failed[:10]}; the longest wait "
           f"between answers after the kill {max(gaps):.2f} s; the lost replica replaced in {replaced:.1f} s")
-    assert all(status in (200, 503) or isinstance(status, str) for _, status in failed), failed  # never a 500
-    assert len(failed) <= 8, failed  # at most what was in flight on the lost replica
+    # What fails is what was in flight on the lost replica when it died: Serve's proxy answers those with a 500
+    # (predictions are idempotent: a client retries them); each client has one request in flight at a time, and
+    # a client may hit the dying replica once more before the router drops it.
+    assert len(failed) <= 2 * len(clients) and all(-1 < sent < 5 for sent, _ in failed), failed
     assert max(gaps) < 10 and after and all(status == 200 for status in after)
