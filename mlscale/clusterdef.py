@@ -229,8 +229,7 @@ def raycluster_spec(definition: ClusterDefinition) -> dict[str, Any]:
     for group in definition.worker_groups:
         params = {"disable-usage-stats": "true"}
         if group.resources:
-            params["resources"] = yaml.safe_dump(group.resources, default_flow_style=True).strip().replace(
-                "'", '"')
+            params["resources"] = json.dumps(group.resources)  # `ray start --resources` reads it with json.loads
         workers.append({"groupName": group.name, "replicas": group.min, "minReplicas": group.min,
                         "maxReplicas": group.max, "rayStartParams": params,
                         "template": pod("ray-worker", definition.images[group.image], group)})

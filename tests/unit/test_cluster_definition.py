@@ -103,6 +103,8 @@ def test_the_definition_names_the_installed_ray_one_image_per_kind_and_the_share
         assert ("InstanceMarketOptions" in node) == (group.capacity == "spot")
         selector = groups[group.name]["template"]["spec"]["nodeSelector"]
         assert selector == definition.kubernetes.capacity_labels[group.capacity]
+        if group.resources:  # passed to `ray start --resources`, which parses JSON (as the launcher's are a dict)
+            assert json.loads(groups[group.name]["rayStartParams"]["resources"]) == group.resources
     assert "InstanceMarketOptions" not in launcher["available_node_types"]["head"]["node_config"]
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert f"rayproject/ray:{ray.__version__}-py311" in dockerfile
