@@ -316,10 +316,7 @@ def cluster_submit(
     typer.echo(f"submitted {job_id}")
     if not wait:
         return
-    followed = ""
-    for chunk in _follow(client, job_id):
-        typer.echo(chunk, nl=False)
-        followed += chunk
+    followed = _follow(client, job_id)
     # the stream can end early (a driver on another node than the head): print what it did not show
     logs = client.get_job_logs(job_id)
     typer.echo(logs[len(followed):] if logs.startswith(followed) else logs, nl=False)
@@ -329,13 +326,18 @@ def cluster_submit(
         raise typer.Exit(1)
 
 
-def _follow(client: Any, job_id: str) -> Any:
+def _follow(client: Any, job_id: str) -> str:
+    """Print a job's logs as they arrive (not once it has ended); what was printed."""
     import asyncio
 
-    async def tail() -> list[str]:
-        return [chunk async for chunk in client.tail_job_logs(job_id)]
+    async def tail() -> str:
+        shown = ""
+        async for chunk in client.tail_job_logs(job_id):
+            typer.echo(chunk, nl=False)
+            shown += chunk
+        return shown
 
-    yield from asyncio.run(tail())
+    return asyncio.run(tail())
 
 
 @cluster_app.command("logs")
