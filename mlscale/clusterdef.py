@@ -16,6 +16,10 @@ from mlscale.errors import ConfigError
 GENERATED = "# Generated from cluster/definition.yaml by `mlscale cluster render`: edit the definition instead.\n"
 DASHBOARD_PORT = 8265
 SERVE_PORT = 8000
+# the definition's secrets a Ray pod reads, and the variable each becomes (MLflow's own names for its credentials;
+# the service's `serve.api_keys_env`); the Ray token is KubeRay's to mount (authOptions)
+SECRET_ENV = {"mlflow_username": "MLFLOW_TRACKING_USERNAME", "mlflow_password": "MLFLOW_TRACKING_PASSWORD",
+              "serve_api_keys": "MLSCALE_SERVE_API_KEYS"}
 
 
 class _Strict(BaseModel):
@@ -196,7 +200,10 @@ def _aws_node(definition: ClusterDefinition, group: NodeGroup) -> dict[str, Any]
 def raycluster_spec(definition: ClusterDefinition) -> dict[str, Any]:
     """The RayCluster spec (also the RayService's rayClusterConfig): token auth, a head that schedules only, one
     worker group per definition group on its capacity type, non-root pods."""
-    env = [{"name": name, "value": value} for name, value in definition.shared_env.items()]
+    env = [*({"name": name, "value": value} for name, value in definition.shared_env.items()),
+           *({"name": variable, "valueFrom": {"secretKeyRef": {"name": definition.secrets[key].secret,
+                                                               "key": definition.secrets[key].key}}}
+             for key, variable in SECRET_ENV.items() if key in definition.secrets)]
     mounts = [{"name": "shared", "mountPath": definition.storage_uri}] if definition.storage_uri.startswith("/") \
         else []
     volumes = [{"name": "shared", "persistentVolumeClaim": {"claimName": definition.kubernetes.shared_volume_claim}}] \
@@ -268,8 +275,8 @@ def rayjob(definition: ClusterDefinition, stage: str = "pipeline",
 
 def rayservice(definition: ClusterDefinition, model_uri: str = "models:/flights-late-arrival@champion"
                ) -> dict[str, Any]:
-    """The model service: the RayCluster's own spec, and the Serve app for the registered champion (the API keys
-    from their secret, mounted as a file)."""
+    """The model service: the RayCluster's own spec, and the Serve app for the registered champion (with the API
+    keys from their secret, as the pods' environment, when the definition names one)."""
     serve_config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT, "request_timeout_s": 30},  # inside the pod
@@ -277,6 +284,8 @@ def rayservice(definition: ClusterDefinition, model_uri: str = "models:/flights-
                           "import_path": "mlscale.serve.app:app_builder",
                           "args": {"model_uri": model_uri, "tracking_uri": definition.tracking_uri,
                                    "max_batch_size": 64,
+                                   **({"api_keys_env": SECRET_ENV["serve_api_keys"]}
+                                      if "serve_api_keys" in definition.secrets else {}),
                                    "autoscaling": {"min_replicas": 2, "max_replicas": 8,
                                                    "target_ongoing_requests": 16}}}]}
     return {"apiVersion": "ray.io/v1", "kind": "RayService",

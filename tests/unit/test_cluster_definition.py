@@ -229,3 +229,21 @@ def test_a_missing_or_broken_definition_names_the_file_and_the_field(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"worker_groups\.0\.cpu"):
         load_definition(tmp_path / "bad.yaml")
+
+
+def test_credentials_and_api_keys_reach_the_pods_by_reference_only():
+    from mlscale.clusterdef import load_definition
+
+    definition = load_definition(DEFINITION)
+    for template in _pod_templates():
+        env = {item["name"]: item for item in template["spec"]["containers"][0]["env"]}
+        if "MLFLOW_TRACKING_USERNAME" not in env:  # the monitor's pod only submits a job
+            continue
+        for key, variable in {"mlflow_username": "MLFLOW_TRACKING_USERNAME",
+                              "mlflow_password": "MLFLOW_TRACKING_PASSWORD",
+                              "serve_api_keys": "MLSCALE_SERVE_API_KEYS"}.items():
+            assert "value" not in env[variable]
+            reference = env[variable]["valueFrom"]["secretKeyRef"]
+            assert reference == {"name": definition.secrets[key].secret, "key": definition.secrets[key].key}
+    app = yaml.safe_load(load("kuberay/rayservice.yaml")["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["api_keys_env"] == "MLSCALE_SERVE_API_KEYS"  # /predict needs a key from that secret
