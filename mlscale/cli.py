@@ -298,14 +298,14 @@ def cluster_submit(
     """Submit a stage as a Ray job to the cluster (the project folder as working_dir, token auth from
     RAY_AUTH_TOKEN or ~/.ray/auth_token, the driver's resources from the definition's `jobs`); the same as
     `ray job submit --entrypoint-num-cpus 1 --entrypoint-resources '{"driver": 1}' -- python jobs/<stage>.py ...`."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     from mlscale.clusterdef import load_definition
-    from mlscale.submit import forwarded_env, job_entrypoint, job_runtime_env, jobs_address
+    from mlscale.submit import forwarded_env, job_entrypoint, job_runtime_env
 
     try:
         jobs = load_definition(definition).jobs
-        client = JobSubmissionClient(jobs_address(address))
+        client = _jobs_client("cluster submit", address)
         job_id = client.submit_job(entrypoint=job_entrypoint(stage, config, set_),
                                    runtime_env=job_runtime_env(Path.cwd(), forwarded_env()),
                                    entrypoint_num_cpus=jobs.entrypoint_num_cpus,
@@ -326,6 +326,18 @@ def cluster_submit(
         raise typer.Exit(1)
 
 
+def _jobs_client(command: str, address: str | None) -> Any:
+    """The Jobs API client for a `cluster` command; a readable error when no address is known."""
+    from ray.job_submission import JobSubmissionClient
+
+    from mlscale.submit import jobs_address
+
+    try:
+        return JobSubmissionClient(jobs_address(address))
+    except MlscaleError as error:
+        raise _fail(command, error) from None
+
+
 def _follow(client: Any, job_id: str) -> str:
     """Print a job's logs as they arrive (not once it has ended); what was printed."""
     import asyncio
@@ -343,21 +355,13 @@ def _follow(client: Any, job_id: str) -> str:
 @cluster_app.command("logs")
 def cluster_logs(job_id: str, address: AddressOption = None) -> None:
     """A job's logs so far."""
-    from ray.job_submission import JobSubmissionClient
-
-    from mlscale.submit import jobs_address
-
-    typer.echo(JobSubmissionClient(jobs_address(address)).get_job_logs(job_id), nl=False)
+    typer.echo(_jobs_client("cluster logs", address).get_job_logs(job_id), nl=False)
 
 
 @cluster_app.command("status")
 def cluster_status(job_id: Annotated[str | None, typer.Argument()] = None, address: AddressOption = None) -> None:
     """One job's status, or every job's (id, status, stage, entrypoint)."""
-    from ray.job_submission import JobSubmissionClient
-
-    from mlscale.submit import jobs_address
-
-    client = JobSubmissionClient(jobs_address(address))
+    client = _jobs_client("cluster status", address)
     if job_id:
         typer.echo(client.get_job_status(job_id).value)
         return
@@ -369,11 +373,7 @@ def cluster_status(job_id: Annotated[str | None, typer.Argument()] = None, addre
 @cluster_app.command("stop")
 def cluster_stop(job_id: str, address: AddressOption = None) -> None:
     """Stop a running job (a train job resumes from its checkpoint when submitted again)."""
-    from ray.job_submission import JobSubmissionClient
-
-    from mlscale.submit import jobs_address
-
-    stopped = JobSubmissionClient(jobs_address(address)).stop_job(job_id)
+    stopped = _jobs_client("cluster stop", address).stop_job(job_id)
     typer.echo(f"{job_id}: {'stopping' if stopped else 'not running'}")
 
 
@@ -438,7 +438,7 @@ def registry_list(config: ConfigOption = None, set_: SetOption = None, name: Nam
         raise typer.Exit(2) from None
     table = Table(title=f"{settings.tracking.registered_model}: {len(versions)} version(s)")
     metric = settings.metric[0]
-    test_metric = f"test_{metric.removeprefix('val_')}"
+    test_metric = f"test_{settings.metric_stem}"
     for column in ("version", "aliases", metric, test_metric, "run", "code"):
         table.add_column(column)
     for info in versions:

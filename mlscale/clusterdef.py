@@ -228,7 +228,7 @@ def raycluster_spec(definition: ClusterDefinition) -> dict[str, Any]:
             spec["volumes"] = volumes
         if group.gpu:
             spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        return {"metadata": {"labels": {"app.kubernetes.io/name": definition.name}}, "spec": spec}
+        return {"metadata": {"labels": _labels(definition)}, "spec": spec}
 
     ports = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": DASHBOARD_PORT, "name": "dashboard"},
              {"containerPort": SERVE_PORT, "name": "serve"}]
@@ -250,9 +250,18 @@ def raycluster_spec(definition: ClusterDefinition) -> dict[str, Any]:
     }
 
 
+def _labels(definition: ClusterDefinition, **extra: str) -> dict[str, str]:
+    """The name label every object of the cluster carries: the NetworkPolicy selects its pods by it."""
+    return {"app.kubernetes.io/name": definition.name, **extra}
+
+
+def _metadata(definition: ClusterDefinition, name: str) -> dict[str, Any]:
+    return {"name": name, "labels": _labels(definition)}
+
+
 def raycluster(definition: ClusterDefinition) -> dict[str, Any]:
     return {"apiVersion": "ray.io/v1", "kind": "RayCluster",
-            "metadata": {"name": definition.name, "labels": {"app.kubernetes.io/name": definition.name}},
+            "metadata": _metadata(definition, definition.name),
             "spec": raycluster_spec(definition)}
 
 
@@ -262,7 +271,7 @@ def rayjob(definition: ClusterDefinition, stage: str = "pipeline",
     asks for the definition's entrypoint resources, so it lands on on-demand capacity, not on the head that only
     schedules nor on a spot node."""
     return {"apiVersion": "ray.io/v1", "kind": "RayJob",
-            "metadata": {"name": f"{definition.name}-{stage}", "labels": {"app.kubernetes.io/name": definition.name}},
+            "metadata": _metadata(definition, f"{definition.name}-{stage}"),
             "spec": {"clusterSelector": {"ray.io/cluster": definition.name},
                      "entrypoint": f"python jobs/{stage}.py --config {config}",
                      "entrypointNumCpus": definition.jobs.entrypoint_num_cpus,
@@ -289,7 +298,7 @@ def rayservice(definition: ClusterDefinition, model_uri: str = "models:/flights-
                                    "autoscaling": {"min_replicas": 2, "max_replicas": 8,
                                                    "target_ongoing_requests": 16}}}]}
     return {"apiVersion": "ray.io/v1", "kind": "RayService",
-            "metadata": {"name": definition.name, "labels": {"app.kubernetes.io/name": definition.name}},
+            "metadata": _metadata(definition, definition.name),
             "spec": {"upgradeStrategy": {"type": "NewCluster"},
                      "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
                      "rayClusterConfig": raycluster_spec(definition)}}
@@ -313,14 +322,13 @@ def monitor_cronjob(definition: ClusterDefinition, config: str = "jobs/configs/f
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}}}
-    pod = {"metadata": {"labels": {"app.kubernetes.io/name": definition.name,
-                                   "app.kubernetes.io/component": "monitor"}},
+    pod = {"metadata": {"labels": _labels(definition, **{"app.kubernetes.io/component": "monitor"})},
            "spec": {"restartPolicy": "Never",
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container]}}
     return {"apiVersion": "batch/v1", "kind": "CronJob",
-            "metadata": {"name": f"{definition.name}-monitor", "labels": {"app.kubernetes.io/name": definition.name}},
+            "metadata": _metadata(definition, f"{definition.name}-monitor"),
             "spec": {"schedule": schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 600,
                      "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 5,
                      "jobTemplate": {"spec": {"backoffLimit": 0, "activeDeadlineSeconds": 7200, "template": pod}}}}
@@ -331,9 +339,9 @@ def network_policy(definition: ClusterDefinition) -> dict[str, Any]:
     then only: the pods among themselves (GCS, object transfer, workers), and the serve port from the ingress
     controller's namespace. The dashboard and Jobs API are reached from inside (the monitor's CronJob) or through
     `kubectl port-forward`, never from elsewhere in the cluster."""
-    own = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": definition.name}}}
+    own = {"podSelector": {"matchLabels": _labels(definition)}}
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": f"{definition.name}-ingress", "labels": {"app.kubernetes.io/name": definition.name}},
+            "metadata": _metadata(definition, f"{definition.name}-ingress"),
             "spec": {**own, "policyTypes": ["Ingress"],
                      "ingress": [{"from": [own]},
                                  {"from": [{"namespaceSelector": {"matchLabels": {

@@ -907,6 +907,11 @@ class PipelineConfig(_Section):
         lower_is_better = any(part in name for part in ("loss", "rmse", "mae", "ece"))
         return name, "min" if lower_is_better else "max"
 
+    @property
+    def metric_stem(self) -> str:
+        """The metric without its split: `auc` for val_auc; test_<stem> and live_<stem> name it on other data."""
+        return self.metric[0].removeprefix("val_")
+
     def fingerprint(self) -> str:
         """A stable hash of the settings that change a training run's results (lineage, caching); a search's settings
         are not among them: each trial's config has its own hash."""

@@ -245,7 +245,7 @@ def judge_against_champion(config: PipelineConfig, dataset: ray.data.Dataset, ch
     Raises:
         PromotionError: the challenger alias is not set.
     """
-    name, mode = config.metric
+    _, mode = config.metric
     model = config.tracking.registered_model
     alias = champion_alias or config.tracking.alias
     challenger_version = resolve_version(model, challenger, config.tracking_uri)
@@ -254,7 +254,7 @@ def judge_against_champion(config: PipelineConfig, dataset: ray.data.Dataset, ch
     champion_version = version_of(model, alias, config.tracking_uri)
     mine, _ = measure(config, dataset, challenger_version, prefix, challenger_evaluation)
     theirs = measure(config, dataset, champion_version, prefix)[0] if champion_version is not None else None
-    return decide(model, alias, policy or config.tracking.promotion, f"{prefix}_{name.removeprefix('val_')}", mode,
+    return decide(model, alias, policy or config.tracking.promotion, f"{prefix}_{config.metric_stem}", mode,
                   config.tracking.promotion_min_delta, mine, theirs, behaviour_passed, behaviour_failures)
 
 

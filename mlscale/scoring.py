@@ -32,7 +32,7 @@ from mlscale.data.storage import atomic_directory
 from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN, build_rules, validate_batch
 from mlscale.errors import ConfigError
 from mlscale.registry.bundle import Bundle
-from mlscale.registry.store import load_bundle, pinned_uri
+from mlscale.registry.store import load_bundle, pinned_uri, uri_version
 
 PREDICTION_COLUMN = "prediction"
 VERSION_COLUMN = "model_version"
@@ -159,7 +159,7 @@ def score_source(config: PipelineConfig, model_uri: str, variant: str = "fp32", 
     settings = scoring_validation(config, specs)
     build_rules(specs, settings, [])  # a bad expression fails before any data is read
     source = read_source(config.data, schema_for(config), config.storage.root_path / "cache")
-    version = served_uri.rsplit("/", 1)[-1]
+    version = uri_version(served_uri)
     key = cache_key(source.fingerprint, {"model": served_uri, "variant": variant, "kept": kept,
                                          "specs": [spec.model_dump() for spec in specs],
                                          "validation": settings.model_dump(mode="json")},

@@ -226,6 +226,12 @@ def label_of(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     return load_bundle(model_uri, tracking_uri).label
 
 
+def uri_version(model_uri: str) -> str:
+    """The version a pinned URI names: models:/name/3 -> "3"; "" for an alias or a URI outside the registry."""
+    parsed = _parse_models_uri(model_uri)
+    return parsed[1] if parsed and parsed[1].isdigit() else ""
+
+
 def _parse_models_uri(model_uri: str) -> tuple[str, str] | None:
     """models:/name/3 -> (name, "3"); models:/name@alias -> (name, alias); anything else -> None."""
     if not model_uri.startswith("models:/"):

@@ -33,7 +33,7 @@ from mlscale.config import ServeConfig
 from mlscale.data.schema import record_name
 from mlscale.errors import ConfigError
 from mlscale.registry.bundle import Bundle
-from mlscale.registry.store import load_bundle, pinned_uri
+from mlscale.registry.store import load_bundle, pinned_uri, uri_version
 from mlscale.serve.cache import PredictionCache
 from mlscale.serve.docs import openapi_document
 from mlscale.serve.ledger import release_ledger
@@ -206,7 +206,7 @@ class ModelServerReplica:
         current = loaded.get((served_uri, rollout.variant))
         bundle = current.bundle if current else load_bundle(served_uri, rollout.tracking_uri).with_variant(
             rollout.variant)
-        version = served_uri.rsplit("/", 1)[-1] if served_uri.startswith("models:/") else ""
+        version = uri_version(served_uri)
         info = {"uri": uri, "served_uri": served_uri, "version": version, "variant": rollout.variant,
                 "role": role, **bundle.lineage}
         parser = RequestParser(list(bundle.input_schema), rollout.max_records, rollout.max_body_bytes, rollout.record)

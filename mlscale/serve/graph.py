@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from mlscale.config import ServeConfig
 from mlscale.data.schema import ColumnSpec
-from mlscale.registry.store import load_bundle, pinned_uri
+from mlscale.registry.store import load_bundle, pinned_uri, uri_version
 from mlscale.serve.app import TransformFailed, predict_requests
 from mlscale.serve.requests import RequestParser, RequestRejected, authorized
 
@@ -145,7 +145,7 @@ def build_graph(settings: ServeConfig, tracking_uri: str | None, record: str,
     first = load_bundle(served[0], tracking_uri)
     infos, handles = [], []
     for index, (uri, pinned) in enumerate(zip(graph.models, served, strict=True)):
-        version = pinned.rsplit("/", 1)[-1]
+        version = uri_version(pinned)
         infos.append({"uri": uri, "served_uri": pinned, "version": version, "variant": settings.variant})
         # a fallback takes what the main model turned away: it gets the service's own (larger) limits
         spare = graph.mode == "fallback" and index > 0

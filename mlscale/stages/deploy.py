@@ -62,8 +62,8 @@ def deploy_stage(config: PipelineConfig, model_uri: str | None = None) -> str:
 def check_variant(config: PipelineConfig, served_uri: str) -> dict[str, Any]:
     """Measure the configured variant against fp32 on the test split; record it on the version; refuse it beyond
     the tolerance. Returns the record (metric, both values, the drop, the tolerance)."""
-    name, mode = config.metric
-    metric = f"test_{name.removeprefix('val_')}"
+    _, mode = config.metric
+    metric = f"test_{config.metric_stem}"
     test = load_prepared(config).read("test")
     label = label_of(served_uri, config.tracking_uri)
     values = {variant: evaluate_model(config.evaluate, test, served_uri, config.tracking_uri, label=label,

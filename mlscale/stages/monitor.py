@@ -20,7 +20,7 @@ from mlscale.monitor.labels import join_labels
 from mlscale.monitor.retrain import DecisionLog, RetrainDecision, decide_retrain
 from mlscale.monitor.windows import Decay, WindowDrift, judge_windows, read_log, read_table, with_windows
 from mlscale.plots import drift_over_time, metric_over_time
-from mlscale.registry.store import load_bundle, pinned_uri, version_tags
+from mlscale.registry.store import load_bundle, pinned_uri, uri_version, version_tags
 from mlscale.serve.predlog import default_log_path
 from mlscale.tracking import child_run
 
@@ -98,7 +98,7 @@ def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: dat
     except KeyError as error:
         raise ConfigError(str(error.args[0])) from None
     labelled = _labelled(config, logged)
-    version = uri.rsplit("/", 1)[-1]
+    version = uri_version(uri)
     bundle = load_bundle(uri, config.tracking_uri)  # its profile and its label spec: one download
     windows = judge_windows(logged, bundle.profile, settings, labelled, bundle.label, label_column_of(config),
                             _decay(config, uri), version)
@@ -146,8 +146,8 @@ def _labelled(config: PipelineConfig, logged: pa.Table) -> pa.Table | None:
 
 
 def _decay(config: PipelineConfig, uri: str) -> Decay | None:
-    name, mode = config.metric
-    metric = name.removeprefix("val_")
+    _, mode = config.metric
+    metric = config.metric_stem
     reference = version_tags(uri, config.tracking_uri).get(f"test_{metric}")
     if config.monitor.labels is None or reference is None:
         return None
@@ -167,7 +167,7 @@ def _write_report(config: PipelineConfig, report: MonitorReport) -> None:
     series["(prediction)"] = [window.prediction.psi if window.prediction else None for window in windows]
     report.plot_paths = [str(drift_over_time(starts, series, [window.overall for window in windows],
                                              settings.drift_threshold, folder / f"{config.name}-drift.png"))]
-    metric = f"live_{config.metric[0].removeprefix('val_')}"
+    metric = f"live_{config.metric_stem}"
     if any(metric in window.performance for window in windows):
         report.plot_paths.append(str(metric_over_time(
             starts, [window.performance.get(metric) for window in windows], metric,

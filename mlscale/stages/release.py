@@ -16,7 +16,7 @@ from mlscale.config import PipelineConfig
 from mlscale.errors import ConfigError, PromotionConflict, PromotionError
 from mlscale.features.label import label_scale
 from mlscale.promotion import PromotionDecision, apply_decision, model_uri, who
-from mlscale.registry.store import label_of, pinned_uri
+from mlscale.registry.store import label_of, pinned_uri, uri_version
 from mlscale.serve.app import Canary
 from mlscale.serve.deploy import deploy
 from mlscale.serve.ledger import read_live
@@ -41,10 +41,6 @@ class Release:
                 "reasons": self.decision.reasons, "elapsed_s": self.decision.elapsed_s,
                 "champion": self.decision.champion, "challenger": self.decision.challenger,
                 "endpoint": self.endpoint, "release_log": self.log_path}
-
-
-def _version(uri: str) -> str:
-    return uri.rsplit("/", 1)[-1]
 
 
 def canary_stage(config: PipelineConfig, challenger: str = "challenger") -> Release:
@@ -73,15 +69,15 @@ def canary_stage(config: PipelineConfig, challenger: str = "challenger") -> Rele
     except Exception as error:  # noqa: BLE001 - an unknown version or alias, named for the caller
         raise PromotionError(f"challenger {challenger_uri} cannot be resolved: {error}") from None
     if challenger_served == champion_served:
-        raise PromotionError(f"{challenger_uri} is v{_version(champion_served)}, the {config.tracking.alias} "
+        raise PromotionError(f"{challenger_uri} is v{uri_version(champion_served)}, the {config.tracking.alias} "
                              f"already: nothing to release")
     rollout_id = uuid.uuid4().hex[:12]
     canary = Canary(uri=challenger_uri, served_uri=challenger_served, fraction=policy.fraction,
                     sticky_header=policy.sticky_header, rollout_id=rollout_id, app_name=config.serve.app_name)
     endpoint = deploy(config, champion_served, canary=canary)
-    log.info("canary %s: v%s on %.0f%% of traffic beside v%s", rollout_id, _version(challenger_served),
-             100 * policy.fraction, _version(champion_served))
-    decision = watch_canary(config, rollout_id, _version(champion_served), _version(challenger_served),
+    log.info("canary %s: v%s on %.0f%% of traffic beside v%s", rollout_id, uri_version(challenger_served),
+             100 * policy.fraction, uri_version(champion_served))
+    decision = watch_canary(config, rollout_id, uri_version(champion_served), uri_version(challenger_served),
                             label_scale(label_of(challenger_served, config.tracking_uri)))
     return apply_release(config, decision, champion_served, challenger_served, endpoint)
 

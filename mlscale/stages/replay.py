@@ -119,7 +119,7 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
     endpoint = deploy_stage(config)
     prepared = prepare_stage(config)  # the pipeline's own preparation (cached): a retrain's split is another one
     rows = windows_of(prepared, column, settings.windows, settings.rows_per_window, settings.seed)
-    metric = config.metric[0].removeprefix("val_")
+    metric = config.metric_stem
     report = ReplayReport(metric=metric, stale_version=str(stale))
     label_column = label_column_of(config)
     arrived: list[dict[str, Any]] = []

@@ -29,12 +29,26 @@ def test_quickstart_notebook_runs_clean_twice_on_the_same_storage(local_cluster,
                and "champion is v1" in o.get("text", "") for o in second)
 
 
+def cell_seconds(cell) -> float:
+    """How long a cell ran, from the timestamps nbclient records: where a slow notebook spends its time."""
+    from datetime import datetime
+
+    timing = cell.get("metadata", {}).get("execution", {})
+    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not (start and end):
+        return float("nan")
+    return (datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))
+            ).total_seconds()
+
+
 def execute(name: str = NOTEBOOK.name) -> list:
     """Run a notebook top to bottom; its outputs, after checking that no cell failed."""
     notebook = nbformat.read(NOTEBOOK.with_name(name), as_version=4)
     NotebookClient(notebook, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute(env=dict(os.environ))
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    print(f"{name}: seconds per code cell", [round(cell_seconds(cell), 1) for cell in code])
+    outputs = [o for cell in code for o in cell.get("outputs", [])]
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, errors
     return outputs

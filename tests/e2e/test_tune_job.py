@@ -16,7 +16,7 @@ from mlscale.tune.analysis import OUTCOMES
 from tests.e2e.test_job import submit, summary_from_logs, wait
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-TRIALS = 6
+TRIALS = 4
 
 
 def finished_trials(root, name: str) -> set[str]:

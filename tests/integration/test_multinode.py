@@ -148,7 +148,9 @@ def multinode(tmp_path_factory: pytest.TempPathFactory, local_cluster, s3_endpoi
     """Head (no CPUs: it schedules), an on-demand node with the `driver` and `serve` resources, a spot node. The
     raylets get the object store's key in their environment, as a cluster gets it from its secrets."""
     tmp = Path(tempfile.mkdtemp(prefix="mn", dir="/tmp"))  # short: a raylet's socket path must fit 107 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # the object store's endpoint as a cluster's environment carries it (AWS_ENDPOINT_URL: what pyarrow's s3:// URIs
+    # and mlscale's object_store read); its key came into os.environ from s3_endpoint
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "AWS_ENDPOINT_URL": s3_endpoint}
     head = Node("head", tmp / "head", free_port())
     head.temp_dir.mkdir()
     port, dashboard_port = free_port(), free_port()
@@ -294,8 +296,10 @@ def test_serving_keeps_answering_when_a_node_is_lost(multinode):
     keeps answering (no gap over 10 s, every request after the replacement answered) while Serve replaces the lost
     one on the capacity left; only requests in flight on the lost replica may fail."""
     app = "multinode"
+    log = {"path": "s3://lake/predictions/multinode", "flush_interval_s": 1.0}  # every replica writes there
     _, summary = multinode.submit("deploy", {"serve.app_name": app, "serve.route_prefix": f"/{app}",
-                                             "serve.num_replicas": 2, "serve.model_cpus": 0.5})
+                                             "serve.num_replicas": 2, "serve.model_cpus": 0.5,
+                                             "serve.prediction_log": log})
     url = summary["endpoint"]
     nodes = multinode.node_ids()
     running = [replica for replica in _replicas(multinode, app) if replica["state"] == "RUNNING"]
@@ -334,3 +338,21 @@ def test_serving_keeps_answering_when_a_node_is_lost(multinode):
     # a client may hit the dying replica once more before the router drops it.
     assert len(failed) <= 2 * len(clients) and all(-1 < sent < 5 for sent, _ in failed), failed
     assert max(gaps) < 10 and after and all(status == 200 for status in after)
+
+    # the prediction log went to object storage from the replicas on both nodes (the lost one and its replacement
+    # included), and the monitor, a job like any stage, judges it from there
+    import pyarrow.fs as pafs
+
+    from mlscale.config import ObjectStoreConfig
+    from mlscale.data.sources import object_store
+
+    files = object_store(ObjectStoreConfig(endpoint_url=multinode.s3_endpoint)).get_file_info(
+        pafs.FileSelector("lake/predictions/multinode", recursive=True))
+    writers = {info.base_name.split("-")[0] for info in files if info.base_name.endswith(".parquet")}
+    assert len(writers) >= 3, sorted(info.path for info in files)  # two replicas, then the replacement
+    _, monitored = multinode.submit("monitor", {"serve.app_name": app, "serve.prediction_log": log,
+                                                "monitor.window": "count", "monitor.window_rows": 2000})
+    assert monitored["prediction_log"] == log["path"] and monitored["windows"] >= 2, monitored
+    assert monitored["last_overall_drift"] is not None  # one repeated record: far from the training profile
+    print(f"multinode monitor: {monitored['windows']} windows of the S3 log from {len(writers)} replicas; last drift "
+          f"{monitored['last_overall_drift']:.2f}")
