@@ -1,12 +1,14 @@
 """One cluster definition (cluster/definition.yaml) and the files generated from it: the Ray cluster launcher YAML
-and the KubeRay RayCluster, RayJob, RayService and the monitor's CronJob. Generating them is what keeps one image,
-one Ray version, one set of node groups, one storage and tracking URI and one set of secrets everywhere."""
+and the KubeRay RayCluster, RayJob, RayService, the monitor's CronJob and the MLflow server (basic auth). Generating
+them is what keeps one image, one Ray version, one set of node groups, one storage and tracking URI and one set of
+secrets everywhere."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +22,15 @@ SERVE_PORT = 8000
 # the service's `serve.api_keys_env`); the Ray token is KubeRay's to mount (authOptions)
 SECRET_ENV = {"mlflow_username": "MLFLOW_TRACKING_USERNAME", "mlflow_password": "MLFLOW_TRACKING_PASSWORD",
               "serve_api_keys": "MLSCALE_SERVE_API_KEYS"}
+
+
+# the MLflow server's secrets and the variables it reads them from (MLflow's own names; the backend store URI is
+# expanded into its command line by Kubernetes)
+MLFLOW_SERVER_SECRET_ENV = {"mlflow_backend_store": "MLFLOW_BACKEND_STORE_URI",
+                            "mlflow_admin_username": "MLFLOW_AUTH_ADMIN_USERNAME",
+                            "mlflow_admin_password": "MLFLOW_AUTH_ADMIN_PASSWORD",
+                            "mlflow_flask_secret_key": "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+MLFLOW_AUTH_CONFIG = "/etc/mlflow/basic_auth.ini"
 
 
 class _Strict(BaseModel):
@@ -73,6 +84,21 @@ class Kubernetes(_Strict):
     capacity_labels: dict[Literal["spot", "on-demand"], dict[str, str]]
 
 
+class MlflowServer(_Strict):
+    """The tracking server and registry every stage writes to, with MLflow's basic auth: every request signs in;
+    a user writes only what they created or were granted, and reads the rest per default_permission (never EDIT or
+    MANAGE: that would let any signed-in user move any model's aliases)."""
+    image: str
+    port: int = Field(5000, ge=1, le=65535)
+    replicas: int = Field(1, ge=1)
+    default_permission: Literal["READ", "NO_PERMISSIONS"] = "READ"
+    artifacts_destination: str = Field(..., description="Where the server keeps artifacts it proxies (s3://...).")
+    auth_cache_ttl_s: int = Field(60, ge=0, description="How long a verified sign-in is cached per worker: each "
+                                                        "check is a PBKDF2 hash (~0.5 s on 2 CPUs), and registering "
+                                                        "one model makes dozens of requests; a changed password "
+                                                        "reaches other workers after at most this long. 0: off.")
+
+
 class Jobs(_Strict):
     """What every stage's driver asks for: a CPU and the `driver` resource, which only on-demand groups carry, so
     a reclaimed spot node never takes a driver (and the run it coordinates) with it, and the head only schedules."""
@@ -93,6 +119,7 @@ class ClusterDefinition(_Strict):
     worker_groups: list[WorkerGroup] = Field(..., min_length=1)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     jobs: Jobs = Field(default_factory=Jobs)
+    mlflow: MlflowServer | None = None
     aws: Aws
     kubernetes: Kubernetes
 
@@ -112,8 +139,21 @@ class ClusterDefinition(_Strict):
             if any(group.capacity == "spot" for group in hosts):
                 raise ValueError(f"jobs.entrypoint_resources {name!r} is on a spot group: a reclaimed node "
                                  "would take the driver with it")
+        if any(group.capacity == "spot" and "serve" in group.resources for group in self.worker_groups):
+            raise ValueError("the `serve` resource is on a spot group: model replicas ask for it, and the service's "
+                             "capacity must not be reclaimed under it")
         if "ray_token" not in self.secrets:
             raise ValueError("secrets.ray_token is required: token authentication stays on in every definition")
+        if self.mlflow is not None:
+            missing = [key for key in (*MLFLOW_SERVER_SECRET_ENV, "mlflow_username", "mlflow_password")
+                       if key not in self.secrets]
+            if missing:
+                raise ValueError(f"mlflow: secrets {', '.join(missing)} are required (the server's store, its admin "
+                                 f"and CSRF key; the user the Ray pods sign in as)")
+            port = urlparse(self.tracking_uri).port
+            if port != self.mlflow.port:
+                raise ValueError(f"tracking_uri {self.tracking_uri!r} does not reach the MLflow server's port "
+                                 f"{self.mlflow.port}")
         return self
 
     @property
@@ -126,6 +166,14 @@ class _PlainDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def _block_text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    """Multi-line text (an embedded Serve config, an ini file) as a `|` block that reads like the file it is."""
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
+
+
+_PlainDumper.add_representer(str, _block_text)
 
 
 def load_definition(path: str | Path) -> ClusterDefinition:
@@ -197,13 +245,23 @@ def _aws_node(definition: ClusterDefinition, group: NodeGroup) -> dict[str, Any]
     return node
 
 
+def _secret_env(definition: ClusterDefinition, names: dict[str, str]) -> list[dict[str, Any]]:
+    """Environment variables from the definition's secrets (a reference to each, never its value)."""
+    return [{"name": variable, "valueFrom": {"secretKeyRef": {"name": definition.secrets[key].secret,
+                                                              "key": definition.secrets[key].key}}}
+            for key, variable in names.items() if key in definition.secrets]
+
+
+_CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+_POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100,
+                 "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def raycluster_spec(definition: ClusterDefinition) -> dict[str, Any]:
     """The RayCluster spec (also the RayService's rayClusterConfig): token auth, a head that schedules only, one
     worker group per definition group on its capacity type, non-root pods."""
     env = [*({"name": name, "value": value} for name, value in definition.shared_env.items()),
-           *({"name": variable, "valueFrom": {"secretKeyRef": {"name": definition.secrets[key].secret,
-                                                               "key": definition.secrets[key].key}}}
-             for key, variable in SECRET_ENV.items() if key in definition.secrets)]
+           *_secret_env(definition, SECRET_ENV)]
     mounts = [{"name": "shared", "mountPath": definition.storage_uri}] if definition.storage_uri.startswith("/") \
         else []
     volumes = [{"name": "shared", "persistentVolumeClaim": {"claimName": definition.kubernetes.shared_volume_claim}}] \
@@ -214,14 +272,12 @@ def raycluster_spec(definition: ClusterDefinition) -> dict[str, Any]:
                      **({"nvidia.com/gpu": str(group.gpu)} if group.gpu else {})}
         container: dict[str, Any] = {"name": name, "image": image,
                                      "resources": {"limits": resources, "requests": dict(resources)}, "env": env,
-                                     "securityContext": {"allowPrivilegeEscalation": False,
-                                                         "capabilities": {"drop": ["ALL"]}}}
+                                     "securityContext": dict(_CONTAINER_SECURITY)}
         if ports:
             container["ports"] = ports
         if mounts:
             container["volumeMounts"] = mounts
-        spec: dict[str, Any] = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100,
-                                                    "seccompProfile": {"type": "RuntimeDefault"}},
+        spec: dict[str, Any] = {"securityContext": dict(_POD_SECURITY),
                                 "containers": [container],
                                 "nodeSelector": definition.kubernetes.capacity_labels[group.capacity]}
         if volumes:
@@ -295,6 +351,10 @@ def rayservice(definition: ClusterDefinition, model_uri: str = "models:/flights-
                                    "max_batch_size": 64,
                                    **({"api_keys_env": SECRET_ENV["serve_api_keys"]}
                                       if "serve_api_keys" in definition.secrets else {}),
+                                   # replicas only where a group carries `serve` (on-demand: validated)
+                                   **({"replica_resources": {"serve": 1}}
+                                      if any("serve" in group.resources for group in definition.worker_groups)
+                                      else {}),
                                    "autoscaling": {"min_replicas": 2, "max_replicas": 8,
                                                    "target_ongoing_requests": 16}}}]}
     return {"apiVersion": "ray.io/v1", "kind": "RayService",
@@ -334,6 +394,62 @@ def monitor_cronjob(definition: ClusterDefinition, config: str = "jobs/configs/f
                      "jobTemplate": {"spec": {"backoffLimit": 0, "activeDeadlineSeconds": 7200, "template": pod}}}}
 
 
+def mlflow_auth_ini(definition: ClusterDefinition, database_uri: str | None = None) -> str:
+    """The server's basic_auth.ini: no credentials in it (the admin's come from MLFLOW_AUTH_ADMIN_* secrets); its
+    user database on the shared volume unless database_uri says otherwise."""
+    assert definition.mlflow is not None
+    database = database_uri or f"sqlite:///{definition.storage_uri.rstrip('/')}/mlflow/auth.db"
+    return ("[mlflow]\n"
+            f"default_permission = {definition.mlflow.default_permission}\n"
+            f"database_uri = {database}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "grant_default_workspace_access = false\n"
+            f"auth_cache_ttl_seconds = {definition.mlflow.auth_cache_ttl_s}\n")
+
+
+def mlflow_server_command(definition: ClusterDefinition, host: str = "0.0.0.0") -> list[str]:
+    """`mlflow server` with basic auth, its store from $MLFLOW_BACKEND_STORE_URI, artifacts proxied."""
+    assert definition.mlflow is not None
+    return ["mlflow", "server", "--app-name", "basic-auth", "--host", host, "--port", str(definition.mlflow.port),
+            "--backend-store-uri", "$(MLFLOW_BACKEND_STORE_URI)",
+            "--artifacts-destination", definition.mlflow.artifacts_destination]
+
+
+def mlflow_server(definition: ClusterDefinition) -> dict[str, Any]:
+    """The MLflow server as a Deployment and its Service (plus the auth config): basic auth on, so registry writes
+    need a signed-in user; secrets as references; non-root; inside the NetworkPolicy (it carries the name label)."""
+    settings = definition.mlflow
+    assert settings is not None
+    name = urlparse(definition.tracking_uri).hostname.split(".")[0]  # type: ignore[union-attr]  # its Service
+    labels = _labels(definition, **{"app.kubernetes.io/component": "mlflow"})
+    env = [{"name": "MLFLOW_AUTH_CONFIG_PATH", "value": MLFLOW_AUTH_CONFIG},
+           *_secret_env(definition, MLFLOW_SERVER_SECRET_ENV)]
+    mounts = [{"name": "auth-config", "mountPath": str(Path(MLFLOW_AUTH_CONFIG).parent), "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "auth-config", "configMap": {"name": name}}]
+    if definition.storage_uri.startswith("/"):  # the user database lives on the shared volume
+        mounts.append({"name": "shared", "mountPath": definition.storage_uri})
+        volumes.append({"name": "shared", "persistentVolumeClaim": {
+            "claimName": definition.kubernetes.shared_volume_claim}})
+    container = {"name": "mlflow", "image": settings.image, "command": mlflow_server_command(definition),
+                 "env": env, "ports": [{"containerPort": settings.port, "name": "http"}], "volumeMounts": mounts,
+                 "readinessProbe": {"httpGet": {"path": "/health", "port": settings.port}, "periodSeconds": 10},
+                 "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+                 "securityContext": dict(_CONTAINER_SECURITY)}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": name, "labels": labels},
+                  "spec": {"replicas": settings.replicas, "selector": {"matchLabels": labels},
+                           "template": {"metadata": {"labels": labels},
+                                        "spec": {"securityContext": dict(_POD_SECURITY), "containers": [container],
+                                                 "volumes": volumes,
+                                                 "nodeSelector": definition.kubernetes.capacity_labels["on-demand"]}}}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
+               "spec": {"selector": labels, "ports": [{"name": "http", "port": settings.port,
+                                                       "targetPort": settings.port}]}}
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels},
+              "data": {Path(MLFLOW_AUTH_CONFIG).name: mlflow_auth_ini(definition)}}
+    return {"apiVersion": "v1", "kind": "List", "items": [config, deployment, service]}
+
+
 def network_policy(definition: ClusterDefinition) -> dict[str, Any]:
     """Default deny for the cluster's pods (RayCluster, RayService and monitor alike: they share the name label),
     then only: the pods among themselves (GCS, object transfer, workers), and the serve port from the ingress
@@ -357,7 +473,8 @@ def render(definition: ClusterDefinition) -> dict[str, str]:
     return {"ray-cluster.yaml": dump(launcher(definition)), "kuberay/raycluster.yaml": dump(raycluster(definition)),
             "kuberay/rayjob.yaml": dump(rayjob(definition)), "kuberay/rayservice.yaml": dump(rayservice(definition)),
             "kuberay/monitor-cronjob.yaml": dump(monitor_cronjob(definition)),
-            "kuberay/networkpolicy.yaml": dump(network_policy(definition))}
+            "kuberay/networkpolicy.yaml": dump(network_policy(definition)),
+            **({"kuberay/mlflow-server.yaml": dump(mlflow_server(definition))} if definition.mlflow else {})}
 
 
 def write_rendered(definition_path: str | Path) -> list[Path]:

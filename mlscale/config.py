@@ -680,6 +680,10 @@ class ServeConfig(_Section):
     model_cpus: float = Field(
         1.0, gt=0, description="CPUs reserved per replica (each replica is the HTTP ingress and the model); one "
                                "intra-op thread per reserved CPU.")
+    replica_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each model replica asks for, e.g. {serve: 1}: "
+                                          "replicas then run only on node groups that carry it (the cluster "
+                                          "definition's on-demand serve group), never on spot capacity.")
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests one replica works on at once; more wait in the caller's queue.")
     max_batch_size: int = Field(64, ge=1, description="Requests merged into one forward pass.")

@@ -60,6 +60,18 @@ def wait_for_http(url: str, seconds: float, what: str) -> None:
     pytest.fail(f"{what} did not answer {url} within {seconds:.0f} s")
 
 
+def start_server(command: list[str], health_url: str, what: str, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen:
+    """A server process on loopback, returned once its health URL answers (killed if it never does)."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(health_url, 120, what)
+    except BaseException:
+        process.kill()
+        raise
+    return process
+
+
 @dataclass(frozen=True)
 class LocalCluster:
     gcs_address: str

@@ -399,6 +399,12 @@ def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settin
                    prediction_log=prediction_log).model_dump()
 
 
+def replica_actor_options(settings: ServeConfig, cpus: float) -> dict[str, Any]:
+    """A model replica's reservation: its CPUs and the custom resources that pin it to its node group."""
+    return {"num_cpus": cpus, **({"resources": dict(settings.replica_resources)} if settings.replica_resources
+                                 else {})}
+
+
 def deployment_options(settings: ServeConfig) -> dict[str, Any]:
     """Replicas (fixed or autoscaled), their CPUs, bounded queues and the overload answer, from the serve section.
 
@@ -407,7 +413,8 @@ def deployment_options(settings: ServeConfig) -> dict[str, Any]:
     `serve.run` (the deploy stage) it replaces them with a rolling update.
     """
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": settings.model_cpus}, "max_ongoing_requests": settings.max_ongoing_requests,
+        "ray_actor_options": replica_actor_options(settings, settings.model_cpus),
+        "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.max_queued_requests,
         "backpressure_config": {"status_code": settings.overload_status, "retry_after_s": settings.retry_after_s},
         "logging_config": {"enable_access_log": settings.access_log},

@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from mlscale.config import ServeConfig
 from mlscale.data.schema import ColumnSpec
 from mlscale.registry.store import load_bundle, pinned_uri, uri_version
-from mlscale.serve.app import TransformFailed, predict_requests
+from mlscale.serve.app import TransformFailed, predict_requests, replica_actor_options
 from mlscale.serve.requests import RequestParser, RequestRejected, authorized
 
 GRAPH_INGRESS = "GraphIngress"
@@ -150,7 +150,7 @@ def build_graph(settings: ServeConfig, tracking_uri: str | None, record: str,
         # a fallback takes what the main model turned away: it gets the service's own (larger) limits
         spare = graph.mode == "fallback" and index > 0
         options: dict[str, Any] = {
-            "name": f"Model{index}", "ray_actor_options": {"num_cpus": graph.model_cpus},
+            "name": f"Model{index}", "ray_actor_options": replica_actor_options(settings, graph.model_cpus),
             "max_ongoing_requests": settings.max_ongoing_requests if spare else graph.max_ongoing_requests,
             "max_queued_requests": settings.max_queued_requests if spare else graph.max_queued_requests}
         if graph.autoscaling is None:
@@ -161,7 +161,7 @@ def build_graph(settings: ServeConfig, tracking_uri: str | None, record: str,
                                                                     settings.max_batch_size))
     limits = {"max_records": settings.max_records_per_request, "max_body_bytes": settings.max_body_bytes,
               "record": record}
-    return GraphIngress.options(ray_actor_options={"num_cpus": 0.25},
+    return GraphIngress.options(ray_actor_options=replica_actor_options(settings, 0.25),
                                 max_ongoing_requests=settings.max_ongoing_requests,
                                 max_queued_requests=settings.max_queued_requests).bind(
         graph.mode, handles, infos, graph.weights or [1.0] * len(served), graph.timeout_s,

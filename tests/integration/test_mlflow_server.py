@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from mlscale.errors import PromotionConflict
 from mlscale.promotion import Measurement, apply_decision, decide
 from mlscale.registry.store import load_bundle, register_bundle, set_alias, version_of
 from mlscale.tracking import tracking_client, use_tracking
-from tests.conftest import free_port, restore_env, wait_for_http
+from tests.conftest import free_port, restore_env, start_server
 from tests.unit.test_bundle import make_bundle
 from tests.unit.test_featureset import sample_table
 
@@ -24,18 +23,12 @@ pytestmark = pytest.mark.integration
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    process = subprocess.Popen(
+    process = start_server(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
          "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+        f"http://127.0.0.1:{port}/health", "mlflow server")
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", 120, "mlflow server")
-    except BaseException:
-        process.kill()
-        raise
     import mlflow
 
     previous = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}

@@ -173,13 +173,19 @@ def test_the_monitor_runs_on_a_schedule_against_the_defined_cluster():
 
 
 def _pod_templates():
-    """Every pod the definition makes: RayCluster head and workers, the RayService's, the monitor's."""
+    """Every pod the definition makes: RayCluster head and workers, the RayService's, the monitor's, the MLflow
+    server's."""
     cluster = load("kuberay/raycluster.yaml")["spec"]
     service = load("kuberay/rayservice.yaml")["spec"]["rayClusterConfig"]
     for spec in (cluster, service):
         yield spec["headGroupSpec"]["template"]
         yield from (group["template"] for group in spec["workerGroupSpecs"])
     yield load("kuberay/monitor-cronjob.yaml")["spec"]["jobTemplate"]["spec"]["template"]
+    yield mlflow_objects()["Deployment"]["spec"]["template"]
+
+
+def mlflow_objects() -> dict:
+    return {item["kind"]: item for item in load("kuberay/mlflow-server.yaml")["items"]}
 
 
 def test_the_network_policy_covers_every_pod_and_opens_only_the_serve_port_to_the_ingress():
@@ -247,3 +253,67 @@ def test_credentials_and_api_keys_reach_the_pods_by_reference_only():
             assert reference == {"name": definition.secrets[key].secret, "key": definition.secrets[key].key}
     app = yaml.safe_load(load("kuberay/rayservice.yaml")["spec"]["serveConfigV2"])["applications"][0]
     assert app["args"]["api_keys_env"] == "MLSCALE_SERVE_API_KEYS"  # /predict needs a key from that secret
+
+
+def test_model_replicas_ask_for_the_serve_resource_only_on_demand_groups_carry():
+    from pydantic import ValidationError
+
+    from mlscale.clusterdef import ClusterDefinition
+
+    app = yaml.safe_load(load("kuberay/rayservice.yaml")["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["replica_resources"] == {"serve": 1}
+    carriers = [group for group in load("kuberay/raycluster.yaml")["spec"]["workerGroupSpecs"]
+                if "serve" in json.loads(group["rayStartParams"].get("resources", "{}"))]
+    assert carriers and all(group["template"]["spec"]["nodeSelector"] == {"karpenter.sh/capacity-type": "on-demand"}
+                            for group in carriers)
+    data = yaml.safe_load(DEFINITION.read_text())
+    spot = next(group for group in data["worker_groups"] if group["capacity"] == "spot")
+    spot["resources"] = {"serve": 4}
+    with pytest.raises(ValidationError, match="`serve` resource is on a spot group"):
+        ClusterDefinition.model_validate(data)
+
+
+def test_the_mlflow_server_requires_sign_in_and_takes_its_secrets_by_reference():
+    """Basic auth on; the admin, the store and the CSRF key from secrets (never in the ini or a literal); its
+    Service is what tracking_uri names; non-root; inside the NetworkPolicy (checked over every pod above)."""
+    import configparser
+    from urllib.parse import urlparse
+
+    from mlscale.clusterdef import MLFLOW_SERVER_SECRET_ENV, load_definition
+
+    definition = load_definition(DEFINITION)
+    objects = mlflow_objects()
+    container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:4] == ["mlflow", "server", "--app-name", "basic-auth"]
+    assert command[command.index("--backend-store-uri") + 1] == "$(MLFLOW_BACKEND_STORE_URI)"
+    env = {item["name"]: item for item in container["env"]}
+    for key, variable in MLFLOW_SERVER_SECRET_ENV.items():
+        assert "value" not in env[variable]
+        reference = definition.secrets[key]
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": reference.secret, "key": reference.key}
+    ini = configparser.ConfigParser()
+    ini.read_string(objects["ConfigMap"]["data"]["basic_auth.ini"])
+    assert ini["mlflow"]["default_permission"] == "READ"  # signed-in users read; writes need a grant
+    assert "admin_password" not in ini["mlflow"] and "admin_username" not in ini["mlflow"]
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].endswith("/basic_auth.ini")
+    uri = urlparse(definition.tracking_uri)
+    assert objects["Service"]["metadata"]["name"] == uri.hostname.split(".")[0]
+    assert objects["Service"]["spec"]["ports"][0]["port"] == uri.port == container["ports"][0]["containerPort"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda data: data["mlflow"].update(default_permission="EDIT"), "default_permission"),
+    (lambda data: data["secrets"].pop("mlflow_admin_password"), "mlflow_admin_password are required"),
+    (lambda data: data["mlflow"].update(port=5001), "does not reach the MLflow server's port 5001"),
+])
+def test_a_bad_mlflow_server_section_is_refused(change, message):
+    from pydantic import ValidationError
+
+    from mlscale.clusterdef import ClusterDefinition
+
+    data = yaml.safe_load(DEFINITION.read_text())
+    change(data)
+    with pytest.raises(ValidationError, match=message):
+        ClusterDefinition.model_validate(data)

@@ -217,3 +217,6 @@ def test_deployment_options_follow_the_serve_section():
     assert fixed["backpressure_config"] == {"status_code": 503, "retry_after_s": 4}
     scaled = deployment_options(ServeConfig.model_validate({"autoscaling": {"max_replicas": 5}}))
     assert scaled["autoscaling_config"]["max_replicas"] == 5 and "num_replicas" not in scaled
+    assert fixed["ray_actor_options"] == {"num_cpus": 1.0}  # no custom resource unless asked for
+    pinned = deployment_options(ServeConfig.model_validate({"model_cpus": 0.5, "replica_resources": {"serve": 1}}))
+    assert pinned["ray_actor_options"] == {"num_cpus": 0.5, "resources": {"serve": 1.0}}
