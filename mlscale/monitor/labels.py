@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlscale.features.featureset import label_values
 from mlscale.train.metrics import metrics_for
@@ -34,7 +35,21 @@ def join_labels(log: pa.Table, labels: pa.Table, on: list[str], label_column: st
         wanted = log.schema.field(name).type
         if right.schema.field(name).type != wanted:
             right = right.set_column(right.schema.get_field_index(name), name, right.column(name).cast(wanted))
-    return log.join(right, keys=keys, join_type="inner")
+    # a hash lookup of each logged row's key among the labels' (not Table.join: Acero's hash join crashed the
+    # process with a segfault in a CI run, pyarrow 25.0.1); a null key matches nothing, a repeated label key
+    # keeps its first label
+    position = pc.index_in(_join_key(log, keys), value_set=_join_key(right, keys), skip_nulls=True)
+    found = pc.is_valid(position)
+    rows = log.filter(found)
+    if label_column in rows.column_names:  # the labels' value wins over anything the log carried by that name
+        rows = rows.drop_columns([label_column])
+    return rows.append_column(label_column, right.column(label_column).take(position.filter(found)))
+
+
+def _join_key(table: pa.Table, keys: list[str]) -> pa.ChunkedArray:
+    """One string per row from the key columns (null when any part is null)."""
+    parts = [pc.cast(table.column(name), pa.string()) for name in keys]
+    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
 
 
 def window_performance(rows: pa.Table, label: dict[str, Any], label_column: str) -> dict[str, float]:

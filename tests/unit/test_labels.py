@@ -27,3 +27,13 @@ def test_a_missing_join_or_label_column_is_named():
         join_labels(log, pa.table({"flight": [1], "y": [1.0]}), ["flight"], "y")
     with pytest.raises(KeyError, match="label column 'y'"):
         join_labels(log, pa.table({"request_id": ["a"]}), ["request_id"], "y")
+
+
+def test_a_null_key_matches_nothing_and_each_row_gets_its_own_label():
+    log = pa.table({"request_id": ["a", "a", "b", None, "c"], "record_index": pa.array([0, 1, 0, 0, 0], pa.int32()),
+                    "prediction": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    labels = pa.table({"request_id": ["a", "b", "a", "z", None], "record_index": [1, 0, 0, 0, 0],
+                       "arr_delay": [10.0, 20.0, 30.0, 40.0, 50.0]})
+    joined = join_labels(log, labels, ["request_id"], "arr_delay").to_pydict()
+    assert joined == {"request_id": ["a", "a", "b"], "record_index": [0, 1, 0], "prediction": [0.1, 0.2, 0.3],
+                      "arr_delay": [30.0, 10.0, 20.0]}
