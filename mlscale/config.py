@@ -39,6 +39,9 @@ class RayConfig(_Section):
 
 class StorageConfig(_Section):
     root: str = Field(".mlscale", description="Where prepared data, checkpoints and caches live.")
+    prepared_uri: str | None = Field(
+        None, description="The prepared splits and their manifest: a path, or s3://bucket/prefix (data.object_store "
+                          "settings) that every node of a cluster reads; None: <root>/prepared.")
 
     @property
     def root_path(self) -> Path:

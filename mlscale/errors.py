@@ -17,7 +17,6 @@ scheduler or a shell script can tell a bad config from bad data from a refused p
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 
@@ -54,10 +53,10 @@ class ValidationFailed(MlscaleError, RuntimeError):
 
     exit_code = 4
 
-    def __init__(self, report: Any, report_path: Path) -> None:
-        super().__init__(f"{report.render()}\nfull report and quarantined rows kept at {report_path.parent}")
+    def __init__(self, report: Any, report_path: str) -> None:
+        super().__init__(f"{report.render()}\nfull report and quarantined rows kept at {report_path.rsplit('/', 1)[0]}")
         self.report = report
-        self.report_path = report_path
+        self.report_path = report_path  # a path or an s3:// URI
 
 
 class ExpressionError(MlscaleError, ValueError):

@@ -25,12 +25,12 @@ import ray.data
 from mlscale.caching import cache_key, code_hash
 from mlscale.config import PipelineConfig, ValidationConfig
 from mlscale.data.expressions import columns_of
-from mlscale.data.prepare import count_rows, judge_output, schema_for, source_rules
+from mlscale.data.prepare import REPORT_FILE, count_rows, judge_output, schema_for, source_rules
 from mlscale.data.schema import ColumnSpec
 from mlscale.data.sources import read_source
-from mlscale.data.storage import atomic_directory
+from mlscale.data.storage import atomic_directory, set_aside
 from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN, build_rules, validate_batch
-from mlscale.errors import ConfigError
+from mlscale.errors import ConfigError, ValidationFailed
 from mlscale.registry.bundle import Bundle
 from mlscale.registry.store import load_bundle, pinned_uri, uri_version
 
@@ -181,8 +181,10 @@ def score_source(config: PipelineConfig, model_uri: str, variant: str = "fp32", 
         with atomic_directory(target) as staging:
             scored.write_parquet(str(staging), partition_cols=[PART_COLUMN])
             counts = {part: count_rows(staging / f"{PART_COLUMN}={part}") for part in PARTS}
-            report = judge_output(staging, target, staging / f"{PART_COLUMN}=quarantine", rows_read, counts,
+            report = judge_output(staging, staging / f"{PART_COLUMN}=quarantine", rows_read, counts,
                                   source.description, rules, settings, duplicates)
+            if not report.passed:
+                raise ValidationFailed(report, str(set_aside(staging, target) / REPORT_FILE))
             result = ScoredData(path=str(target), model_uri=model_uri, served_uri=served_uri, model_version=version,
                                 variant=variant, rows_read=rows_read, counts=counts, columns=kept,
                                 quarantine_reasons=report.counts_by_rule(), cache_key=key)

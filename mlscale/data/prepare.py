@@ -1,17 +1,20 @@
 """The prepare stage: source -> validate (quarantine with the rules broken) -> split -> parquet, streaming.
 
 Every input row lands in exactly one partition of the output (train, val, test, quarantine, or unused when its
-time falls in no split); the counts are checked against an independent count of the source. The output is
-written to a staging folder and committed by rename only when validation passes; otherwise it is kept aside as
-`<name>.rejected` with its report, and the job fails with the report. A rerun with the same source, config and
-code reuses the committed output.
+time falls in no split); the counts are checked against an independent count of the source. The output goes to
+`storage.prepared_uri` (a path, or object storage every node of a cluster reads), and a manifest beside it names
+the committed output: on a local disk it is written to a staging folder and committed by rename only when validation
+passes (otherwise kept aside as `<name>.rejected` with its report); on object storage, which has no rename, it is
+written to a fresh folder that the manifest, written last in one PUT, commits (a failed one stays where it was
+written, with its report). Either way the job fails with the report. A rerun with the same source, config and code
+reuses the committed output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,15 +23,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import ray.data
 
 from mlscale.caching import cache_key, code_hash
-from mlscale.config import PipelineConfig, SplitConfig, ValidationConfig
+from mlscale.config import ObjectStoreConfig, PipelineConfig, SplitConfig, ValidationConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
 from mlscale.data.schema import ColumnSpec
-from mlscale.data.sources import Source, infer_schema, read_source
+from mlscale.data.sources import Source, infer_schema, read_source, resolve
 from mlscale.data.split import assign_splits, split_column
-from mlscale.data.storage import atomic_directory
+from mlscale.data.storage import as_uri, atomic_directory, exists, is_local, read_text, set_aside, write_text
 from mlscale.data.validation import (
     REASON_COLUMN,
     RULES_COLUMN,
@@ -50,7 +54,7 @@ REPORT_FILE = "_validation_report.json"
 
 @dataclass
 class PreparedData:
-    """Where the prepared splits are, how many rows each holds, and what was read."""
+    """Where the prepared splits are (a path or s3:// URI), how many rows each holds, and what was read."""
 
     path: str
     rows_read: int
@@ -60,27 +64,37 @@ class PreparedData:
     cache_key: str = ""
     cached: bool = False
     schema: list[dict[str, Any]] = field(default_factory=list)  # the columns validated (empty: older manifests)
+    object_store: dict[str, Any] = field(default_factory=dict)  # how to reach an s3:// path (env names, no keys)
 
     def column_specs(self) -> list[ColumnSpec]:
         """The schema the data was validated against: what requests to a model trained on it must satisfy."""
         return [ColumnSpec(**spec) for spec in self.schema]
 
     def split_path(self, name: str) -> str:
-        return str(Path(self.path) / f"{SPLIT_COLUMN}={name}")
+        return f"{self.path.rstrip('/')}/{SPLIT_COLUMN}={name}"
+
+    def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """(filesystem, path inside it) for a location in this output, with the object-store settings it was
+        written with (credentials come from the environment of whichever process reads)."""
+        return resolve(uri, ObjectStoreConfig(**self.object_store))
 
     def read(self, name: str) -> ray.data.Dataset:
-        return ray.data.read_parquet(self.split_path(name))
+        filesystem, path = self.resolve(self.split_path(name))
+        return ray.data.read_parquet(path, filesystem=filesystem)
 
     @property
     def valid_rows(self) -> int:
         return sum(self.counts[name] for name in PARTITIONS if name != "quarantine")
 
     @property
-    def report_path(self) -> Path:
-        return Path(self.path) / REPORT_FILE
+    def report_path(self) -> str:
+        return f"{self.path.rstrip('/')}/{REPORT_FILE}"
+
+    def has_report(self) -> bool:
+        return exists(*self.resolve(self.report_path))
 
     def report(self) -> ValidationReport:
-        return ValidationReport.from_dict(json.loads(self.report_path.read_text()))
+        return ValidationReport.from_dict(json.loads(read_text(*self.resolve(self.report_path))))
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "cached"}, indent=2)
@@ -149,15 +163,20 @@ def find_duplicate_keys(dataset: ray.data.Dataset, specs: list[ColumnSpec], key:
     return [row["key"] for row in repeated.take(limit + 1)]
 
 
-def count_rows(path: Path) -> int:
-    return pads.dataset(path, format="parquet").count_rows() if path.exists() else 0
+LOCAL = pafs.LocalFileSystem()
 
 
-def rule_counts(quarantine: Path, examples: int) -> list[dict[str, Any]]:
+def count_rows(path: Path | str, filesystem: pafs.FileSystem = LOCAL) -> int:
+    return pads.dataset(str(path), format="parquet", filesystem=filesystem).count_rows() \
+        if exists(filesystem, str(path)) else 0
+
+
+def rule_counts(quarantine: Path | str, examples: int, filesystem: pafs.FileSystem = LOCAL) -> list[dict[str, Any]]:
     """Per-rule counts and examples over the quarantined rows, as a streaming Ray Data aggregation."""
-    if not quarantine.exists():
+    if not exists(filesystem, str(quarantine)):
         return []
-    partials = ray.data.read_parquet(str(quarantine), columns=[RULES_COLUMN, REASON_COLUMN]).map_batches(
+    partials = ray.data.read_parquet(str(quarantine), columns=[RULES_COLUMN, REASON_COLUMN],
+                                     filesystem=filesystem).map_batches(
         partial(rule_partials, examples=examples), batch_format="pyarrow", batch_size=None
     )
     return [json.loads(row["partial"]) for row in partials.iter_rows()]
@@ -173,28 +192,19 @@ def source_rules(source: Source, specs: list[ColumnSpec], settings: ValidationCo
     return duplicates, rows_read, build_rules(specs, settings, duplicates)
 
 
-def judge_output(staging: Path, target: Path, quarantine: Path, rows_read: int, counts: dict[str, int],
-                 source: str, rules: list[Rule], settings: ValidationConfig, duplicates: list[str]
-                 ) -> ValidationReport:
-    """Check a staged output before it is committed: its partitions' counts reconcile with the rows read, and its
-    validation report (saved beside it) passes. A failing output is kept aside as `<target>.rejected`.
-
-    Raises:
-        ValidationFailed: too many rows were quarantined (or a dataset check failed).
-    """
+def judge_output(folder: Path | str, quarantine: Path | str, rows_read: int, counts: dict[str, int], source: str,
+                 rules: list[Rule], settings: ValidationConfig, duplicates: list[str],
+                 filesystem: pafs.FileSystem = LOCAL) -> ValidationReport:
+    """Check a written output before it is committed: its partitions' counts reconcile with the rows read; its
+    validation report is saved beside it. The caller commits it only when the report passed."""
     if sum(counts.values()) != rows_read:
         raise RuntimeError(f"row counts do not reconcile: read {rows_read}, wrote {counts}")
     report = ValidationReport.build(
         source=source, rows_read=rows_read, rows_quarantined=counts["quarantine"], rules=rules,
-        partials=rule_counts(quarantine, settings.examples_per_rule), config=settings,
+        partials=rule_counts(quarantine, settings.examples_per_rule, filesystem), config=settings,
         dataset_checks={"duplicate_keys": len(duplicates)} if settings.unique else {},
     )
-    report.save(staging / REPORT_FILE)
-    if not report.passed:
-        rejected = target.with_name(f"{target.name}.rejected")
-        shutil.rmtree(rejected, ignore_errors=True)
-        os.replace(staging, rejected)
-        raise ValidationFailed(report, rejected / REPORT_FILE)
+    write_text(filesystem, f"{folder}/{REPORT_FILE}", json.dumps(report.to_dict(), indent=2))
     return report
 
 
@@ -203,13 +213,16 @@ def prepare_key(config: PipelineConfig, source_fingerprint: str) -> str:
     return cache_key(source_fingerprint, settings, code_hash("data", "config.py"))
 
 
-def prepared_dir(config: PipelineConfig) -> Path:
-    return config.storage.root_path / "prepared" / config.name
+def prepared_store(config: PipelineConfig) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, folder inside it) holding every pipeline's prepared output and manifest."""
+    return resolve(config.storage.prepared_uri or str(config.storage.root_path / "prepared"),
+                   config.data.object_store)
 
 
-def manifest_path(config: PipelineConfig) -> Path:
+def manifest_location(config: PipelineConfig) -> tuple[pafs.FileSystem, str]:
     """The record of the last committed preparation: how later jobs and reruns find it."""
-    return config.storage.root_path / "prepared" / f"{config.name}.json"
+    filesystem, folder = prepared_store(config)
+    return filesystem, f"{folder}/{config.name}.json"
 
 
 def _cached(config: PipelineConfig, key: str) -> PreparedData | None:
@@ -217,24 +230,34 @@ def _cached(config: PipelineConfig, key: str) -> PreparedData | None:
         prepared = load_prepared(config)
     except PreparedDataMissing:
         return None
-    if prepared.cache_key != key or not prepared.report_path.exists():
+    if prepared.cache_key != key or not prepared.has_report():
         return None
     prepared.cached = True
     return prepared
 
 
+def _write_and_judge(validated: ray.data.Dataset, filesystem: pafs.FileSystem, folder: str, rows_read: int,
+                     source: Source, rules: list[Rule], settings: ValidationConfig, duplicates: list[str]
+                     ) -> tuple[dict[str, int], ValidationReport]:
+    validated.write_parquet(folder, partition_cols=[SPLIT_COLUMN], filesystem=filesystem)
+    counts = {name: count_rows(f"{folder}/{SPLIT_COLUMN}={name}", filesystem) for name in PARTITIONS}
+    report = judge_output(folder, f"{folder}/{SPLIT_COLUMN}=quarantine", rows_read, counts, source.description,
+                          rules, settings, duplicates, filesystem)
+    return counts, report
+
+
 def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
     """Read, validate, split and write the source; returns where everything went and the reconciled counts."""
-    root = config.storage.root_path
     specs = schema_for(config)
     require_split_column(config, specs)
     build_rules(specs, config.validation, [])  # a bad rule expression fails here, before any data is read
-    source = read_source(config.data, specs, root / "cache")
+    source = read_source(config.data, specs, config.storage.root_path / "cache")
     key = prepare_key(config, source.fingerprint)
     if not force and (hit := _cached(config, key)) is not None:
         return hit
     settings = config.validation
-    target = prepared_dir(config)
+    filesystem, store = prepared_store(config)
+    previous = _committed_folder(config)
     with source.diagnosed():
         duplicates, rows_read, rules = source_rules(source, specs, settings)
         validated = source.dataset.map_batches(
@@ -243,38 +266,57 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
             batch_format="pyarrow",
             batch_size=None,
         )
-        with atomic_directory(target) as staging:
-            validated.write_parquet(str(staging), partition_cols=[SPLIT_COLUMN])
-            counts = {name: count_rows(staging / f"{SPLIT_COLUMN}={name}") for name in PARTITIONS}
-            report = judge_output(staging, target, staging / f"{SPLIT_COLUMN}=quarantine", rows_read, counts,
-                                  source.description, rules, settings, duplicates)
+        if is_local(filesystem):
+            target = f"{store}/{config.name}"
+            with atomic_directory(Path(target)) as staging:
+                counts, report = _write_and_judge(validated, filesystem, str(staging), rows_read, source, rules,
+                                                  settings, duplicates)
+                if not report.passed:
+                    raise ValidationFailed(report, str(set_aside(staging, Path(target)) / REPORT_FILE))
+        else:  # no rename: a fresh folder, committed by the manifest below
+            target = f"{store}/{config.name}/{key[:12]}-{uuid.uuid4().hex[:8]}"
+            counts, report = _write_and_judge(validated, filesystem, target, rows_read, source, rules, settings,
+                                              duplicates)
+            if not report.passed:
+                raise ValidationFailed(report, as_uri(filesystem, f"{target}/{REPORT_FILE}"))
     prepared = PreparedData(
-        path=str(target),
+        path=as_uri(filesystem, target),
         rows_read=rows_read,
         counts=counts,
         data_fingerprint=source.fingerprint,
         quarantine_reasons=report.counts_by_rule(),
         cache_key=key,
         schema=[spec.model_dump() for spec in specs],
+        object_store=config.data.object_store.model_dump(mode="json"),
     )
-    manifest_path(config).write_text(prepared.to_json())
+    write_text(*manifest_location(config), prepared.to_json())
+    if previous and previous != prepared.path and not is_local(filesystem):  # the output it replaced
+        with contextlib.suppress(OSError):
+            filesystem.delete_dir(resolve(previous, config.data.object_store)[1])
     return prepared
+
+
+def _committed_folder(config: PipelineConfig) -> str | None:
+    try:
+        return load_prepared(config).path
+    except PreparedDataMissing:
+        return None
 
 
 def load_prepared(config: PipelineConfig) -> PreparedData:
     """The last committed preparation of this pipeline (by `config.name`), for stages run as separate jobs.
 
     Args:
-        config: the pipeline config (its name and storage root locate the manifest).
+        config: the pipeline config (its name and `storage.prepared_uri` or storage root locate the manifest).
 
     Returns:
         Where the splits are and their counts.
 
     Raises:
-        PreparedDataMissing: the prepare stage has not run for this name under this storage root.
+        PreparedDataMissing: the prepare stage has not run for this name under this storage.
     """
-    manifest = manifest_path(config)
-    if not manifest.exists():
-        raise PreparedDataMissing(f"no prepared data for pipeline {config.name!r} at {manifest}: run the prepare "
-                                  f"stage first (mlscale prepare, or jobs/prepare.py)")
-    return PreparedData.from_json(manifest.read_text())
+    filesystem, manifest = manifest_location(config)
+    if not exists(filesystem, manifest):
+        raise PreparedDataMissing(f"no prepared data for pipeline {config.name!r} at {as_uri(filesystem, manifest)}: "
+                                  f"run the prepare stage first (mlscale prepare, or jobs/prepare.py)")
+    return PreparedData.from_json(read_text(filesystem, manifest))

@@ -1,4 +1,5 @@
-"""Write-then-rename, so that a reader never sees a half-written output."""
+"""Where outputs are written: on a local disk write-then-rename, so that a reader never sees a half-written output;
+on object storage (which has no rename) plain reads and writes of whole objects through the same pyarrow API."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 
 @contextmanager
@@ -28,3 +31,43 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
+
+
+def set_aside(staging: Path, target: Path) -> Path:
+    """Keep a staged output that failed its checks as `<target>.rejected` (replacing an older one), for a person to
+    read; returns where it went."""
+    rejected = target.with_name(f"{target.name}.rejected")
+    shutil.rmtree(rejected, ignore_errors=True)
+    os.replace(staging, rejected)
+    return rejected
+
+
+def is_local(filesystem: pafs.FileSystem) -> bool:
+    return isinstance(filesystem, pafs.LocalFileSystem)
+
+
+def as_uri(filesystem: pafs.FileSystem, path: str) -> str:
+    """How a user (and `sources.resolve`) names a path inside a filesystem: the path itself, or s3://bucket/key."""
+    return path if is_local(filesystem) else f"{filesystem.type_name}://{path}"
+
+
+def exists(filesystem: pafs.FileSystem, path: str) -> bool:
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_text(filesystem: pafs.FileSystem, path: str) -> str:
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def write_text(filesystem: pafs.FileSystem, path: str, text: str) -> None:
+    """One object written whole (a single PUT on object storage, so readers see the old or the new text)."""
+    if is_local(filesystem):
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        staged = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with filesystem.open_output_stream(staged) as stream:
+            stream.write(text.encode())
+        filesystem.move(staged, path)
+        return
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())

@@ -186,6 +186,12 @@ def version_of(model_name: str, alias: str, tracking_uri: str | None = None) -> 
         return None
 
 
+def is_version_uri(model_uri: str) -> bool:
+    """models:/name/<version>: a registered version, which never changes."""
+    parsed = _parse_models_uri(model_uri)
+    return parsed is not None and parsed[1].isdigit()
+
+
 def pinned_uri(model_uri: str, tracking_uri: str | None = None) -> str:
     """models:/name@alias as models:/name/<the version it points at now>; any other URI as it is.
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 import mlflow
 
 from mlscale.config import PipelineConfig
-from mlscale.data.prepare import PreparedData, prepare
+from mlscale.data.prepare import REPORT_FILE, PreparedData, prepare
 from mlscale.data.validation import ValidationReport
 from mlscale.errors import ValidationFailed
 from mlscale.tracking import stage_run, tracking_client
@@ -36,16 +35,16 @@ def prepare_stage(config: PipelineConfig) -> PreparedData:
     try:
         prepared = prepare(config)
     except ValidationFailed as failure:
-        log_validation(config, failure.report, failure.report_path, "FAILED")
+        log_validation(config, failure.report, "FAILED")
         raise
     report = prepared.report()
     log.info("%s%s", report.render(), " (cached)" if prepared.cached else "")
     if not prepared.cached:
-        log_validation(config, report, prepared.report_path, "FINISHED")
+        log_validation(config, report, "FINISHED")
     return prepared
 
 
-def log_validation(config: PipelineConfig, report: ValidationReport, where: Path, status: str,
+def log_validation(config: PipelineConfig, report: ValidationReport, status: str,
                    stage: str = "prepare", tags: dict[str, str] | None = None) -> None:
     """A validating stage's MLflow run: the ValidationReport as an artifact and its counts as metrics."""
     with stage_run(f"{config.name}-{stage}") as run:
@@ -54,7 +53,7 @@ def log_validation(config: PipelineConfig, report: ValidationReport, where: Path
         mlflow.log_metrics({"rows_read": float(report.rows_read), "rows_quarantined": float(report.rows_quarantined),
                             "quarantine_fraction": report.quarantine_fraction,
                             **{f"rule_failed.{rule}": float(n) for rule, n in _metric_safe(report).items()}})
-        mlflow.log_artifact(str(where), "data")
+        mlflow.log_dict(report.to_dict(), f"data/{REPORT_FILE}")
     if status != "FINISHED":
         tracking_client(config.tracking_uri).set_terminated(run.info.run_id, status)
 

@@ -36,14 +36,14 @@ def score_stage(config: PipelineConfig, model_uri: str | None = None, force: boo
     try:
         scored = score_source(config, uri, config.serve.variant, force)
     except ValidationFailed as failure:
-        log_validation(config, failure.report, failure.report_path, "FAILED", stage="score",
+        log_validation(config, failure.report, "FAILED", stage="score",
                        tags={"mlscale.model": uri})
         raise
     report_path = Path(scored.path) / REPORT_FILE
     report = ValidationReport.from_dict(json.loads(report_path.read_text()))
     log.info("%s%s", report.render(), " (cached)" if scored.cached else "")
     if not scored.cached:
-        log_validation(config, report, report_path, "FINISHED", stage="score",
+        log_validation(config, report, "FINISHED", stage="score",
                        tags={"mlscale.model": uri, "mlscale.model_version": scored.model_version,
                              "mlscale.variant": scored.variant, "mlscale.scores": scored.path})
     return scored

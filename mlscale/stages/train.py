@@ -13,7 +13,7 @@ from typing import Any
 import mlflow
 
 from mlscale.config import PipelineConfig
-from mlscale.data.prepare import PreparedData, load_prepared
+from mlscale.data.prepare import REPORT_FILE, PreparedData, load_prepared
 from mlscale.features.featureset import FittedFeatures
 from mlscale.features.label import label_spec, target_stats
 from mlscale.models.networks import spec_for_features
@@ -69,11 +69,11 @@ def log_training_inputs(prepared: PreparedData, data: TrainingData) -> None:
             source = resolve_dataset_source(prepared.split_path(split))
         digest = (prepared.cache_key or prepared.data_fingerprint)[:16]
         # MLflow's docs build MetaDataset directly; only its type hints mark `profile` abstract
-        dataset = MetaDataset(source, name=f"{Path(prepared.path).name}-{split}", digest=digest)  # type: ignore[abstract]
+        dataset = MetaDataset(source, name=f"{prepared.path.rstrip('/').rsplit('/', 1)[-1]}-{split}", digest=digest)  # type: ignore[abstract]
         mlflow.log_input(dataset, context=context)
     mlflow.log_dict(json.loads(prepared.to_json()), "data/prepared.json")
-    if prepared.report_path.exists():  # absent only in data prepared by an older mlscale
-        mlflow.log_artifact(str(prepared.report_path), "data")
+    if prepared.has_report():  # absent only in data prepared by an older mlscale
+        mlflow.log_dict(prepared.report().to_dict(), f"data/{REPORT_FILE}")
     mlflow.set_tags({"mlscale.feature_cache": data.cache.key, "mlscale.feature_cache_hit": str(data.cached).lower()})
     mlflow.log_metrics({f"data_{k}_rows": float(v) for k, v in prepared.counts.items()})
 

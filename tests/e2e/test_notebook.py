@@ -11,8 +11,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 
 
-@pytest.mark.timeout(1900)  # two runs, each cell allowed 900 s
-def test_quickstart_notebook_runs_clean_twice_on_the_same_storage(local_cluster, tmp_path, monkeypatch):
+@pytest.mark.timeout(1000)  # each cell allowed 900 s
+def test_quickstart_notebook_runs_clean(local_cluster, tmp_path, monkeypatch):
+    """Top to bottom against the session's cluster. (A second pipeline run on the same storage, whose equal model
+    is not promoted over the champion, is tests/integration/test_generality.py's promotion test.)"""
     monkeypatch.setenv("MLSCALE_RAY_ADDRESS", local_cluster.gcs_address)
     monkeypatch.setenv("MLSCALE_STORAGE", str(tmp_path))
     monkeypatch.setenv("MLSCALE_SERVE_PORT", str(local_cluster.serve_port))
@@ -22,11 +24,6 @@ def test_quickstart_notebook_runs_clean_twice_on_the_same_storage(local_cluster,
     assert any("422 origin" in o.get("text", "") for o in first)
     assert any("v1: if_better: no champion yet" in o.get("text", "") and "champion is v1" in o.get("text", "")
                for o in first)
-    # run again on the same storage: the same seed trains an equal model, which is not promoted over the champion,
-    # and the notebook still runs clean (the champion keeps serving)
-    second = execute()
-    assert any("v2: if_better:" in o.get("text", "") and "not better" in o.get("text", "")
-               and "champion is v1" in o.get("text", "") for o in second)
 
 
 def cell_seconds(cell) -> float:

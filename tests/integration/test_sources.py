@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -81,6 +82,41 @@ def test_s3_csv_reads_through_the_same_filesystem(ray_session, small_config_fact
     prepared = prepare(config)
     assert prepared.rows_read == 3_000 and sum(prepared.counts.values()) == 3_000
     assert prepared.data_fingerprint.startswith("csv-")
+
+
+def test_prepared_data_on_object_storage_is_committed_by_its_manifest(ray_session, small_config_factory,
+                                                                     s3_endpoint):
+    """storage.prepared_uri on S3 (what a cluster's nodes share): the splits and the manifest go there, not under
+    storage.root; stages read them back through the manifest; a rerun with a new config replaces the output and
+    removes the old one; a failed validation leaves the committed output and manifest as they were."""
+    from mlscale.data.prepare import load_prepared
+
+    store = object_store(ObjectStoreConfig(endpoint_url=s3_endpoint))
+    config = small_config_factory("s3-prepared", **{
+        "data.source": "synthetic", "data.synthetic.rows": 6_000, "data.synthetic.bad_fraction": 0.01,
+        "storage.prepared_uri": "s3://lake/prepared", "data.object_store.endpoint_url": s3_endpoint})
+    config = config.model_copy(update={"name": "s3-prepared"})
+    first = prepare(config)
+    assert first.path.startswith("s3://lake/prepared/s3-prepared/") and sum(first.counts.values()) == 6_000
+    assert not (config.storage.root_path / "prepared").exists()
+    assert load_prepared(config) == first and prepare(config).cached
+    assert first.read("train").count() == first.counts["train"] > 0
+    assert first.report().rows_quarantined == first.counts["quarantine"] > 0
+
+    changed = config.model_copy(update={"split": config.split.model_copy(update={"test": [12], "val": [10]})})
+    second = prepare(changed)
+    assert second.path != first.path and load_prepared(changed) == second
+    old = first.path.removeprefix("s3://")
+    assert store.get_file_info(old).type == pafs.FileType.NotFound  # the replaced output is gone
+
+    strict = changed.model_copy(update={"validation": changed.validation.model_copy(
+        update={"max_quarantine_fraction": 0.001})})
+    with pytest.raises(ValidationFailed) as failure:
+        prepare(strict, force=True)
+    kept = failure.value.report_path
+    assert kept.startswith("s3://lake/prepared/s3-prepared/") and str(failure.value).endswith(kept.rsplit("/", 1)[0])
+    assert store.get_file_info(kept.removeprefix("s3://")).type == pafs.FileType.File
+    assert load_prepared(strict) == second and second.read("val").count() == second.counts["val"]
 
 
 def test_a_wrong_key_is_refused_by_the_store(ray_session, small_config_factory, s3_endpoint, monkeypatch):

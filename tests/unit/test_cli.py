@@ -81,7 +81,7 @@ def test_job_scripts_map_errors_the_same_way(monkeypatch, capsys):
             return "rule x broke 9 rows"
 
     def fail(config):
-        raise ValidationFailed(Report(), __import__("pathlib").Path("/tmp/prepared/_report.json"))
+        raise ValidationFailed(Report(), "/tmp/prepared/_report.json")
 
     monkeypatch.setitem(mlscale.entry.STAGES, "prepare", fail)
     assert mlscale.entry.job_main("prepare", []) == 4
