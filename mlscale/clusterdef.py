@@ -341,7 +341,9 @@ def rayjob(definition: ClusterDefinition, stage: str = "pipeline",
 def rayservice(definition: ClusterDefinition, model_uri: str = "models:/flights-late-arrival@champion"
                ) -> dict[str, Any]:
     """The model service: the RayCluster's own spec, and the Serve app for the registered champion (with the API
-    keys from their secret, as the pods' environment, when the definition names one)."""
+    keys from their secret, as the pods' environment, when the definition names one). Not `serve_config_document`:
+    that pins the alias to a version through the registry when it is written, while this is rendered offline from
+    the definition alone and follows the alias each time KubeRay starts a cluster for it."""
     serve_config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT, "request_timeout_s": 30},  # inside the pod
@@ -380,13 +382,9 @@ def monitor_cronjob(definition: ClusterDefinition, config: str = "jobs/configs/f
                     "--", "python", "jobs/monitor.py", "--config", config],
         "env": env,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}}}
+        "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True}}  # it writes nothing
     pod = {"metadata": {"labels": _labels(definition, **{"app.kubernetes.io/component": "monitor"})},
-           "spec": {"restartPolicy": "Never",
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [container]}}
+           "spec": {"restartPolicy": "Never", "securityContext": dict(_POD_SECURITY), "containers": [container]}}
     return {"apiVersion": "batch/v1", "kind": "CronJob",
             "metadata": _metadata(definition, f"{definition.name}-monitor"),
             "spec": {"schedule": schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 600,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -295,10 +294,6 @@ class ValidationReport:
         data = {k: v for k, v in data.items() if k not in ("passed", "quarantine_fraction")}
         data["rules"] = [RuleResult(**rule) for rule in data["rules"]]
         return cls(**data)
-
-    def save(self, path: Path) -> Path:
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
 
     def render(self) -> str:
         """A plain-text table a person reads in a job log."""
