@@ -31,6 +31,8 @@ MLFLOW_SERVER_SECRET_ENV = {"mlflow_backend_store": "MLFLOW_BACKEND_STORE_URI",
                             "mlflow_admin_password": "MLFLOW_AUTH_ADMIN_PASSWORD",
                             "mlflow_flask_secret_key": "MLFLOW_FLASK_SERVER_SECRET_KEY"}
 MLFLOW_AUTH_CONFIG = "/etc/mlflow/basic_auth.ini"
+# the user the Ray pods sign in as, as the Job that creates it (mlscale.registry.users) reads it
+MLFLOW_USER_ENV = {"mlflow_username": "MLSCALE_MLFLOW_USER", "mlflow_password": "MLSCALE_MLFLOW_USER_PASSWORD"}
 
 
 class _Strict(BaseModel):
@@ -445,7 +447,30 @@ def mlflow_server(definition: ClusterDefinition) -> dict[str, Any]:
                                                        "targetPort": settings.port}]}}
     config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels},
               "data": {Path(MLFLOW_AUTH_CONFIG).name: mlflow_auth_ini(definition)}}
-    return {"apiVersion": "v1", "kind": "List", "items": [config, deployment, service]}
+    return {"apiVersion": "v1", "kind": "List", "items": [config, deployment, service, mlflow_user_job(definition)]}
+
+
+def mlflow_user_job(definition: ClusterDefinition) -> dict[str, Any]:
+    """The Job that makes the user the Ray pods sign in as (mlflow_username / mlflow_password), signed in as the
+    server's admin, once the server answers; rerun it after rotating the secret (`kubectl replace --force`)."""
+    settings = definition.mlflow
+    assert settings is not None
+    admin = {"mlflow_admin_username": "MLFLOW_TRACKING_USERNAME", "mlflow_admin_password": "MLFLOW_TRACKING_PASSWORD",
+             **MLFLOW_USER_ENV}
+    container = {"name": "mlflow-user", "image": settings.image,
+                 "command": ["python", "-m", "mlscale.registry.users"],
+                 "env": [{"name": "MLFLOW_TRACKING_URI", "value": definition.tracking_uri},
+                         *_secret_env(definition, admin)],
+                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                               "limits": {"cpu": "500m", "memory": "512Mi"}},
+                 "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True}}
+    labels = _labels(definition, **{"app.kubernetes.io/component": "mlflow-user"})  # inside the NetworkPolicy
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": _metadata(definition, f"{definition.name}-mlflow-user"),
+            "spec": {"backoffLimit": 3, "activeDeadlineSeconds": 900, "ttlSecondsAfterFinished": 86400,
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"restartPolicy": "Never", "securityContext": dict(_POD_SECURITY),
+                                           "containers": [container]}}}}
 
 
 def network_policy(definition: ClusterDefinition) -> dict[str, Any]:

@@ -3,6 +3,7 @@ on loopback with the admin and the CSRF key in the environment as the Deployment
 Registry writes need a signed-in user; a signed-in user writes what they created, and only reads the rest."""
 
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -55,6 +56,23 @@ def auth_server(tmp_path_factory):
     restore_env(previous)
 
 
+def run_user_job(url: str, user: tuple[str, str]) -> str:
+    """The definition's mlflow-user Job as Kubernetes runs it: its command, its environment with each secret
+    reference replaced by the secret's value (and the server's address this test's). Returns what it printed."""
+    from mlscale.clusterdef import mlflow_user_job
+
+    container = mlflow_user_job(load_definition(DEFINITION))["spec"]["template"]["spec"]["containers"][0]
+    secrets = {"admin_username": ADMIN[0], "admin_password": ADMIN[1], "username": user[0], "password": user[1]}
+    env = {item["name"]: item.get("value") or secrets[item["valueFrom"]["secretKeyRef"]["key"]]
+           for item in container["env"]}
+    env["MLFLOW_TRACKING_URI"] = url
+    command = [sys.executable if word == "python" else word for word in container["command"]]
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
 def signed_in(user: tuple[str, str] | None) -> None:
     """Sign MLflow's client in as user (None: no credentials), the way the Ray pods are: MLflow's variables."""
     restore_env(dict(zip(CREDENTIALS, user or (None, None), strict=True)))
@@ -68,11 +86,15 @@ def test_registry_writes_need_a_signed_in_user_and_a_grant(auth_server):
                          timeout=30).status_code == 401
     assert requests.get(f"{api}/search", timeout=30).status_code == 401  # reading needs a sign-in too
 
-    signed_in(ADMIN)  # the admin (from the server's secret) creates the users the pods and people sign in as
-    users = get_app_client("basic-auth", tracking_uri=url)
+    # the rendered Job makes the user the pods sign in as (its secrets given as the Job's environment); run again
+    # after the secret rotates, it sets the new password
     trainer, viewer = ("ray-pods", uuid.uuid4().hex), ("analyst", uuid.uuid4().hex)
-    users.create_user(*trainer)
-    users.create_user(*viewer)
+    assert run_user_job(url, (trainer[0], "first-password")) == f"mlflow user {trainer[0]!r}: created"
+    assert run_user_job(url, trainer) == f"mlflow user {trainer[0]!r}: password set"
+    assert requests.get(f"{api}/search", auth=(trainer[0], "first-password"), timeout=30).status_code == 401
+    assert requests.get(f"{api}/search", auth=trainer, timeout=30).status_code == 200
+    signed_in(ADMIN)  # the admin (from the server's secret) creates the users people sign in as
+    get_app_client("basic-auth", tracking_uri=url).create_user(*viewer)
 
     signed_in(trainer)  # what MLFLOW_TRACKING_USERNAME/PASSWORD from the definition's secrets do in a Ray pod
     use_tracking(url, "auth")

@@ -174,7 +174,7 @@ def test_the_monitor_runs_on_a_schedule_against_the_defined_cluster():
 
 def _pod_templates():
     """Every pod the definition makes: RayCluster head and workers, the RayService's, the monitor's, the MLflow
-    server's."""
+    server's and the Job that makes its user."""
     cluster = load("kuberay/raycluster.yaml")["spec"]
     service = load("kuberay/rayservice.yaml")["spec"]["rayClusterConfig"]
     for spec in (cluster, service):
@@ -182,6 +182,7 @@ def _pod_templates():
         yield from (group["template"] for group in spec["workerGroupSpecs"])
     yield load("kuberay/monitor-cronjob.yaml")["spec"]["jobTemplate"]["spec"]["template"]
     yield mlflow_objects()["Deployment"]["spec"]["template"]
+    yield mlflow_objects()["Job"]["spec"]["template"]
 
 
 def mlflow_objects() -> dict:
@@ -243,8 +244,8 @@ def test_credentials_and_api_keys_reach_the_pods_by_reference_only():
     definition = load_definition(DEFINITION)
     for template in _pod_templates():
         env = {item["name"]: item for item in template["spec"]["containers"][0]["env"]}
-        if "MLFLOW_TRACKING_USERNAME" not in env:  # the monitor's pod only submits a job
-            continue
+        if "MLFLOW_TRACKING_USERNAME" not in env or "MLSCALE_MLFLOW_USER" in env:  # the monitor's pod only
+            continue  # submits a job; the user-making Job signs in as the admin (its own test)
         for key, variable in {"mlflow_username": "MLFLOW_TRACKING_USERNAME",
                               "mlflow_password": "MLFLOW_TRACKING_PASSWORD",
                               "serve_api_keys": "MLSCALE_SERVE_API_KEYS"}.items():
@@ -301,6 +302,28 @@ def test_the_mlflow_server_requires_sign_in_and_takes_its_secrets_by_reference()
     assert objects["Service"]["metadata"]["name"] == uri.hostname.split(".")[0]
     assert objects["Service"]["spec"]["ports"][0]["port"] == uri.port == container["ports"][0]["containerPort"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_user_the_pods_sign_in_as_is_made_by_a_job_signed_in_as_the_admin():
+    """No hand step: a Job runs mlscale.registry.users with the admin's and the user's credentials, all from the
+    definition's secrets by reference (run against a real server in tests/integration/test_mlflow_auth.py)."""
+    from mlscale.clusterdef import MLFLOW_USER_ENV, load_definition
+
+    definition = load_definition(DEFINITION)
+    job = mlflow_objects()["Job"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "mlscale.registry.users"]
+    assert (REPO / "mlscale" / "registry" / "users.py").exists()
+    env = {item["name"]: item for item in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == definition.tracking_uri
+    expected = {"MLFLOW_TRACKING_USERNAME": "mlflow_admin_username",
+                "MLFLOW_TRACKING_PASSWORD": "mlflow_admin_password",
+                **{variable: key for key, variable in MLFLOW_USER_ENV.items()}}
+    for variable, key in expected.items():
+        reference = definition.secrets[key]
+        assert "value" not in env[variable]
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": reference.secret, "key": reference.key}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
 
 
 @pytest.mark.parametrize(("change", "message"), [
