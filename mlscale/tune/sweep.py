@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import pandas as pd
@@ -83,6 +83,42 @@ class RecordingASHA(ASHAScheduler):
         return action
 
 
+@dataclass(frozen=True)
+class PrunedMarkers:
+    """Whether ASHA stopped a trial, read from the markers RecordingASHA leaves (they survive a restore, and a
+    searcher restored from Tune's state finds them where the scheduler wrote them)."""
+
+    marker_dir: str
+    filesystem: pafs.FileSystem
+
+    def __call__(self, trial_id: str) -> bool:
+        return _exists(self.filesystem, f"{self.marker_dir}/{trial_id}")
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial ASHA stopped was PRUNED, not COMPLETE. Tune's OptunaSearch reports
+    every finished trial with its last value, so TPE would model an epoch-1 AUC as if it were a final one and rank
+    the regions it cut early among the good ones; as PRUNED (with the per-epoch values it reported as intermediate
+    values) TPE ranks it below every complete trial, by how far it got and how well. Multi-objective studies have
+    no pruned state in Optuna: their trials stay COMPLETE."""
+
+    def __init__(self, *args: Any, pruned: PrunedMarkers, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pruned = pruned
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if error or not result or isinstance(self.metric, list) or trial_id in self._completed_trials \
+                or not self.pruned(trial_id):
+            super().on_trial_complete(trial_id, result, error)
+            return
+        study = cast(optuna.Study, self._ot_study)  # set once the searcher has its search properties
+        try:
+            study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        except (ValueError, RuntimeError) as error_told:  # already told (a restored sweep): Optuna refuses twice
+            warnings.warn(f"trial {trial_id}: {error_told}", stacklevel=2)
+        self._completed_trials.add(trial_id)
+
+
 class EpochBudget(ray.tune.Stopper):
     """Ends the sweep once its trials have trained `budget` epochs in total (running trials are stopped too)."""
 
@@ -135,7 +171,7 @@ class SweepResult:
         return optuna.load_study(study_name=self.name, storage=self.study_storage)
 
 
-def _searcher(config: PipelineConfig, name: str, storage_url: str) -> OptunaSearch:
+def _searcher(config: PipelineConfig, name: str, storage_url: str, pruned: PrunedMarkers) -> OptunaSearch:
     tune = config.tune
     metric, mode = config.metric
     with warnings.catch_warnings():  # multivariate/group are marked experimental
@@ -148,8 +184,8 @@ def _searcher(config: PipelineConfig, name: str, storage_url: str) -> OptunaSear
     modes: str | list[str] = mode
     if tune.cost:
         metrics, modes = [metric, COST_METRICS[tune.cost]], [mode, "min"]
-    return OptunaSearch(space=DefineByRun(tune.space), metric=metrics, mode=modes, sampler=sampler,
-                        study_name=name, storage=optuna.storages.RDBStorage(storage_url))
+    return PruningAwareOptunaSearch(space=DefineByRun(tune.space), metric=metrics, mode=modes, sampler=sampler,
+                                    study_name=name, storage=optuna.storages.RDBStorage(storage_url), pruned=pruned)
 
 
 def _scheduler(config: PipelineConfig, filesystem: pafs.FileSystem, sweep_dir: str) -> TrialScheduler:
@@ -236,7 +272,8 @@ def run_sweep(config: PipelineConfig, inputs: TrialInputs, name: str) -> tuple[S
         tuner = ray.tune.Tuner(
             trainable,
             tune_config=ray.tune.TuneConfig(
-                search_alg=_searcher(config, name, storage_url),
+                search_alg=_searcher(config, name, storage_url, PrunedMarkers(f"{sweep_dir}/{PRUNED_DIR}",
+                                                                               filesystem)),
                 scheduler=_scheduler(config, filesystem, sweep_dir),
                 num_samples=config.tune.num_trials,
                 max_concurrent_trials=plan.max_concurrent,
