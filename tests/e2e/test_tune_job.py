@@ -75,8 +75,13 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(pipeline_resu
 
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'tune' / f'{name}-optuna.db'}")
     states = [t.state for t in study.trials]  # one told Optuna trial per Tune trial, across both jobs; one asked
-    assert states.count(optuna.trial.TrialState.COMPLETE) == TRIALS  # for by the stopped job and never run: FAIL
-    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
+    # for by the stopped job and never run: FAIL. The trials ASHA stopped early reached Optuna as PRUNED (TPE must
+    # not read their epoch-1 AUC as a final one), exactly those its markers name
+    told = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert sum(state in told for state in states) == TRIALS
+    assert set(states) <= {*told, optuna.trial.TrialState.FAIL}
+    pruned = root / "tune" / name / "mlscale-pruned"
+    assert states.count(optuna.trial.TrialState.PRUNED) == (len(list(pruned.iterdir())) if pruned.exists() else 0)
     client_ml = tracking_client(tracking_uri)
     trial_runs = client_ml.search_runs(
         [client_ml.get_experiment_by_name(config.tracking.experiment).experiment_id],
