@@ -33,8 +33,13 @@ class BundlePredictor:
         self.bundle: Bundle = load_bundle(model_uri, tracking_uri).with_variant(variant)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        columns = {name: batch.column(name) for name in self.bundle.input_columns}
-        return batch.append_column(PREDICTION_COLUMN, pa.array(self.bundle.predict_columns(columns)))
+        return with_predictions(self.bundle, batch)
+
+
+def with_predictions(bundle: Bundle, batch: pa.Table) -> pa.Table:
+    """The batch with the bundle's prediction for each row appended."""
+    columns = {name: batch.column(name) for name in bundle.input_columns}
+    return batch.append_column(PREDICTION_COLUMN, pa.array(bundle.predict_columns(columns)))
 
 
 @lru_cache(maxsize=4)
@@ -46,8 +51,7 @@ def _registered_bundle(model_uri: str, tracking_uri: str | None, variant: str) -
 def _predict_batch(batch: pa.Table, model_uri: str, tracking_uri: str | None, variant: str) -> pa.Table:
     bundle = (_registered_bundle(model_uri, tracking_uri, variant) if is_version_uri(model_uri)
               else load_bundle(model_uri, tracking_uri).with_variant(variant))  # a folder may be rewritten
-    columns = {name: batch.column(name) for name in bundle.input_columns}
-    return batch.append_column(PREDICTION_COLUMN, pa.array(bundle.predict_columns(columns)))
+    return with_predictions(bundle, batch)
 
 
 def score(dataset: ray.data.Dataset, model_uri: str, tracking_uri: str | None = None,

@@ -257,7 +257,7 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
         return hit
     settings = config.validation
     filesystem, store = prepared_store(config)
-    previous = _committed_folder(config)
+    previous = None if is_local(filesystem) else _committed_folder(config)  # deleted after the commit
     with source.diagnosed():
         duplicates, rows_read, rules = source_rules(source, specs, settings)
         validated = source.dataset.map_batches(
@@ -290,7 +290,7 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
         object_store=config.data.object_store.model_dump(mode="json"),
     )
     write_text(*manifest_location(config), prepared.to_json())
-    if previous and previous != prepared.path and not is_local(filesystem):  # the output it replaced
+    if previous and previous != prepared.path:  # the output it replaced
         with contextlib.suppress(OSError):
             filesystem.delete_dir(resolve(previous, config.data.object_store)[1])
     return prepared

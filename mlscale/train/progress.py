@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from mlscale.data.storage import write_text
+
 PROGRESS_DIR = "mlscale-progress"
 
 
@@ -51,15 +53,7 @@ class ProgressLog:
     def write(self, path: str, attempt: Attempt) -> None:
         """Replace one record whole: a reader never sees it half written. On a local disk that takes a temporary
         file and a rename; an object store makes the new object visible only once it is complete."""
-        payload = json.dumps(attempt.__dict__).encode()
-        if isinstance(self.filesystem, pafs.LocalFileSystem):
-            temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-            with self.filesystem.open_output_stream(temporary) as stream:
-                stream.write(payload)
-            self.filesystem.move(temporary, path)
-        else:
-            with self.filesystem.open_output_stream(path) as stream:
-                stream.write(payload)
+        write_text(self.filesystem, path, json.dumps(attempt.__dict__))
 
 
 def repeated_steps(attempts: list[Attempt]) -> int:

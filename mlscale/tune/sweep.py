@@ -26,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mlscale.config import PipelineConfig
 from mlscale.data.sources import resolve
+from mlscale.data.storage import exists
 from mlscale.train.loop import read_checkpoint
 from mlscale.train.trainer import checkpoint_storage, first_unfinished
 from mlscale.tune.analysis import OUTCOMES, Report, TrialRecord, pareto_front, pick_winner
@@ -43,10 +44,6 @@ def tune_storage(config: PipelineConfig) -> tuple[pafs.FileSystem, str]:
     return resolve(uri, config.data.object_store)
 
 
-def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
-
-
 def sweep_name(config: PipelineConfig, data_key: str) -> str:
     """tune.name, or `<name>-sweep-<hash>-<n>` with n the first sweep of that hash that has not finished."""
     if config.tune.name:
@@ -55,7 +52,7 @@ def sweep_name(config: PipelineConfig, data_key: str) -> str:
     digest = hashlib.sha256(f"{config.fingerprint()}|{settings}|{data_key}".encode()).hexdigest()[:10]
     filesystem, root = tune_storage(config)
     return first_unfinished(f"{config.name}-sweep-{digest}",
-                            lambda name: _exists(filesystem, f"{root}/{name}/{FINISHED_MARKER}"))
+                            lambda name: exists(filesystem, f"{root}/{name}/{FINISHED_MARKER}"))
 
 
 def study_storage_url(config: PipelineConfig, name: str) -> str:
@@ -92,7 +89,7 @@ class PrunedMarkers:
     filesystem: pafs.FileSystem
 
     def __call__(self, trial_id: str) -> bool:
-        return _exists(self.filesystem, f"{self.marker_dir}/{trial_id}")
+        return exists(self.filesystem, f"{self.marker_dir}/{trial_id}")
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
