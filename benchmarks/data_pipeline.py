@@ -1,13 +1,17 @@
 """Scale proof for the data stages: validate -> fit -> transform -> write parquet, streaming, memory flat.
 
-Runs the synthetic flights source at 1x, 4x and 16x a base size through mlscale's prepare stage (validation with
-quarantine, time split, parquet) and its feature stage (streaming fit, then transform of the train split to
-parquet), on an embedded Ray whose object store is far smaller than the largest run. A sampler thread records the
-memory (PSS, so shared object-store pages count once) of every Ray process. In the same run, a single-process
-baseline does the same work on the same rows with pyarrow/numpy and no Ray: it calls the same vectorized kernels
-(generate, validate, stats, transform), so the ratio isolates what distributing the work costs per core.
+Runs the synthetic flights source at 1x, 4x and 16x a base size (and 64x with --full) through mlscale's prepare
+stage (validation with quarantine, time split, parquet; the statistics the features are fitted on are gathered in the
+same pass, as the prepare stage does) and its feature stage (the fit from those statistics, then the transform of
+the train split to parquet), on an embedded Ray whose object store is far smaller than the largest run. A sampler
+thread records the memory (PSS, so shared object-store pages count once) of every Ray process. In the same run, a
+single-process baseline does the same work on the same rows with pyarrow/numpy and no Ray, in the same passes (the
+train statistics gathered while it writes): it calls the same vectorized kernels (generate, validate, stats,
+transform), so the ratio isolates what distributing the work costs per core.
 
-    python benchmarks/data_pipeline.py            # 1x = 400k rows (~10 min budget on 2 cores)
+    python benchmarks/data_pipeline.py            # 1x = 400k rows (~3 minutes on 2 cores)
+    python benchmarks/data_pipeline.py --full     # and 64x (25.6M rows, 5.5 GB in Arrow; ~6 minutes more)
+    python benchmarks/data_pipeline.py --ray-cpus 4   # 2 logical CPUs per core for Ray's tasks
     python benchmarks/data_pipeline.py --base-rows 100000 --object-store-mb 80   # a quick look
 """
 
@@ -44,10 +48,11 @@ from mlscale.data.prepare import SPLIT_COLUMN, prepare, schema_for, validate_and
 from mlscale.data.synthetic import ROWS_PER_BLOCK, generate_table  # noqa: E402
 from mlscale.data.validation import build_rules  # noqa: E402
 from mlscale.features.cache import FeatureCache  # noqa: E402
-from mlscale.features.featureset import FeatureSet, batch_stats, transform_batch  # noqa: E402
+from mlscale.features.featureset import FeatureSet, FitStatistics, batch_stats, transform_batch  # noqa: E402
 from mlscale.features.stats import TableStats  # noqa: E402
 
 SCALES = (1, 4, 16)
+FULL_SCALES = (*SCALES, 64)
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -135,7 +140,7 @@ def run_mlscale(rows: int, label: str, root: Path, cores: int) -> Run:
     stages: dict[str, float] = {}
     with MemorySampler() as memory:
         began = time.perf_counter()
-        prepared = prepare(config, force=True)
+        prepared = prepare(config, force=True, train_summary=FitStatistics(config.features))
         stages["validate+split+write"] = time.perf_counter() - began
         cache = FeatureCache.for_run(config, prepared)
         mark = time.perf_counter()
@@ -150,7 +155,8 @@ def run_mlscale(rows: int, label: str, root: Path, cores: int) -> Run:
 
 
 def run_baseline(rows: int, label: str, root: Path) -> Run:
-    """The same work in one process: generate, validate+split, write; fit; transform train, write."""
+    """The same work in one process: generate, validate+split, write (gathering the train statistics); fit from
+    them; transform train, write."""
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     config = config_for(rows, root, "baseline")
@@ -163,6 +169,7 @@ def run_baseline(rows: int, label: str, root: Path) -> Run:
     with MemorySampler() as memory:
         began = time.perf_counter()
         writers: dict[str, pq.ParquetWriter] = {}
+        merged: TableStats | None = None
         for start in range(0, rows, ROWS_PER_BLOCK):
             ids = np.arange(start, min(start + ROWS_PER_BLOCK, rows))
             table = generate_table(ids, config.data.synthetic.seed, config.data.synthetic.bad_fraction)
@@ -172,15 +179,14 @@ def run_baseline(rows: int, label: str, root: Path) -> Run:
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(out / "prepared" / f"{name}.parquet", part.schema)
                 writers[name].write_table(part)
+                if name == "train":
+                    stats = batch_stats(part, config.features)
+                    merged = stats if merged is None else merged.merge(stats)
         for writer in writers.values():
             writer.close()
         stages["validate+split+write"] = time.perf_counter() - began
         mark = time.perf_counter()
         train = pq.ParquetFile(out / "prepared" / "train.parquet")
-        merged: TableStats | None = None
-        for batch in train.iter_batches(batch_size=ROWS_PER_BLOCK, columns=config.features.raw_columns):
-            stats = batch_stats(pa.Table.from_batches([batch]), config.features)
-            merged = stats if merged is None else merged.merge(stats)
         assert merged is not None
         features = FeatureSet(config.features).fit_stats(merged)
         stages["fit"] = time.perf_counter() - mark
@@ -233,8 +239,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-rows", type=int, default=400_000)
     parser.add_argument("--object-store-mb", type=int, default=100)
-    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="cores (the per-core denominator)")
+    parser.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs Ray schedules on (default: --cpus)")
+    parser.add_argument("--full", action="store_true", help="add 64x")
     args = parser.parse_args()
+    scales = FULL_SCALES if args.full else SCALES
     import ray
 
     set_process_env()
@@ -242,9 +251,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="mlscale-bench-"))
     try:
         runs = []
-        for scale in SCALES:  # a fresh Ray per size, so each peak is that size's own, not leftovers of the last
-            ray.init(num_cpus=args.cpus, object_store_memory=args.object_store_mb * 2**20, include_dashboard=False,
-                     logging_level="ERROR", log_to_driver=False)
+        for scale in scales:  # a fresh Ray per size, so each peak is that size's own, not leftovers of the last
+            ray.init(num_cpus=args.ray_cpus or args.cpus, object_store_memory=args.object_store_mb * 2**20,
+                     include_dashboard=False, logging_level="ERROR", log_to_driver=False)
             configure_data(RayConfig())
             try:
                 runs.append(run_mlscale(args.base_rows * scale, f"{scale}x", root, args.cpus))
@@ -256,9 +265,11 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    largest = runs[-1]
-    memory_ratio = largest.peak_memory_bytes / runs[0].peak_memory_bytes
-    throughput_ratio = largest.rows_per_s_per_core / baseline.rows_per_s_per_core
+    largest, at16 = runs[-1], runs[SCALES.index(16)]
+    memory_ratio = at16.peak_memory_bytes / runs[0].peak_memory_bytes
+    throughput_ratio = at16.rows_per_s_per_core / baseline.rows_per_s_per_core
+    by_scale = {f"{scale}x": run.rows_per_s_per_core / baseline.rows_per_s_per_core
+                for scale, run in zip(scales, runs, strict=True)}
     terabyte_rows = 1e12 / row_bytes
     cluster_cores = 16 * 16
     projected_s = terabyte_rows / (largest.rows_per_s_per_core * cluster_cores)
@@ -266,7 +277,10 @@ def main() -> None:
     result = {
         "memory_ratio_16x": memory_ratio,
         "throughput_ratio_vs_baseline": throughput_ratio,
-        "rows_per_s_per_core": largest.rows_per_s_per_core,
+        "throughput_ratio_by_scale": by_scale,
+        "memory_ratio_largest": largest.peak_memory_bytes / runs[0].peak_memory_bytes,
+        "ray_cpus": args.ray_cpus or args.cpus,
+        "rows_per_s_per_core": at16.rows_per_s_per_core,
         "baseline_rows_per_s_per_core": baseline.rows_per_s_per_core,
         "object_store_memory_bytes": args.object_store_mb * 2**20,
         "largest_run_bytes": largest.rows * row_bytes,
@@ -281,8 +295,9 @@ def main() -> None:
         "date": date.today().isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data_pipeline.json").write_text(json.dumps(result, indent=2))
-    plot([*runs, baseline], RESULTS / "data_pipeline_memory.png")
+    name = "data_pipeline" + ("_full" if args.full else "") + (f"_ray_cpus{args.ray_cpus}" if args.ray_cpus else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    plot([*runs, baseline], RESULTS / f"{name}_memory.png")
 
     header = f"{'run':<16}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'rows/s/core':>13}{'peak MiB':>10}{'spill MiB':>11}"
     print(header)
@@ -290,8 +305,10 @@ def main() -> None:
         print(f"{run.name:<16}{run.rows:>12,}{run.seconds:>10.1f}{run.rows_per_s:>12,.0f}"
               f"{run.rows_per_s_per_core:>13,.0f}{run.peak_memory_bytes / 2**20:>10.0f}"
               f"{run.spilled_bytes / 2**20:>11.1f}")
-    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in largest.stage_seconds.items())
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in at16.stage_seconds.items())
     print(f"16x stages: {stages}; largest run = {result['largest_run_vs_object_store']:.1f}x the object store")
+    print("per core, mlscale / baseline, by size: " + ", ".join(f"{k} {v:.2f}" for k, v in by_scale.items())
+          + f"; memory {largest.name} / 1x: {result['memory_ratio_largest']:.2f}")
     print(f"1 TB ({terabyte_rows:,.0f} rows) on 16 nodes x 16 cores: ~{projected_s / 60:.0f} min, "
           f"limited by {limiting}")
     print(f"memory 16x/1x: {memory_ratio:.2f} (target <= 1.25)")

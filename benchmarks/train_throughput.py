@@ -1,16 +1,22 @@
 """What Ray Train costs: samples/s of mlscale's Ray Train loop (1 and 2 workers) vs a plain PyTorch loop.
 
 All runs train the same network (a residual MLP, the `resmlp` family) with the same optimizer, schedule, gradient
-clipping and batch size on the same featurized data: the real 2013 flights, prepared and featurized by mlscale
-(train split, ~250k rows) and cached as parquet. The plain loop is what a person would write by hand: the parquet
-read into tensors once, a shuffled index per epoch, one process, PyTorch's default threads. The Ray Train runs go
-through `mlscale.train.trainer.run_training` unchanged: Ray Data shards streamed by `iter_torch_batches`, DDP
+clipping and batch size on the same featurized data: the real 2013 flights (a 40% deterministic sample by default),
+prepared and featurized by mlscale and cached as parquet. The plain loop is what a person would write by hand: the
+parquet read into tensors once, a shuffled index per epoch, one process, PyTorch's default threads. The Ray Train runs
+go through `mlscale.train.trainer.run_training` unchanged: Ray Data shards streamed by `iter_torch_batches`, DDP
 (gloo), per-epoch validation and checkpoints. Rates are steady state (the last epoch; the first pays the start of
 the data pipeline), measured inside the loop from wall time between evaluations; the table also shows each run's
-whole wall time. A third Ray Train run iterates the shard without training: Ray Data's ingest rate, compared with
-the plain loop's consumption rate.
+whole wall time.
 
-    python benchmarks/train_throughput.py                  # ~5 minutes on 2 cores
+The headline is interleaved: plain, Ray, plain, Ray, ..., plain (`--repeats` Ray runs, one more plain run); each Ray
+run is compared with the mean of the plain runs just before and after it, and the headline is the median of those
+ratios, so the drift of a shared VM over minutes (10-30% here) does not decide it. While the Ray runs train, a
+sampler records the cores every Ray process uses beside the training worker (steady state: windows where the
+worker is busy). A 2-worker run and a Ray Data ingest-only run (the shard iterated without training: the rate Ray
+Data can feed a trainer) follow once.
+
+    python benchmarks/train_throughput.py                  # ~9 minutes on 2 cores
     python benchmarks/train_throughput.py --gpu            # on a GPU machine: bf16, one worker per GPU
 """
 
@@ -18,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -33,12 +40,11 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import ray.train  # noqa: E402
 import torch  # noqa: E402
+from plain_torch import load_tensors, train_epochs  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
 from mlscale.config import PipelineConfig, load_config  # noqa: E402
@@ -47,17 +53,18 @@ from mlscale.models.networks import build_network, spec_for_features  # noqa: E4
 from mlscale.stages.common import start  # noqa: E402
 from mlscale.train.inputs import training_data  # noqa: E402
 from mlscale.train.loop import BATCH_DTYPES  # noqa: E402
-from mlscale.train.optim import build_optimizer, build_scheduler  # noqa: E402
 from mlscale.train.trainer import run_training  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 MODEL = {"family": "resmlp", "width": 256, "blocks": 4, "dropout": 0.1}
 
 
-def benchmark_config(storage: Path, workers: int, epochs: int, batch_size: int, gpu: bool) -> PipelineConfig:
+def benchmark_config(storage: Path, workers: int, epochs: int, batch_size: int, gpu: bool,
+                     sample_fraction: float = 1.0) -> PipelineConfig:
     cpus = os.cpu_count() or 2
     return load_config(REPO / "jobs" / "configs" / "flights.yaml", {
         "storage.root": str(storage),
+        "data.sample_fraction": sample_fraction,
         "ray.num_cpus": cpus * 2,  # logical slots for Ray Data's tasks beside the training workers
         "train.num_workers": workers,
         "train.use_gpu": gpu,
@@ -71,42 +78,13 @@ def benchmark_config(storage: Path, workers: int, epochs: int, batch_size: int, 
 
 
 def plain_loop(config: PipelineConfig, train_dir: Path, spec: dict[str, Any], epochs: int) -> dict[str, float]:
-    """The hand-written baseline: tensors in memory, a shuffled index per epoch, the same optimizer and schedule."""
-    table = pq.read_table(train_dir)
-    x_num = torch.tensor(np.stack(table.column("x_num").to_numpy(zero_copy_only=False)), dtype=torch.float32)
-    x_cat = torch.tensor(np.stack(table.column("x_cat").to_numpy(zero_copy_only=False)), dtype=torch.int64)
-    label = torch.tensor(table.column("label").to_numpy(), dtype=torch.float32)
+    """The hand-written baseline (plain_torch.py): tensors in memory, a shuffled index per epoch, same optimizer."""
     device = torch.device("cuda" if config.train.use_gpu else "cpu")
-    x_num, x_cat, label = x_num.to(device), x_cat.to(device), label.to(device)
-    torch.manual_seed(0)
-    model = build_network(spec).to(device)
-    batch = config.train.batch_size
-    rows = len(label)
-    steps_per_epoch = math.ceil(rows / batch)
-    optimizer = build_optimizer(model.parameters(), config.train.optimizer)
-    scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, steps_per_epoch,
-                                config.train.schedule)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    rates = []
+    train = load_tensors(train_dir, device)
     began = time.perf_counter()
-    for _ in range(epochs):
-        start_epoch = time.perf_counter()
-        order = torch.randperm(rows, device=device)
-        for first in range(0, rows, batch):
-            index = order[first:first + batch]
-            with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-                output = model(x_num[index], x_cat[index])
-            loss = loss_fn(output.float(), label[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip_norm)
-            optimizer.step()
-            scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(rows / (time.perf_counter() - start_epoch))
+    rates = [rate for _, rate in train_epochs(config, spec, train)]
     return {"samples_per_s": rates[-1], "first_epoch_samples_per_s": rates[0], "threads": torch.get_num_threads(),
-            "wall_s": time.perf_counter() - began, "rows": rows}
+            "wall_s": time.perf_counter() - began, "rows": len(train)}
 
 
 def ingest_only_loop(config: dict[str, Any]) -> None:
@@ -125,9 +103,12 @@ def ingest_only_loop(config: dict[str, Any]) -> None:
                          checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
+ROLES = ("RayTrainWorker", "SplitCoordinator", "TrainController", "DashboardAgent", "dashboard", "log_monitor",
+         "raylet", "gcs_server", "PlacementGroupCleaner", "_StatsActor", "PreemptionWatcher")
+
+
 def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
     """(role, CPU seconds so far) of every process of the embedded Ray: this process and its descendants."""
-    roles = ("RayTrainWorker", "SplitCoordinator", "TrainController", "raylet", "gcs_server", "dashboard")
     root = psutil.Process()
     found = {}
     for process in [root, *root.children(recursive=True)]:
@@ -136,7 +117,7 @@ def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
             times = process.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        role = "driver" if process.pid == root.pid else next((r for r in roles if r in command), "other Ray workers")
+        role = "driver" if process.pid == root.pid else next((r for r in ROLES if r in command), "other Ray workers")
         found[process.pid] = (role, times.user + times.system)
     return found
 
@@ -150,15 +131,52 @@ def cpu_used_during(before: dict[int, tuple[str, float]], after: dict[int, tuple
     return dict(sorted(used.items()))
 
 
+class SteadyStateCores:
+    """Cores each Ray process role uses while a training worker is busy: the cost beside training, start-up and
+    teardown excluded (sampled every `interval_s`; a window counts when the workers used more than one core)."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self.windows: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SteadyStateCores:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        before, at = cpu_seconds_by_process(), time.perf_counter()
+        while not self._stop.wait(self.interval_s):
+            after, now = cpu_seconds_by_process(), time.perf_counter()
+            used: dict[str, float] = {}
+            for pid, (role, seconds) in after.items():
+                used[role] = used.get(role, 0.0) + (seconds - before.get(pid, (role, 0.0))[1]) / (now - at)
+            if used.get("RayTrainWorker", 0.0) > 1.0:
+                self.windows.append(used)
+            before, at = after, now
+
+    def median(self) -> dict[str, float]:
+        roles = sorted({role for window in self.windows for role in window})
+        return {role: round(statistics.median(w.get(role, 0.0) for w in self.windows), 3) for role in roles}
+
+
 def ray_train(config: PipelineConfig, data: Any, spec: dict[str, Any]) -> dict[str, Any]:
     began, cpu_before = time.perf_counter(), cpu_seconds_by_process()
-    outcome = run_training(config, data.train, data.val, spec, f"bench-{config.train.num_workers}w-{time.time():.0f}")
+    with SteadyStateCores() as cores:
+        outcome = run_training(config, data.train, data.val, spec,
+                               f"bench-{config.train.num_workers}w-{time.time_ns()}")
     cpu_after = cpu_seconds_by_process()
     last = outcome.history[-1]
     return {"samples_per_s": last["train_samples_per_s"], "first_epoch_samples_per_s":
             outcome.history[0]["train_samples_per_s"], "data_wait_fraction": last["data_wait_fraction"],
             "val_auc": last["val_auc"], "wall_s": time.perf_counter() - began,
-            "cpu_seconds_beside_training": cpu_used_during(cpu_before, cpu_after)}
+            "cpu_seconds_beside_training": cpu_used_during(cpu_before, cpu_after),
+            "steady_state_cores": cores.median()}
 
 
 def ingest(config: PipelineConfig, data: Any) -> dict[str, float]:
@@ -172,16 +190,39 @@ def ingest(config: PipelineConfig, data: Any) -> dict[str, float]:
     return dict(trainer.fit().metrics)
 
 
+def interleaved(one: PipelineConfig, data: Any, spec: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """plain, Ray, plain, ..., Ray, plain: each Ray run against the mean of its two neighbours; the median ratio."""
+    train_dir = data.cache.directory / "train"
+    plain = [plain_loop(one, train_dir, spec, one.train.epochs)]
+    print(f"plain 1/{repeats + 1}: {plain[-1]['samples_per_s']:,.0f} samples/s", flush=True)
+    ray_runs, ratios = [], []
+    for repeat in range(repeats):
+        ray_runs.append(ray_train(one, data, spec))
+        plain.append(plain_loop(one, train_dir, spec, one.train.epochs))
+        reference = (plain[-2]["samples_per_s"] + plain[-1]["samples_per_s"]) / 2
+        ratios.append(ray_runs[-1]["samples_per_s"] / reference)
+        print(f"Ray 1 worker {repeat + 1}/{repeats}: {ray_runs[-1]['samples_per_s']:,.0f} samples/s; plain "
+              f"{repeat + 2}/{repeats + 1}: {plain[-1]['samples_per_s']:,.0f}; ratio {ratios[-1]:.3f}", flush=True)
+    return {"plain": plain, "ray": ray_runs, "ratios": ratios}
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate (its own numbers, not a blend of several runs)."""
+    return sorted(runs, key=lambda run: run["samples_per_s"])[len(runs) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved Ray Train 1-worker runs")
+    parser.add_argument("--sample-fraction", type=float, default=0.4, help="of the 2013 flights")
     parser.add_argument("--gpu", action="store_true", help="use_gpu, bf16 autocast, one worker per visible GPU")
     parser.add_argument("--storage", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
     storage = args.storage or Path(tempfile.mkdtemp(prefix="mlscale-train-bench-"))
     gpus = torch.cuda.device_count() if args.gpu else 0
-    one = benchmark_config(storage, 1, args.epochs, args.batch_size, args.gpu)
+    one = benchmark_config(storage, 1, args.epochs, args.batch_size, args.gpu, args.sample_fraction)
     start(one)
     prepared = prepare(one)
     data = training_data(one, prepared)
@@ -189,35 +230,31 @@ def main() -> None:
     parameters = sum(p.numel() for p in build_network(spec).parameters())
     print(f"data: {data.train.count():,} training rows; {MODEL['family']} with {parameters:,} parameters", flush=True)
 
-    results: dict[str, dict[str, float]] = {}
-    plain_before = plain_loop(one, data.cache.directory / "train", spec, args.epochs)
-    print("plain:", plain_before, flush=True)
-    results["Ray Train, 1 worker"] = ray_train(one, data, spec)
-    print("1 worker:", results["Ray Train, 1 worker"], flush=True)
+    runs = interleaved(one, data, spec, args.repeats)
+    results: dict[str, dict[str, Any]] = {"plain PyTorch, 1 process": median_run(runs["plain"]),
+                                          "Ray Train, 1 worker": median_run(runs["ray"])}
     workers = max(2, gpus)
     results[f"Ray Train, {workers} workers"] = ray_train(
-        benchmark_config(storage, workers, args.epochs, args.batch_size, args.gpu), data, spec)
+        benchmark_config(storage, workers, args.epochs, args.batch_size, args.gpu, args.sample_fraction), data, spec)
     print(f"{workers} workers:", results[f"Ray Train, {workers} workers"], flush=True)
     results["Ray Data ingest only, 1 worker"] = ingest(one, data)
     print("ingest:", results["Ray Data ingest only, 1 worker"], flush=True)
-    # The baseline runs before and after the Ray runs; their mean is the reference, so drift of the machine over
-    # the benchmark (a 2-core VM varies by ~10% between minutes) does not favour either side.
-    plain_after = plain_loop(one, data.cache.directory / "train", spec, args.epochs)
-    print("plain again:", plain_after, flush=True)
-    results = {"plain PyTorch, 1 process": {
-        key: (plain_before[key] + plain_after[key]) / 2 for key in plain_before
-    } | {"before_samples_per_s": plain_before["samples_per_s"], "after_samples_per_s": plain_after["samples_per_s"]},
-        **results}
 
-    plain = results["plain PyTorch, 1 process"]["samples_per_s"]
+    plain = statistics.median(run["samples_per_s"] for run in runs["plain"])
     summary = {
-        "ray_train_1w_vs_plain": results["Ray Train, 1 worker"]["samples_per_s"] / plain,
+        "ray_train_1w_vs_plain": statistics.median(runs["ratios"]),
+        "ray_train_1w_vs_plain_each": runs["ratios"],
+        "plain_samples_per_s_each": [run["samples_per_s"] for run in runs["plain"]],
+        "ray_train_1w_samples_per_s_each": [run["samples_per_s"] for run in runs["ray"]],
         "ray_train_2w_vs_plain": results[f"Ray Train, {workers} workers"]["samples_per_s"] / plain,
         "ingest_vs_consumption": results["Ray Data ingest only, 1 worker"]["samples_per_s"] / plain,
+        "steady_state_cores_beside_worker": median_run(runs["ray"])["steady_state_cores"],
         "runs": results,
         "model": MODEL,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
+        "repeats": args.repeats,
+        "sample_fraction": args.sample_fraction,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "ray": ray.__version__, "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if gpus else None},
@@ -226,17 +263,21 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_throughput.json").write_text(json.dumps(summary, indent=2))
 
-    print(f"\n{'run':<34}{'samples/s (last epoch)':>24}{'first epoch':>14}{'wall s':>9}")
+    print(f"\n{'run (median of the interleaved runs)':<38}{'samples/s (last epoch)':>24}{'first epoch':>14}"
+          f"{'wall s':>9}")
     for name, run in results.items():
-        print(f"{name:<34}{run['samples_per_s']:>24,.0f}{run['first_epoch_samples_per_s']:>14,.0f}"
+        print(f"{name:<38}{run['samples_per_s']:>24,.0f}{run['first_epoch_samples_per_s']:>14,.0f}"
               f"{run.get('wall_s', float('nan')):>9.1f}")
-    for name, run in results.items():
-        if "cpu_seconds_beside_training" in run:
-            print(f"CPU seconds used beside the training workers during {name}: "
-                  f"{run['cpu_seconds_beside_training']}")
+    beside = {role: cores for role, cores in summary["steady_state_cores_beside_worker"].items()
+              if role != "RayTrainWorker" and cores >= 0.005}
+    print(f"cores used beside the training worker while it trains (median window): {beside} "
+          f"= {sum(beside.values()):.2f} in all")
     print(f"ingest (Ray Data, 1 worker) / consumption (plain loop): {summary['ingest_vs_consumption']:.2f}x")
     print(f"Ray Train 2 workers / plain: {summary['ray_train_2w_vs_plain']:.2f}x")
-    print(f"Ray Train 1 worker / plain PyTorch (samples/s, target >= 0.95): {summary['ray_train_1w_vs_plain']:.2f}x")
+    print("Ray Train 1 worker / plain, each interleaved pair: "
+          + ", ".join(f"{ratio:.3f}" for ratio in runs["ratios"]))
+    print(f"Ray Train 1 worker / plain PyTorch (samples/s, median of {args.repeats} interleaved, target >= 0.95): "
+          f"{summary['ray_train_1w_vs_plain']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ PROCESS_ENV = {
     # Each parquet read is planned by a pool of footer-reading actors, one process each, 32 by default (tuned for
     # object-store latency on big clusters). On a laptop or CI box they cost more start-up and memory than they save.
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2",
+    # The dashboard agent samples every process with psutil each 5 s for the dashboard's node view; on a small node
+    # that is 1-2% of a core taken from training (benchmarks/train_throughput.py). 10 s is fresh enough to look at.
+    "REPORTER_UPDATE_INTERVAL_MS": "10000",
 }
 
 

@@ -409,7 +409,8 @@ class TrainConfig(_Section):
                             "onto what is left (STRICT_SPREAD would wait for a replacement node instead).")
     materialize_mb: int = Field(
         2048, ge=0, description="Featurized training parquet up to this size is read once into the object store "
-                                "instead of once per epoch; larger splits stream every epoch."
+                                "instead of once per epoch (and the validation split too when both fit); larger "
+                                "splits stream every epoch."
     )
     cache_val_mb: int = Field(
         512, ge=0, description="Each worker keeps its validation shard in memory when it is smaller than this."

@@ -30,6 +30,7 @@ from mlscale.caching import cache_key, code_hash
 from mlscale.config import ObjectStoreConfig, PipelineConfig, SplitConfig, ValidationConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
 from mlscale.data.schema import ColumnSpec
+from mlscale.data.sink import SummarizingParquetSink, TrainSummary
 from mlscale.data.sources import Source, infer_schema, read_source, resolve
 from mlscale.data.split import assign_splits, split_column
 from mlscale.data.storage import as_uri, atomic_directory, exists, is_local, read_text, set_aside, write_text
@@ -50,6 +51,7 @@ from mlscale.errors import ConfigError, PreparedDataMissing, ValidationFailed
 SPLIT_COLUMN = "split"
 PARTITIONS = ("train", "val", "test", "quarantine", "unused")
 REPORT_FILE = "_validation_report.json"
+TRAIN_SUMMARY_FILE = "_train_summary.json"
 
 
 @dataclass
@@ -95,6 +97,15 @@ class PreparedData:
 
     def report(self) -> ValidationReport:
         return ValidationReport.from_dict(json.loads(read_text(*self.resolve(self.report_path))))
+
+    def train_summary(self, key: str) -> dict[str, Any] | None:
+        """What the prepare pass gathered over the train rows under `key` (a TrainSummary's), or None: not asked
+        for, or asked for under another key (e.g. statistics of features configured differently since)."""
+        filesystem, path = self.resolve(f"{self.path.rstrip('/')}/{TRAIN_SUMMARY_FILE}")
+        if not exists(filesystem, path):
+            return None
+        saved = json.loads(read_text(filesystem, path))
+        return saved["summary"] if saved.get("key") == key else None
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "cached"}, indent=2)
@@ -194,15 +205,17 @@ def source_rules(source: Source, specs: list[ColumnSpec], settings: ValidationCo
 
 def judge_output(folder: Path | str, quarantine: Path | str, rows_read: int, counts: dict[str, int], source: str,
                  rules: list[Rule], settings: ValidationConfig, duplicates: list[str],
-                 filesystem: pafs.FileSystem = LOCAL) -> ValidationReport:
+                 filesystem: pafs.FileSystem = LOCAL, partials: list[dict[str, Any]] | None = None
+                 ) -> ValidationReport:
     """Check a written output before it is committed: its partitions' counts reconcile with the rows read; its
-    validation report is saved beside it. The caller commits it only when the report passed."""
+    validation report is saved beside it. The caller commits it only when the report passed. `partials`: the
+    per-rule counts the writer already gathered (else the quarantine is read back for them)."""
     if sum(counts.values()) != rows_read:
         raise RuntimeError(f"row counts do not reconcile: read {rows_read}, wrote {counts}")
     report = ValidationReport.build(
         source=source, rows_read=rows_read, rows_quarantined=counts["quarantine"], rules=rules,
-        partials=rule_counts(quarantine, settings.examples_per_rule, filesystem), config=settings,
-        dataset_checks={"duplicate_keys": len(duplicates)} if settings.unique else {},
+        partials=partials if partials is not None else rule_counts(quarantine, settings.examples_per_rule, filesystem),
+        config=settings, dataset_checks={"duplicate_keys": len(duplicates)} if settings.unique else {},
     )
     write_text(filesystem, f"{folder}/{REPORT_FILE}", json.dumps(report.to_dict(), indent=2))
     return report
@@ -237,17 +250,25 @@ def _cached(config: PipelineConfig, key: str) -> PreparedData | None:
 
 
 def _write_and_judge(validated: ray.data.Dataset, filesystem: pafs.FileSystem, folder: str, rows_read: int,
-                     source: Source, rules: list[Rule], settings: ValidationConfig, duplicates: list[str]
-                     ) -> tuple[dict[str, int], ValidationReport]:
-    validated.write_parquet(folder, partition_cols=[SPLIT_COLUMN], filesystem=filesystem)
-    counts = {name: count_rows(f"{folder}/{SPLIT_COLUMN}={name}", filesystem) for name in PARTITIONS}
+                     source: Source, rules: list[Rule], settings: ValidationConfig, duplicates: list[str],
+                     train_summary: TrainSummary | None) -> tuple[dict[str, int], ValidationReport]:
+    """One pass: write the splits, and judge them (and summarize the train rows) from what the writer saw."""
+    sink = SummarizingParquetSink(folder, filesystem, SPLIT_COLUMN, settings.examples_per_rule, train_summary)
+    validated.write_datasink(sink)
+    counts = sink.counts(PARTITIONS)
     report = judge_output(folder, f"{folder}/{SPLIT_COLUMN}=quarantine", rows_read, counts, source.description,
-                          rules, settings, duplicates, filesystem)
+                          rules, settings, duplicates, filesystem, sink.rule_partials())
+    if train_summary is not None and (summary := sink.train()) is not None:
+        write_text(filesystem, f"{folder}/{TRAIN_SUMMARY_FILE}",
+                   json.dumps({"key": train_summary.key, "summary": summary}))
     return counts, report
 
 
-def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
-    """Read, validate, split and write the source; returns where everything went and the reconciled counts."""
+def prepare(config: PipelineConfig, force: bool = False, train_summary: TrainSummary | None = None) -> PreparedData:
+    """Read, validate, split and write the source; returns where everything went and the reconciled counts.
+
+    `train_summary`, when given, is gathered over the train rows in the same pass (see PreparedData.train_summary).
+    """
     specs = schema_for(config)
     require_split_column(config, specs)
     build_rules(specs, config.validation, [])  # a bad rule expression fails here, before any data is read
@@ -270,13 +291,13 @@ def prepare(config: PipelineConfig, force: bool = False) -> PreparedData:
             target = f"{store}/{config.name}"
             with atomic_directory(Path(target)) as staging:
                 counts, report = _write_and_judge(validated, filesystem, str(staging), rows_read, source, rules,
-                                                  settings, duplicates)
+                                                  settings, duplicates, train_summary)
                 if not report.passed:
                     raise ValidationFailed(report, str(set_aside(staging, Path(target)) / REPORT_FILE))
         else:  # no rename: a fresh folder, committed by the manifest below
             target = f"{store}/{config.name}/{key[:12]}-{uuid.uuid4().hex[:8]}"
             counts, report = _write_and_judge(validated, filesystem, target, rows_read, source, rules, settings,
-                                              duplicates)
+                                              duplicates, train_summary)
             if not report.passed:
                 raise ValidationFailed(report, as_uri(filesystem, f"{target}/{REPORT_FILE}"))
     prepared = PreparedData(

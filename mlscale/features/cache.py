@@ -16,7 +16,8 @@ from mlscale.caching import cache_key, code_hash
 from mlscale.config import PipelineConfig
 from mlscale.data.prepare import PreparedData
 from mlscale.data.storage import atomic_directory
-from mlscale.features.featureset import FeatureSet, FittedFeatures, transform_batch
+from mlscale.features.featureset import FeatureSet, FitStatistics, FittedFeatures, transform_batch
+from mlscale.features.stats import TableStats
 
 STATE_FILE = "state.json"
 DONE_FILE = "_SUCCESS"
@@ -41,7 +42,10 @@ class FeatureCache:
         path = self.directory / STATE_FILE
         if path.exists():
             return FittedFeatures.from_json(path.read_text()), True
-        features = FeatureSet(config.features).fit(prepared.read("train"))
+        gathered = prepared.train_summary(FitStatistics(config.features).key)  # by the prepare pass, if it could
+        featureset = FeatureSet(config.features)
+        features = (featureset.fit_stats(TableStats.from_dict(gathered)) if gathered
+                    else featureset.fit(prepared.read("train")))
         self.directory.mkdir(parents=True, exist_ok=True)
         staging = path.with_suffix(".tmp")
         staging.write_text(features.to_json())

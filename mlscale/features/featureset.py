@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlscale.caching import cache_key, code_hash
 from mlscale.config import FeaturesConfig, NumericFeature
 from mlscale.features.sketch import QuantileSketch
 from mlscale.features.stats import CategoryStats, Distribution, NumericStats, TableStats
@@ -271,13 +272,37 @@ class FeatureSet:
         partials = dataset.select_columns(self.config.raw_columns).map_batches(  # parquet reads only these
             partial(_batch_stats, config=self.config), batch_format="pyarrow", batch_size=None,
         )
-        merged: TableStats | None = None
-        for row in partials.iter_rows():
-            stats = TableStats.from_dict(json.loads(row["stats"]))
-            merged = stats if merged is None else merged.merge(stats)
+        merged = merge_stats(json.loads(row["stats"]) for row in partials.iter_rows())
         if merged is None or merged.rows == 0:
             raise ValueError("cannot fit features on an empty dataset")
         return self.fit_stats(merged)
+
+
+def merge_stats(parts: Iterable[dict[str, Any]]) -> TableStats | None:
+    merged: TableStats | None = None
+    for part in parts:
+        stats = TableStats.from_dict(part)
+        merged = stats if merged is None else merged.merge(stats)
+    return merged
+
+
+class FitStatistics:
+    """The statistics fit() learns from, gathered by the prepare pass as it writes the train rows (a
+    `mlscale.data.sink.TrainSummary`), so fitting is not a pass over the data of its own. Keyed by the features
+    config and code: statistics gathered for other features are not used."""
+
+    def __init__(self, config: FeaturesConfig) -> None:
+        self.config = config
+        self.key = cache_key(config.model_dump(mode="json"), code_hash("features"))
+
+    def of(self, rows: pa.Table) -> dict[str, Any] | None:
+        if any(column not in rows.column_names for column in self.config.raw_columns):
+            return None  # the features name a column the data lacks: fitting says so, with the column's name
+        return batch_stats(rows, self.config).to_dict()
+
+    def combine(self, parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+        merged = merge_stats(parts)
+        return merged.to_dict() if merged is not None else None
 
 
 def label_values(values: np.ndarray, threshold: float | None) -> np.ndarray:

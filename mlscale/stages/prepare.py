@@ -11,6 +11,7 @@ from mlscale.config import PipelineConfig
 from mlscale.data.prepare import REPORT_FILE, PreparedData, prepare
 from mlscale.data.validation import ValidationReport
 from mlscale.errors import ValidationFailed
+from mlscale.features.featureset import FitStatistics
 from mlscale.tracking import stage_run, tracking_client
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def prepare_stage(config: PipelineConfig) -> PreparedData:
         ConfigError: the split names a column the schema does not have.
     """
     try:
-        prepared = prepare(config)
+        prepared = prepare(config, train_summary=FitStatistics(config.features))  # the fit needs no pass
     except ValidationFailed as failure:
         log_validation(config, failure.report, "FAILED")
         raise

@@ -27,6 +27,9 @@ def training_data(config: PipelineConfig, prepared: PreparedData) -> TrainingDat
     features, features_cached = cache.fitted(config, prepared)
     train, train_cached = cache.transformed(config, prepared, features, "train")
     val, val_cached = cache.transformed(config, prepared, features, "val")
-    if cache.split_bytes("train") <= config.train.materialize_mb * 2**20:
+    budget, train_bytes = config.train.materialize_mb * 2**20, cache.split_bytes("train")
+    if train_bytes <= budget:
         train = train.materialize()  # read once, not once per epoch
+    if train_bytes + cache.split_bytes("val") <= budget:
+        val = val.materialize()  # nor once per trial of a search (a Ray Data execution costs seconds to start)
     return TrainingData(cache, features, train, val, features_cached and train_cached and val_cached)

@@ -276,6 +276,11 @@ def run_sweep(config: PipelineConfig, inputs: TrialInputs, name: str) -> tuple[S
                 max_concurrent_trials=plan.max_concurrent,
                 time_budget_s=config.tune.time_budget_s,
                 trial_dirname_creator=trial_dirname,
+                # A trial that trains in its own process pays a process start and the imports of torch and Ray
+                # Data (~2-3 s) before its first step; with many short trials (ASHA stops most after one epoch)
+                # that is a large share of the budget. Its process is kept for the next trial instead; a trial
+                # that starts a Ray Train worker group holds no state worth keeping.
+                reuse_actors=config.tune.trial_workers == 0,
             ),
             run_config=ray.tune.RunConfig(
                 name=name, storage_path=root, storage_filesystem=filesystem,

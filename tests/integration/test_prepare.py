@@ -1,13 +1,18 @@
 """The prepare stage on real data: every row lands in exactly one place, bad rows with their reasons."""
 
+import math
+
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pytest
 
 from mlscale.data.flights import NULL_VALUES, package_data_dir, sample_mask
-from mlscale.data.prepare import PARTITIONS, load_prepared, prepare
+from mlscale.data.prepare import PARTITIONS, count_rows, load_prepared, prepare
 from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN
+from mlscale.features.cache import FeatureCache
+from mlscale.features.featureset import FeatureSet, FitStatistics
+from mlscale.features.stats import TableStats
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +83,61 @@ def test_sample_is_the_same_hash_sample(ray_session, small_config_factory):
     assert prepared.rows_read == int(sample_mask(raw, 0.05).sum())
     assert sum(prepared.counts.values()) == prepared.rows_read
     assert set(prepared.counts) == set(PARTITIONS)
+
+
+def test_the_counts_the_writer_reported_are_the_rows_in_its_files(full):
+    _, prepared = full
+    for name in PARTITIONS:
+        written = count_rows(prepared.split_path(name)) if name in prepared.counts else 0
+        assert written == prepared.counts[name], name
+
+
+@pytest.fixture(scope="module")
+def summarized(ray_session, small_config_factory):
+    config = small_config_factory("prepare-summary")
+    return config, prepare(config, force=True, train_summary=FitStatistics(config.features))
+
+
+def test_fit_statistics_gathered_while_writing_are_those_of_a_pass_over_the_train_split(summarized, monkeypatch):
+    """The prepare pass summarizes the train rows as it writes them; features fitted from that summary are the
+    ones a separate streaming fit over the written train split learns (and the cache uses it: no second pass)."""
+    config, prepared = summarized
+    gathered = prepared.train_summary(FitStatistics(config.features).key)
+    assert gathered is not None and gathered["rows"] == prepared.counts["train"] > 0
+    from_summary = FeatureSet(config.features).fit_stats(TableStats.from_dict(gathered)).state
+    from_pass = FeatureSet(config.features).fit(prepared.read("train")).state
+    assert _approx(from_summary, from_pass)
+
+    other = config.features.model_copy(update={"min_category_count": config.features.min_category_count + 1})
+    assert prepared.train_summary(FitStatistics(other).key) is None  # statistics of other features: not used
+
+    def no_second_pass(self, dataset):
+        raise AssertionError("fitted by a pass over the data although the prepare pass gathered the statistics")
+
+    monkeypatch.setattr(FeatureSet, "fit", no_second_pass)
+    cache = FeatureCache.for_run(config, prepared)
+    fitted, cached = cache.fitted(config, prepared)
+    assert not cached and _approx(fitted.state, from_pass)
+
+
+def _approx(a, b, rel=1e-9) -> bool:
+    """Equal structure and strings, numbers equal to rounding. What comes from mergeable sketches (bucket edges,
+    the monitoring profile's quantiles and bin masses) depends on how rows were grouped into blocks, as any two
+    streaming fits do: a quantile may be its neighbour's (3% of rank), a bin's mass may move by 0.05."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(k, a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_approx(x, y, rel) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-12)
+    return a == b
+
+
+def _close(key: str, a, b, rel: float) -> bool:
+    if key == "mass":
+        return len(a) == len(b) and all(abs(x - y) <= 0.05 for x, y in zip(a, b, strict=True))
+    if key in ("edges", "quantiles"):
+        steps, padded = max(1, round(0.03 * len(a))), [-math.inf, *b, math.inf]  # the ends may move outwards
+        return len(a) == len(b) and all(
+            padded[max(0, i + 1 - steps)] <= x <= padded[min(len(b) + 1, i + 1 + steps)] for i, x in enumerate(a))
+    return _approx(a, b, rel)
