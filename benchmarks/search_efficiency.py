@@ -17,7 +17,7 @@ Headlines: the share of B that TPE + ASHA needs before its best validation AUC r
 `wallclock_ratio_vs_optuna_alone`, mlscale's wall time over Optuna alone's (total over seeds; below 1, mlscale is
 faster).
 
-    python benchmarks/search_efficiency.py            # 5 seeds, ~9 minutes on 2 cores
+    python benchmarks/search_efficiency.py            # 5 seeds, ~7 minutes on 2 cores
 """
 
 from __future__ import annotations

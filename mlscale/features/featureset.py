@@ -261,7 +261,9 @@ class FeatureSet:
             },
             "profile_categorical": {
                 name: {"null_fraction": s.nulls / rows,
-                       "frequencies": {k: v / rows for k, v in s.counts.most_common(50)}}
+                       # ties broken by value: the same 50 whatever order the partial counts were merged in
+                       "frequencies": {k: v / rows for k, v in sorted(s.counts.items(),
+                                                                      key=lambda kv: (-kv[1], kv[0]))[:50]}}
                 for name, s in stats.categorical.items()
             },
         }
