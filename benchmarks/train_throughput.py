@@ -122,13 +122,18 @@ def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
     return found
 
 
-def cpu_used_during(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds per role between two snapshots, for processes alive at the second one (the training workers of
     a finished run have exited by then and are not in it: this is what runs beside them)."""
     used: dict[str, float] = {}
     for pid, (role, seconds) in after.items():
-        used[role] = round(used.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1], 1)
-    return dict(sorted(used.items()))
+        used[role] = used.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+    return used
+
+
+def cpu_used_during(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """cpu_by_role for the report: sorted by role, to a tenth of a second."""
+    return {role: round(seconds, 1) for role, seconds in sorted(cpu_by_role(before, after).items())}
 
 
 class SteadyStateCores:
@@ -153,9 +158,7 @@ class SteadyStateCores:
         before, at = cpu_seconds_by_process(), time.perf_counter()
         while not self._stop.wait(self.interval_s):
             after, now = cpu_seconds_by_process(), time.perf_counter()
-            used: dict[str, float] = {}
-            for pid, (role, seconds) in after.items():
-                used[role] = used.get(role, 0.0) + (seconds - before.get(pid, (role, 0.0))[1]) / (now - at)
+            used = {role: seconds / (now - at) for role, seconds in cpu_by_role(before, after).items()}
             if used.get("RayTrainWorker", 0.0) > 1.0:
                 self.windows.append(used)
             before, at = after, now
