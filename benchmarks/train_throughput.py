@@ -4,8 +4,9 @@ All runs train the same network (a residual MLP, the `resmlp` family) with the s
 clipping and batch size on the same featurized data: the real 2013 flights (a 40% deterministic sample by default),
 prepared and featurized by mlscale and cached as parquet. The plain loop is what a person would write by hand: the
 parquet read into tensors once, a shuffled index per epoch, one process, PyTorch's default threads. The Ray Train runs
-go through `mlscale.train.trainer.run_training` unchanged: Ray Data shards streamed by `iter_torch_batches`, DDP
-(gloo), per-epoch validation and checkpoints. Rates are steady state (the last epoch; the first pays the start of
+go through `mlscale.train.trainer.run_training` unchanged: Ray Data shards (held in memory by each worker under
+`train.cache_train_mb`, as here; streamed by `iter_torch_batches` when larger), DDP (gloo), per-epoch validation
+and checkpoints. Rates are steady state (the last epoch; the first pays the start of
 the data pipeline), measured inside the loop from wall time between evaluations; the table also shows each run's
 whole wall time.
 
@@ -51,8 +52,8 @@ from mlscale.config import PipelineConfig, load_config  # noqa: E402
 from mlscale.data.prepare import prepare  # noqa: E402
 from mlscale.models.networks import build_network, spec_for_features  # noqa: E402
 from mlscale.stages.common import start  # noqa: E402
+from mlscale.train.batches import BATCH_DTYPES  # noqa: E402
 from mlscale.train.inputs import training_data  # noqa: E402
-from mlscale.train.loop import BATCH_DTYPES  # noqa: E402
 from mlscale.train.trainer import run_training  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"

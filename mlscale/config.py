@@ -80,7 +80,7 @@ class SyntheticConfig(_Section):
 
     rows: int = Field(1_000_000, ge=1)
     seed: int = 0
-    blocks: int | None = Field(None, ge=1, description="Read tasks; None: one per ~64k rows.")
+    blocks: int | None = Field(None, ge=1, description="Read tasks; None: one per ~256k rows.")
     bad_fraction: float = Field(0.01, ge=0.0, le=1.0, description="Rows given one injected defect each.")
 
 
@@ -411,6 +411,10 @@ class TrainConfig(_Section):
         2048, ge=0, description="Featurized training parquet up to this size is read once into the object store "
                                 "instead of once per epoch (and the validation split too when both fit); larger "
                                 "splits stream every epoch."
+    )
+    cache_train_mb: int = Field(
+        1024, ge=0, description="Each worker holds its train shard as tensors when they take less than this, and "
+                                "shuffles it whole each epoch; a larger shard streams through Ray Data every epoch."
     )
     cache_val_mb: int = Field(
         512, ge=0, description="Each worker keeps its validation shard in memory when it is smaller than this."

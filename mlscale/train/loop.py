@@ -2,10 +2,10 @@
 
 Everything a run needs arrives in one frozen LoopConfig (built by trainer.loop_config); where it runs comes in a
 `Session`: a Ray Train worker (the default), or a Ray Tune trial's own process for searches over models too small
-to be worth a worker group. Determinism on CPU: the
-model is initialised from the seed, each shard is read in a fixed order with a seeded local shuffle, and the dropout
-generator is reseeded from (seed, rank, global step) after every checkpoint, so a run resumed from a checkpoint at
-step s continues exactly as an uninterrupted run would from step s.
+to be worth a worker group. Determinism on CPU: the model is initialised from the seed, each shard is read in a
+fixed order with a seeded shuffle per epoch (batches.py), and the dropout generator is reseeded from (seed, rank,
+global step) after every checkpoint, so a run resumed from a checkpoint at step s continues exactly as an
+uninterrupted run would from step s.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 from mlscale.config import EarlyStoppingConfig, OptimizerConfig, ScheduleConfig
 from mlscale.logs import configure_logging
 from mlscale.models.networks import build_network
+from mlscale.train.batches import InMemoryShard, StreamedShard, ValidationBatches
 from mlscale.train.metrics import metrics_for, metrics_from_vector
 from mlscale.train.optim import EarlyStopping, build_optimizer, build_scheduler
 from mlscale.train.progress import ProgressLog
@@ -38,7 +39,6 @@ from mlscale.train.progress import ProgressLog
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
-BATCH_DTYPES = {"x_num": torch.float32, "x_cat": torch.int64, "label": torch.float32}
 PROGRESS_EVERY_STEPS = 10
 PROGRESS_MIN_INTERVAL_S = 0.5  # fast GPU steps with checkpoints on S3 would otherwise be a PUT every few ms
 
@@ -70,6 +70,7 @@ class LoopConfig:
     every_n_steps: int | None
     use_bf16: bool
     cache_val_bytes: int
+    train_in_memory: bool
     filesystem: pafs.FileSystem
     run_dir: str
     target_mean: float = 0.0
@@ -167,35 +168,6 @@ class Target:
         return torch.sigmoid(output) if self.task == "classification" else output * self.std + self.mean
 
 
-class ValidationBatches:
-    """This worker's validation shard, kept in memory after the first pass when it fits under a byte budget.
-
-    Each pass over a Ray Data shard starts a streaming execution (seconds of fixed cost); evaluating every N steps
-    would pay that each time. A validation split is usually small; a large one is streamed every time instead.
-    """
-
-    def __init__(self, shard: Any, batch_size: int, device: torch.device, max_bytes: int) -> None:
-        self.shard, self.batch_size, self.device, self.max_bytes = shard, batch_size, device, max_bytes
-        self.cached: list[dict[str, torch.Tensor]] | None = None
-        self.too_large = False
-
-    def __iter__(self) -> Any:
-        if self.cached is not None:
-            yield from self.cached
-            return
-        kept: list[dict[str, torch.Tensor]] = []
-        size = 0
-        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, dtypes=BATCH_DTYPES,
-                                                   device=self.device):
-            if not self.too_large:
-                size += sum(t.element_size() * t.nelement() for t in batch.values())
-                self.too_large = size > self.max_bytes
-                kept.append(batch)
-            yield batch
-        if not self.too_large:
-            self.cached = kept
-
-
 def evaluate_shard(model: nn.Module, batches: Any, target: Target, device: torch.device,
                    use_bf16: bool) -> dict[str, float]:
     """Validation metrics over this worker's shard, summed across workers."""
@@ -282,7 +254,9 @@ def run_loop(config: LoopConfig, session: Session) -> None:
 
     progress = ProgressLog(config.filesystem, config.run_dir).start(position["step"]) if rank == 0 else None
     logger = _MlflowLogger(config.mlflow if rank == 0 else None)
-    train_shard = session.shard("train")
+    train_batches = (InMemoryShard(session.shard("train"), config.batch_size, device, config.seed, rank)
+                     if config.train_in_memory else
+                     StreamedShard(session.shard("train"), config.batch_size, device, config.seed))
     val_batches = ValidationBatches(session.shard("val"), config.batch_size * 4, device,
                                     config.cache_val_bytes)
     totals = np.zeros(2)  # loss sum, rows since the last evaluation
@@ -334,10 +308,7 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     stopped = history[-1]["early_stopped"] > 0 if history else False
     while position["epoch"] < epochs and not stopped:
         skip = position["step_in_epoch"]  # resuming mid-epoch: the same seeded order, minus what was done
-        batches = iter(train_shard.iter_torch_batches(
-            batch_size=config.batch_size, dtypes=BATCH_DTYPES, device=device,
-            local_shuffle_buffer_size=config.batch_size * 8, local_shuffle_seed=config.seed + position["epoch"],
-        ))
+        batches = train_batches.epoch(position["epoch"])
         index = 0
         while True:
             began = time.perf_counter()

@@ -257,7 +257,8 @@ def run_sweep(config: PipelineConfig, inputs: TrialInputs, name: str) -> tuple[S
     sweep_dir = f"{root}/{name}"
     plan = plan_trials(config, ray.available_resources())  # what a running Serve app holds is not free
     storage_url = study_storage_url(config, name)
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, inputs=inputs), plan.driver)
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, inputs=inputs.holding_splits()),
+                                        plan.driver)
     # Tune saves the sweep's state at most every 10 s by default; a trial that finished inside that window would
     # run again after an interruption. Every second keeps the window small at a negligible cost for a sweep.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")

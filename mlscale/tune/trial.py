@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray.data
@@ -20,6 +20,7 @@ from mlscale.config import PipelineConfig
 from mlscale.features.featureset import FittedFeatures
 from mlscale.models.networks import build_network, parameter_count, spec_for_features
 from mlscale.tracking import tracking_client
+from mlscale.train.batches import HeldSplit, row_bytes
 from mlscale.train.loop import MlflowTarget, TrialSession, run_loop
 from mlscale.train.trainer import checkpoint_storage, loop_config, make_trainer
 from mlscale.tune.space import apply_params, architecture_of
@@ -47,6 +48,18 @@ class TrialInputs:
     val: ray.data.Dataset
     target_stats: tuple[float, float] | None
     context: SweepContext
+    held: dict[str, HeldSplit] | None = None
+
+    def holding_splits(self) -> TrialInputs:
+        """These inputs with train and val read into arrays once, when trials train in their own process
+        (`tune.trial_workers: 0`) and the splits fit `train.cache_train_mb` and `train.cache_val_mb`: each trial
+        would otherwise start two Ray Data executions (a second or more each) to hold them itself."""
+        settings = self.config.train
+        per_row = row_bytes(spec_for_features(settings.model, self.features))
+        if (self.config.tune.trial_workers != 0 or self.train.count() * per_row > settings.cache_train_mb * 2**20
+                or self.val.count() * per_row > settings.cache_val_mb * 2**20):
+            return self
+        return replace(self, held={"train": HeldSplit.read(self.train), "val": HeldSplit.read(self.val)})
 
 
 def latency_ms(spec: dict[str, Any], rows: int = LATENCY_ROWS, repeats: int = 15) -> float:
@@ -100,9 +113,12 @@ def run_trial(params: dict[str, Any], inputs: TrialInputs) -> None:
     run_name = f"{context.name}-{trial_id}"
     if config.tune.trial_workers == 0:
         filesystem, storage_path = checkpoint_storage(config)
-        loop = loop_config(config, spec, inputs.train.count(), inputs.target_stats, filesystem,
+        splits: dict[str, Any] = inputs.held or {"train": inputs.train, "val": inputs.val}
+        loop = loop_config(config, spec, splits["train"].count(), inputs.target_stats, filesystem,
                            f"{storage_path}/{run_name}", mlflow_run, cost)
-        session = TrialSession({"train": inputs.train, "val": inputs.val}, config.train.use_gpu)
+        if inputs.held:  # already in memory: hold it whatever this trial's batch size or budget
+            loop = replace(loop, train_in_memory=True)
+        session = TrialSession(splits, config.train.use_gpu)
         run_loop(loop, session)
         return
     workers = config.model_copy(update={"train": config.train.model_copy(

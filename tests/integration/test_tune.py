@@ -4,6 +4,7 @@ job, are in tests/e2e/test_tune_job.py.)"""
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 
@@ -92,3 +93,31 @@ def test_the_winner_is_registered_as_challenger_with_its_architecture(tuned):
     bundle = load_bundle(result.trained.version_uri, config.tracking_uri)
     assert bundle.network_spec["family"] == architecture["family"]
     assert result.trained.test_metrics["test_auc"] > 0.75
+
+
+def test_in_process_trials_get_the_splits_read_once_when_they_fit(tuned):
+    from mlscale.data.prepare import load_prepared
+    from mlscale.train.inputs import training_data
+    from mlscale.tune.trial import SweepContext, TrialInputs
+
+    config, _ = tuned
+    data = training_data(config, load_prepared(config))
+
+    def held(**train_or_tune):
+        changed = config.model_copy(update={
+            "train": config.train.model_copy(update={k: v for k, v in train_or_tune.items() if k.startswith("cache")}),
+            "tune": config.tune.model_copy(update={k: v for k, v in train_or_tune.items() if k == "trial_workers"})})
+        inputs = TrialInputs(changed, data.features, data.train, data.val, None, SweepContext("", "", "", ""))
+        return inputs.holding_splits().held
+
+    splits = held()
+    assert splits is not None  # the sweep above trained its trials from these (trial_workers 0, a small sample)
+    for name in ("train", "val"):
+        dataset, arrays = getattr(data, name), splits[name].arrays
+        rows = dataset.take_all()
+        assert splits[name].count() == len(rows) == len(arrays["x_num"])
+        assert np.isclose(arrays["x_num"].sum(dtype=np.float64), sum(float(np.sum(r["x_num"])) for r in rows))
+        assert arrays["x_cat"].sum() == sum(int(np.sum(r["x_cat"])) for r in rows)
+        assert arrays["label"].sum() == pytest.approx(sum(r["label"] for r in rows))
+    assert held(cache_train_mb=0) is None and held(cache_val_mb=0) is None  # over budget: each trial streams
+    assert held(trial_workers=1) is None  # Ray Train trials read their shards through Ray Data
