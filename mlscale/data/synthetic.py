@@ -19,7 +19,8 @@ from mlscale.config import SyntheticConfig
 
 # One read task per block. Each task costs ~0.1 s of dispatch (Ray Data's executor polls finished tasks every 100 ms,
 # then leases a worker) on top of its work, so 64k-row blocks (~0.4 s of work each) left 28% of the cores idle;
-# 256k rows (~56 MB in Arrow, under Ray Data's 128 MiB target block size) keeps the gap to a few percent.
+# 256k rows (~56 MB of Arrow made by one task; Ray Data still cuts its output into `ray.target_max_block_size`
+# blocks, so what flows downstream stays small) keeps the gap to a few percent.
 ROWS_PER_BLOCK = 262_144
 CARRIERS = ["UA", "B6", "EV", "DL", "AA", "MQ", "US", "9E", "WN", "VX", "FL", "AS", "F9", "YV", "HA", "OO"]
 ORIGINS = ["EWR", "JFK", "LGA"]
