@@ -116,7 +116,8 @@ def run_trial(params: dict[str, Any], inputs: TrialInputs) -> None:
         splits: dict[str, Any] = inputs.held or {"train": inputs.train, "val": inputs.val}
         loop = loop_config(config, spec, splits["train"].count(), inputs.target_stats, filesystem,
                            f"{storage_path}/{run_name}", mlflow_run, cost)
-        if inputs.held:  # already in memory: hold it whatever this trial's batch size or budget
+        # A HeldSplit has no local shuffle to stream with: the loop holds it (the sweep's budget check allowed it).
+        if inputs.held:
             loop = replace(loop, train_in_memory=True)
         session = TrialSession(splits, config.train.use_gpu)
         run_loop(loop, session)
