@@ -7,9 +7,11 @@ the train split to parquet), on an embedded Ray whose object store is far smalle
 thread records the memory (PSS, so shared object-store pages count once) of every Ray process. In the same run, a
 single-process baseline does the same work on the same rows with pyarrow/numpy and no Ray, in the same passes (the
 train statistics gathered while it writes): it calls the same vectorized kernels (generate, validate, stats,
-transform), so the ratio isolates what distributing the work costs per core.
+transform), so the ratio isolates what distributing the work costs per core. The 16x run and the baseline alternate
+three times (the headline is the median pair's ratio), and Ray's task timeline splits each 16x stage's core-seconds
+into the tasks' own work and where the cores sat idle.
 
-    python benchmarks/data_pipeline.py            # 1x = 400k rows (~3 minutes on 2 cores)
+    python benchmarks/data_pipeline.py            # 1x = 400k rows (~5 minutes on 2 cores)
     python benchmarks/data_pipeline.py --full     # and 64x (25.6M rows, 5.5 GB in Arrow; ~6 minutes more)
     python benchmarks/data_pipeline.py --ray-cpus 4   # 2 logical CPUs per core for Ray's tasks
     python benchmarks/data_pipeline.py --base-rows 100000 --object-store-mb 80   # a quick look
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -27,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -57,9 +61,11 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 class MemorySampler:
-    """Sums the PSS of this process and all its descendants (the embedded Ray: raylet, GCS, workers)."""
+    """Sums the PSS of this process and all its descendants (the embedded Ray: raylet, GCS, workers). Once a second:
+    the kernel walks every page table for PSS, ~60 ms for the dozen processes of an embedded Ray, CPU taken from
+    the run it measures (the single-process baseline's costs a few ms)."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
@@ -117,6 +123,8 @@ class Run:
     spilled_bytes: int = 0
     train_rows: int = 0
     memory_trace: list[tuple[float, int]] = field(default_factory=list)
+    core_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    stage_windows: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -137,21 +145,58 @@ def config_for(rows: int, root: Path, name: str) -> PipelineConfig:
 
 def run_mlscale(rows: int, label: str, root: Path, cores: int) -> Run:
     config = config_for(rows, root, f"scale-{rows}")
-    stages: dict[str, float] = {}
+    shutil.rmtree(config.storage.root_path / "cache", ignore_errors=True)  # a repeat must not reuse the features
+    windows: dict[str, tuple[float, float]] = {}
     with MemorySampler() as memory:
-        began = time.perf_counter()
+        began, driver_began = time.time(), time.process_time()
         prepared = prepare(config, force=True, train_summary=FitStatistics(config.features))
-        stages["validate+split+write"] = time.perf_counter() - began
+        windows["validate+split+write"] = (began, time.time())
         cache = FeatureCache.for_run(config, prepared)
-        mark = time.perf_counter()
+        mark = time.time()
         features, _ = cache.fitted(config, prepared)
-        stages["fit"] = time.perf_counter() - mark
-        mark = time.perf_counter()
+        windows["fit"] = (mark, time.time())
+        mark = time.time()
         cache.transformed(config, prepared, features, "train")
-        stages["transform+write"] = time.perf_counter() - mark
-        seconds = time.perf_counter() - began
+        windows["transform+write"] = (mark, time.time())
+        seconds = time.time() - began
+        stages = {name: end - start for name, (start, end) in windows.items()}
+        stages["driver_cpu"] = time.process_time() - driver_began
     return Run(f"mlscale {label}", rows, seconds, cores, stages, memory.peak,
-               spilled_bytes(), prepared.counts["train"], memory.samples)
+               spilled_bytes(), prepared.counts["train"], memory.samples, stage_windows=windows)
+
+
+def where_core_seconds_go(run: Run, cores: int) -> dict[str, dict[str, float]]:
+    """Each stage's cores x wall time, split by Ray's task timeline into the tasks' own work and each worker's idle
+    time: before its first task (planning, file listing, worker start-up, the executor's ramp), between one task's
+    end and its next one's start (the executor noticing and dispatching), and after its last task (the last wave,
+    then committing the output); `idle_other` is cores no worker used."""
+    import ray
+
+    spans = [(event["tid"], event["ts"] / 1e6, (event["ts"] + event["dur"]) / 1e6) for event in ray.timeline()
+             if event.get("ph") == "X" and event.get("cat", "").startswith("task::")
+             and "->" in event["cat"] and "Write" in event["cat"]]  # the fused read->...->write tasks
+    breakdown = {}
+    for stage, (start, end) in run.stage_windows.items():
+        by_worker: dict[str, list[tuple[float, float]]] = {}
+        for worker, began, ended in sorted(spans):
+            if start <= began <= end:
+                by_worker.setdefault(worker, []).append((began, ended))
+        if not by_worker:
+            continue
+        work = sum(ended - began for spans_ in by_worker.values() for began, ended in spans_)
+        parts = {
+            "core_seconds": cores * (end - start),
+            "tasks": float(sum(len(spans_) for spans_ in by_worker.values())),
+            "task_work": work,
+            "idle_before_first_task": sum(spans_[0][0] - start for spans_ in by_worker.values()),
+            "idle_between_tasks": sum(spans_[i + 1][0] - spans_[i][1]
+                                      for spans_ in by_worker.values() for i in range(len(spans_) - 1)),
+            "idle_after_last_task": sum(end - spans_[-1][1] for spans_ in by_worker.values()),
+        }
+        parts["idle_other"] = parts["core_seconds"] - work - sum(
+            value for key, value in parts.items() if key.startswith("idle"))
+        breakdown[stage] = parts
+    return breakdown
 
 
 def run_baseline(rows: int, label: str, root: Path) -> Run:
@@ -211,6 +256,13 @@ def run_baseline(rows: int, label: str, root: Path) -> Run:
                memory.samples)
 
 
+def run_baseline_apart(rows: int, label: str, root: Path) -> Run:
+    """The baseline in a fresh process of its own: its heap must not stay behind in the driver, whose memory counts
+    in the mlscale runs that follow it."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_baseline, rows, label, root).result()
+
+
 def bytes_per_row() -> float:
     sample = generate_table(np.arange(100_000), seed=11, bad_fraction=0.01)
     return sample.nbytes / sample.num_rows
@@ -242,6 +294,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="cores (the per-core denominator)")
     parser.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs Ray schedules on (default: --cpus)")
     parser.add_argument("--full", action="store_true", help="add 64x")
+    parser.add_argument("--repeats", type=int, default=3, help="16x runs, each followed by a baseline run")
     args = parser.parse_args()
     scales = FULL_SCALES if args.full else SCALES
     import ray
@@ -249,36 +302,50 @@ def main() -> None:
     set_process_env()
     row_bytes = bytes_per_row()
     root = Path(tempfile.mkdtemp(prefix="mlscale-bench-"))
+    runs: dict[int, list[Run]] = {}
+    baselines: list[Run] = []
     try:
-        runs = []
-        for scale in scales:  # a fresh Ray per size, so each peak is that size's own, not leftovers of the last
-            ray.init(num_cpus=args.ray_cpus or args.cpus, object_store_memory=args.object_store_mb * 2**20,
-                     include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-            configure_data(RayConfig())
-            try:
-                runs.append(run_mlscale(args.base_rows * scale, f"{scale}x", root, args.cpus))
-            finally:
-                ray.shutdown()
-            print(f"  {runs[-1].name}: {runs[-1].seconds:.1f} s", flush=True)
-        baseline = run_baseline(args.base_rows * SCALES[-1], f"{SCALES[-1]}x", root)
-        print(f"  {baseline.name}: {baseline.seconds:.1f} s", flush=True)
+        for scale in scales:
+            for _ in range(args.repeats if scale == 16 else 1):
+                # A fresh Ray per run, so each peak is that run's own, not leftovers of the last.
+                ray.init(num_cpus=args.ray_cpus or args.cpus, object_store_memory=args.object_store_mb * 2**20,
+                         include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+                configure_data(RayConfig())
+                try:
+                    run = run_mlscale(args.base_rows * scale, f"{scale}x", root, args.cpus)
+                    run.core_seconds = where_core_seconds_go(run, args.cpus)
+                finally:
+                    ray.shutdown()
+                runs.setdefault(scale, []).append(run)
+                print(f"  {run.name}: {run.seconds:.1f} s", flush=True)
+                if scale == 16:  # interleaved, so the machine's drift does not decide the ratio
+                    baselines.append(run_baseline_apart(args.base_rows * 16, "16x", root))
+                    print(f"  {baselines[-1].name}: {baselines[-1].seconds:.1f} s", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    largest, at16 = runs[-1], runs[SCALES.index(16)]
-    memory_ratio = at16.peak_memory_bytes / runs[0].peak_memory_bytes
-    throughput_ratio = at16.rows_per_s_per_core / baseline.rows_per_s_per_core
-    by_scale = {f"{scale}x": run.rows_per_s_per_core / baseline.rows_per_s_per_core
-                for scale, run in zip(scales, runs, strict=True)}
+    pair_ratios = [run.rows_per_s_per_core / base.rows_per_s_per_core
+                   for run, base in zip(runs[16], baselines, strict=True)]
+    throughput_ratio = float(np.median(pair_ratios))
+    at16 = runs[16][pair_ratios.index(sorted(pair_ratios)[len(pair_ratios) // 2])]  # the median pair's run
+    baseline = baselines[runs[16].index(at16)]
+    baseline_rate = float(np.median([base.rows_per_s_per_core for base in baselines]))
+    first, largest = runs[scales[0]][0], runs[scales[-1]][-1]
+    memory_ratio = max(run.peak_memory_bytes for run in runs[16]) / first.peak_memory_bytes
+    by_scale = {f"{scale}x": float(np.median([run.rows_per_s_per_core for run in runs[scale]])) / baseline_rate
+                for scale in scales}
+    by_scale["16x"] = throughput_ratio
     terabyte_rows = 1e12 / row_bytes
     cluster_cores = 16 * 16
     projected_s = terabyte_rows / (largest.rows_per_s_per_core * cluster_cores)
-    limiting = max(largest.stage_seconds, key=largest.stage_seconds.get)
+    limiting = max(largest.stage_windows, key=lambda stage: largest.stage_seconds[stage])
     result = {
         "memory_ratio_16x": memory_ratio,
         "throughput_ratio_vs_baseline": throughput_ratio,
+        "throughput_ratio_16x_each": pair_ratios,
         "throughput_ratio_by_scale": by_scale,
-        "memory_ratio_largest": largest.peak_memory_bytes / runs[0].peak_memory_bytes,
+        "memory_ratio_largest": largest.peak_memory_bytes / first.peak_memory_bytes,
+        "core_seconds_16x": at16.core_seconds,
         "ray_cpus": args.ray_cpus or args.cpus,
         "rows_per_s_per_core": at16.rows_per_s_per_core,
         "baseline_rows_per_s_per_core": baseline.rows_per_s_per_core,
@@ -290,23 +357,29 @@ def main() -> None:
         "projection_limiting_stage": limiting,
         "runs": [{k: v for k, v in {**run.__dict__, "rows_per_s": run.rows_per_s,
                                      "rows_per_s_per_core": run.rows_per_s_per_core}.items()
-                  if k != "memory_trace"} for run in [*runs, baseline]],
+                  if k not in ("memory_trace", "stage_windows")}
+                 for run in [*(run for scale in scales for run in runs[scale]), *baselines]],
         "machine": {"cpus": args.cpus, "platform": platform.platform(), "python": platform.python_version()},
         "date": date.today().isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "data_pipeline" + ("_full" if args.full else "") + (f"_ray_cpus{args.ray_cpus}" if args.ray_cpus else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
-    plot([*runs, baseline], RESULTS / f"{name}_memory.png")
+    plot([*(runs[scale][0] for scale in scales), baseline], RESULTS / f"{name}_memory.png")
 
     header = f"{'run':<16}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'rows/s/core':>13}{'peak MiB':>10}{'spill MiB':>11}"
     print(header)
-    for run in [*runs, baseline]:
+    for run in [*(run for scale in scales for run in runs[scale]), *baselines]:
         print(f"{run.name:<16}{run.rows:>12,}{run.seconds:>10.1f}{run.rows_per_s:>12,.0f}"
               f"{run.rows_per_s_per_core:>13,.0f}{run.peak_memory_bytes / 2**20:>10.0f}"
               f"{run.spilled_bytes / 2**20:>11.1f}")
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in at16.stage_seconds.items())
-    print(f"16x stages: {stages}; largest run = {result['largest_run_vs_object_store']:.1f}x the object store")
+    print(f"16x stages (median pair): {stages}; largest run = {result['largest_run_vs_object_store']:.1f}x the "
+          f"object store")
+    for stage, parts in at16.core_seconds.items():
+        print(f"  {stage} core-seconds: " + ", ".join(
+            f"{key.removeprefix('idle_').replace('_', ' ')} {value:.1f}" for key, value in parts.items()))
+    print("16x per-core ratio of each interleaved pair: " + ", ".join(f"{ratio:.2f}" for ratio in pair_ratios))
     print("per core, mlscale / baseline, by size: " + ", ".join(f"{k} {v:.2f}" for k, v in by_scale.items())
           + f"; memory {largest.name} / 1x: {result['memory_ratio_largest']:.2f}")
     print(f"1 TB ({terabyte_rows:,.0f} rows) on 16 nodes x 16 cores: ~{projected_s / 60:.0f} min, "

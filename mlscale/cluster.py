@@ -6,13 +6,17 @@ submitted to without any flag.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from typing import Any
 
 import ray
 import ray.data
 
 from mlscale.config import RayConfig
+
+logger = logging.getLogger(__name__)
 
 PROCESS_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -61,6 +65,30 @@ def configure_data(config: RayConfig) -> None:
     context.target_max_block_size = config.target_max_block_size
     context.raise_original_map_exception = True  # a SchemaError from a batch stays a SchemaError for the caller
     context.enable_progress_bars = progress_bars_wanted()
+    tighten_data_scheduling(config.data_poll_s, config.data_limits_refresh_s)
+
+
+def tighten_data_scheduling(poll_s: float, limits_refresh_s: float) -> None:
+    """Two intervals of Ray Data's streaming executor that leave cores idle, with no setting of their own.
+
+    - It collects finished tasks with `ray.wait(timeout=0.1)`; a task's end takes two of those loops to notice, so a
+      core idles ~0.2 s between tasks (15% of a 2-core machine with ~1 s tasks, benchmarks/README.md).
+    - It reads the cluster's resources from its autoscaling coordinator once a second, and the first read of every
+      execution is empty: for its first second each execution runs one task, whatever the cluster's size.
+    Shorter intervals cost the driver ~5% of a core while an execution runs. Set in this process (the driver, where
+    the executor runs); a Ray upgrade that renames them leaves Ray's defaults, with a warning.
+    """
+    from ray.data._internal.execution import resource_manager, streaming_executor_state
+
+    targets: list[tuple[Any, str, float]] = [
+        (streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", poll_s),
+        (resource_manager.ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", limits_refresh_s),
+    ]
+    for owner, name, value in targets:
+        if hasattr(owner, name):
+            setattr(owner, name, value)
+        else:
+            logger.warning("Ray Data has no %s.%s any more: its own interval stays", owner.__name__, name)
 
 
 def progress_bars_wanted() -> bool:

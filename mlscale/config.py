@@ -35,6 +35,12 @@ class RayConfig(_Section):
         8 * 2**20, ge=2**20, description="Parquet bytes one Ray Data read task takes: bounds each reader's memory."
     )
     target_max_block_size: int = Field(16 * 2**20, ge=2**20, description="Ray Data's cap on one block's size.")
+    data_poll_s: float = Field(
+        0.02, gt=0, le=1, description="How often Ray Data's executor looks for finished tasks (Ray's own: 0.1 s)."
+    )
+    data_limits_refresh_s: float = Field(
+        0.1, gt=0, le=10, description="How often Ray Data's executor re-reads the cluster's resources (Ray's own: 1 s)."
+    )
 
 
 class StorageConfig(_Section):

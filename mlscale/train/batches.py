@@ -42,6 +42,11 @@ class HeldSplit:
     def count(self) -> int:
         return len(self.arrays["label"])
 
+    def tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The whole split as tensors in one copy (object-store arrays are read-only, so torch must copy)."""
+        return {name: torch.tensor(array, dtype=BATCH_DTYPES[name], device=device)
+                for name, array in self.arrays.items()}
+
     def iter_torch_batches(self, batch_size: int, dtypes: dict[str, torch.dtype],
                            device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
         for first in range(0, self.count(), batch_size):  # torch.tensor copies: object-store arrays are read-only
@@ -72,6 +77,9 @@ class InMemoryShard:
 
     def __init__(self, shard: Any, batch_size: int, device: torch.device, seed: int, rank: int) -> None:
         self.batch_size, self.device, self.seed, self.rank = batch_size, device, seed, rank
+        if isinstance(shard, HeldSplit):
+            self.tensors = shard.tensors(device)
+            return
         parts = list(shard.iter_torch_batches(batch_size=LOAD_BATCH_ROWS, dtypes=BATCH_DTYPES, device=device))
         self.tensors = {name: torch.cat([part[name] for part in parts]) if parts
                         else torch.empty(0, dtype=dtype, device=device) for name, dtype in BATCH_DTYPES.items()}

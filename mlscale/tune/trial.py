@@ -99,6 +99,14 @@ def trial_run_id(context: SweepContext, trial_id: str, params: dict[str, Any], c
     return run.info.run_id
 
 
+def sized_for_trial(config: PipelineConfig) -> PipelineConfig:
+    """A trial trains in its own process (trial_workers 0) or on its own Ray Train workers, never on the sweep
+    config's `train.num_workers`: steps per epoch (so the learning-rate schedule) and the per-worker cache budget
+    must be sized for the workers the trial really has."""
+    return config.model_copy(update={"train": config.train.model_copy(
+        update={"num_workers": max(1, config.tune.trial_workers)})})
+
+
 def run_trial(params: dict[str, Any], inputs: TrialInputs) -> None:
     """Tune's trainable: train one sampled config and report every evaluation (with its model cost) to Tune."""
     import ray.tune
@@ -111,6 +119,7 @@ def run_trial(params: dict[str, Any], inputs: TrialInputs) -> None:
     mlflow_run = MlflowTarget(context.tracking_uri, trial_run_id(context, trial_id, params, config))
     cost = model_cost(spec)
     run_name = f"{context.name}-{trial_id}"
+    config = sized_for_trial(config)
     if config.tune.trial_workers == 0:
         filesystem, storage_path = checkpoint_storage(config)
         splits: dict[str, Any] = inputs.held or {"train": inputs.train, "val": inputs.val}
@@ -122,7 +131,5 @@ def run_trial(params: dict[str, Any], inputs: TrialInputs) -> None:
         session = TrialSession(splits, config.train.use_gpu)
         run_loop(loop, session)
         return
-    workers = config.model_copy(update={"train": config.train.model_copy(
-        update={"num_workers": config.tune.trial_workers})})
-    make_trainer(workers, inputs.train, inputs.val, spec, run_name, inputs.target_stats, mlflow_run,
+    make_trainer(config, inputs.train, inputs.val, spec, run_name, inputs.target_stats, mlflow_run,
                  callbacks=[TuneReportCallback()], extra_metrics=cost).fit()

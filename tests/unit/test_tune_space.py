@@ -1,13 +1,16 @@
 """The search space, the trial resource plan and the reading of results: plain functions, no Ray."""
 
 import optuna
+import pyarrow.fs as pafs
 import pytest
 
 from mlscale.config import load_config
 from mlscale.errors import ConfigError
+from mlscale.train.trainer import loop_config
 from mlscale.tune.analysis import Report, TrialRecord, budget_curve, budget_to_reach, pareto_front, pick_winner
 from mlscale.tune.resources import plan_trials
 from mlscale.tune.space import DefineByRun, apply_params, architecture_of, overrides_from_params
+from mlscale.tune.trial import sized_for_trial
 from tests.conftest import REPO
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -109,6 +112,14 @@ def test_trial_plan_keeps_cpus_for_data_and_fits_whole_trials():
     assert plan_trials(config, {"CPU": 64.0}).max_concurrent == config.tune.num_trials  # never more than trials
     gpus = plan_trials(small(**{"train.use_gpu": True, "tune.trial_workers": 2}), {"CPU": 32.0, "GPU": 4.0})
     assert gpus.workers == {"CPU": 2.0, "GPU": 2.0} and gpus.max_concurrent == 2
+
+
+@pytest.mark.parametrize("trial_workers, steps", [(0, 100), (1, 100), (4, 25)])
+def test_a_trial_schedules_its_learning_rate_for_the_workers_it_really_has(trial_workers, steps):
+    config = small(**{"train.num_workers": 2, "train.batch_size": 64, "tune.trial_workers": trial_workers})
+    loop = loop_config(sized_for_trial(config), {"n_numeric": 3, "cardinalities": [5]}, 6_400, None,
+                       pafs.LocalFileSystem(), "/tmp/unused", None)
+    assert loop.steps_per_epoch == steps  # 6,400 rows / batch 64 / the trial's workers, not the sweep's 2
 
 
 def test_a_trial_that_can_never_fit_is_refused_by_name():
