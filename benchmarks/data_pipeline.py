@@ -14,6 +14,7 @@ into the tasks' own work and where the cores sat idle.
     python benchmarks/data_pipeline.py            # 1x = 400k rows (~5 minutes on 2 cores)
     python benchmarks/data_pipeline.py --full     # and 64x (25.6M rows, 5.5 GB in Arrow; ~6 minutes more)
     python benchmarks/data_pipeline.py --ray-cpus 4   # 2 logical CPUs per core for Ray's tasks
+    python benchmarks/data_pipeline.py --ray-intervals   # Ray Data's own scheduling intervals, not mlscale's
     python benchmarks/data_pipeline.py --base-rows 100000 --object-store-mb 80   # a quick look
 """
 
@@ -295,6 +296,8 @@ def main() -> None:
     parser.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs Ray schedules on (default: --cpus)")
     parser.add_argument("--full", action="store_true", help="add 64x")
     parser.add_argument("--repeats", type=int, default=3, help="16x runs, each followed by a baseline run")
+    parser.add_argument("--ray-intervals", action="store_true",
+                        help="Ray Data's own scheduling intervals (0.1 s poll, 1 s limits), not mlscale's: the A/B")
     args = parser.parse_args()
     scales = FULL_SCALES if args.full else SCALES
     import ray
@@ -310,7 +313,8 @@ def main() -> None:
                 # A fresh Ray per run, so each peak is that run's own, not leftovers of the last.
                 ray.init(num_cpus=args.ray_cpus or args.cpus, object_store_memory=args.object_store_mb * 2**20,
                          include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-                configure_data(RayConfig())
+                configure_data(RayConfig(data_poll_s=0.1, data_limits_refresh_s=1.0) if args.ray_intervals
+                               else RayConfig())
                 try:
                     run = run_mlscale(args.base_rows * scale, f"{scale}x", root, args.cpus)
                     run.core_seconds = where_core_seconds_go(run, args.cpus)
@@ -363,7 +367,8 @@ def main() -> None:
         "date": date.today().isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "data_pipeline" + ("_full" if args.full else "") + (f"_ray_cpus{args.ray_cpus}" if args.ray_cpus else "")
+    name = "data_pipeline" + ("_full" if args.full else "") + (f"_ray_cpus{args.ray_cpus}" if args.ray_cpus else "") \
+        + ("_ray_intervals" if args.ray_intervals else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     plot([*(runs[scale][0] for scale in scales), baseline], RESULTS / f"{name}_memory.png")
 
