@@ -72,7 +72,7 @@ def tighten_data_scheduling(poll_s: float, limits_refresh_s: float) -> None:
     """Two intervals of Ray Data's streaming executor that leave cores idle, with no setting of their own.
 
     - It collects finished tasks with `ray.wait(timeout=0.1)`; a task's end takes two of those loops to notice, so a
-      core idles ~0.2 s between tasks (15% of a 2-core machine with ~1 s tasks, benchmarks/README.md).
+      core idled ~0.15 s between tasks (~15% of a core with ~1 s tasks; ~40 ms at 0.02 s, benchmarks/README.md).
     - It reads the cluster's resources from its autoscaling coordinator once a second, and the first read of every
       execution is empty: for its first second each execution runs one task, whatever the cluster's size.
     Shorter intervals cost the driver ~5% of a core while an execution runs. Set in this process (the driver, where
