@@ -6,10 +6,10 @@ of fixed cost each). Here every write task cuts its rows into their splits once,
 and returns the summary with its write; Ray hands the driver all of them when the write completes.
 
 The layout is hive-style, `<folder>/<split column>=<split>/<write id>_<task>.parquet`, as `write_parquet` with
-`partition_cols` makes. It is written here rather than by Ray's parquet sink because that sink partitions again
-inside `pyarrow.dataset.write_dataset` what the summary has already cut: measured on 256k-row blocks, 0.32 against
-0.24 CPU-seconds per block for the same files. Retries stay Ray's: a retried task rewrites the same file names and
-returns its summary again, so nothing is counted twice.
+`partition_cols` makes. It is written here rather than by Ray's parquet sink because that sink partitions the rows
+again inside `pyarrow.dataset.write_dataset` after the summary has counted and cut them: to summarize and write one
+256k-row block took 0.32 CPU-seconds that way and 0.24 this way, for the same files. Retries stay Ray's: a retried
+task rewrites the same file names and returns its summary again, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class SummarizingParquetSink(Datasink[str]):
         self.path, self.filesystem = path.rstrip("/"), filesystem
         self.split_column, self.examples, self.train_summary = split_column, examples, train_summary
         self.write_id = uuid.uuid4().hex  # one per write: a task's retry finds its own file names again
+        self.create_dirs = filesystem.type_name != "s3"  # object storage has no folders to make (as Ray's sinks)
         self.summaries: list[dict[str, Any]] = []
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> str:
@@ -79,7 +80,8 @@ class SummarizingParquetSink(Datasink[str]):
     def write_parts(self, parts: dict[str, pa.Table], name: str) -> None:
         for split, rows in parts.items():
             folder = f"{self.path}/{self.split_column}={split}"
-            self.filesystem.create_dir(folder, recursive=True)
+            if self.create_dirs:
+                self.filesystem.create_dir(folder, recursive=True)
             pq.write_table(rows, f"{folder}/{name}", filesystem=self.filesystem)
 
     def summarize(self, parts: dict[str, pa.Table]) -> dict[str, Any]:
