@@ -25,6 +25,12 @@ def row_bytes(network_spec: dict[str, Any]) -> int:
     return 4 * network_spec["n_numeric"] + 8 * len(network_spec["cardinalities"]) + 4
 
 
+def fits_in_memory(rows: int, network_spec: dict[str, Any], budget_mb: int) -> bool:
+    """The one rule for holding featurized rows as tensors instead of streaming them: `rows` (what one process
+    would hold) within a `train.cache_*_mb` budget. A training run and a sweep's in-process trials both ask it."""
+    return rows * row_bytes(network_spec) <= budget_mb * 2**20
+
+
 class HeldSplit:
     """A featurized split read once into numpy arrays; it offers `iter_torch_batches` as a Ray Data shard does,
     so the loop reads either the same way. Shipped to Ray Tune trials through the object store, the arrays are

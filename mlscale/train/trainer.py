@@ -26,7 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from mlscale.caching import cache_key
 from mlscale.config import PipelineConfig
 from mlscale.data.sources import resolve
-from mlscale.train.batches import row_bytes
+from mlscale.train.batches import fits_in_memory
 from mlscale.train.loop import LOOP_KEY, LoopConfig, MlflowTarget, read_checkpoint, train_loop_per_worker
 from mlscale.train.progress import Attempt, ProgressLog, repeated_steps
 
@@ -110,8 +110,8 @@ def loop_config(config: PipelineConfig, network_spec: dict[str, Any], train_rows
         every_n_steps=settings.checkpoint.every_n_steps,
         use_bf16=settings.bf16,
         cache_val_bytes=settings.cache_val_mb * 2**20,
-        train_in_memory=math.ceil(train_rows / settings.num_workers) * row_bytes(network_spec)
-        <= settings.cache_train_mb * 2**20,
+        train_in_memory=fits_in_memory(math.ceil(train_rows / settings.num_workers), network_spec,
+                                       settings.cache_train_mb),
         filesystem=filesystem,
         run_dir=run_dir,
         mlflow=mlflow_run,

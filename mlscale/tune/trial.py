@@ -20,7 +20,7 @@ from mlscale.config import PipelineConfig
 from mlscale.features.featureset import FittedFeatures
 from mlscale.models.networks import build_network, parameter_count, spec_for_features
 from mlscale.tracking import tracking_client
-from mlscale.train.batches import HeldSplit, row_bytes
+from mlscale.train.batches import HeldSplit, fits_in_memory
 from mlscale.train.loop import MlflowTarget, TrialSession, run_loop
 from mlscale.train.trainer import checkpoint_storage, loop_config, make_trainer
 from mlscale.tune.space import apply_params, architecture_of
@@ -55,9 +55,10 @@ class TrialInputs:
         (`tune.trial_workers: 0`) and the splits fit `train.cache_train_mb` and `train.cache_val_mb`: each trial
         would otherwise start two Ray Data executions (a second or more each) to hold them itself."""
         settings = self.config.train
-        per_row = row_bytes(spec_for_features(settings.model, self.features))
-        if (self.config.tune.trial_workers != 0 or self.train.count() * per_row > settings.cache_train_mb * 2**20
-                or self.val.count() * per_row > settings.cache_val_mb * 2**20):
+        spec = spec_for_features(settings.model, self.features)
+        holds = (fits_in_memory(self.train.count(), spec, settings.cache_train_mb)
+                 and fits_in_memory(self.val.count(), spec, settings.cache_val_mb))
+        if self.config.tune.trial_workers != 0 or not holds:
             return self
         return replace(self, held={"train": HeldSplit.read(self.train), "val": HeldSplit.read(self.val)})
 
