@@ -212,3 +212,16 @@ def test_the_profile_holds_each_numeric_columns_distribution_from_merged_sketche
     assert quantiles[-1] == pytest.approx(np.nanmax(raw))
     # KLL's rank error at k=200 is ~1.3%: the median within a few hundredths of a standard deviation
     assert quantiles[50] == pytest.approx(expected[50], abs=0.05 * np.nanstd(raw))
+
+
+def test_featurized_arrays_become_the_block_ray_would_make_and_an_empty_one_keeps_its_tensor_columns():
+    from ray.data.block import BlockAccessor
+
+    from mlscale.features.cache import tensor_block
+
+    rng = np.random.default_rng(0)
+    arrays = {"x_num": rng.random((300, 5), dtype=np.float32), "x_cat": rng.integers(0, 9, (300, 3)),
+              "label": rng.random(300, dtype=np.float32)}
+    assert tensor_block(arrays).equals(BlockAccessor.batch_to_block(arrays))
+    empty = tensor_block({name: values[:0] for name, values in arrays.items()})
+    assert empty.num_rows == 0 and empty.schema == tensor_block(arrays).schema
