@@ -56,9 +56,9 @@ class TrialInputs:
         would otherwise start two Ray Data executions (a second or more each) to hold them itself."""
         settings = self.config.train
         spec = spec_for_features(settings.model, self.features)
-        holds = (fits_in_memory(self.train.count(), spec, settings.cache_train_mb)
-                 and fits_in_memory(self.val.count(), spec, settings.cache_val_mb))
-        if self.config.tune.trial_workers != 0 or not holds:
+        if self.config.tune.trial_workers != 0 or not (  # counting a split may run a Ray Data execution: last
+                fits_in_memory(self.train.count(), spec, settings.cache_train_mb)
+                and fits_in_memory(self.val.count(), spec, settings.cache_val_mb)):
             return self
         return replace(self, held={"train": HeldSplit.read(self.train), "val": HeldSplit.read(self.val)})
 
