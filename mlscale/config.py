@@ -846,7 +846,12 @@ class MonitorConfig(_Section):
     drift_threshold: float = Field(
         0.2, gt=0, description="A window drifts when the mean PSI over the features passes this (0.1 moderate, "
                                "0.25 large by the usual reading).")
-    feature_threshold: float = Field(0.25, gt=0, description="A feature drifts when its PSI passes this.")
+    feature_threshold: float = Field(0.25, gt=0, description="A feature drifts when its PSI passes this ...")
+    feature_p_value: float = Field(
+        0.01, gt=0, le=1, description="... and its test (KS or chi-square) puts the difference beyond sampling noise "
+                                      "at this level: PSI alone grows with the number of categories over the rows "
+                                      "in a window, so a small window of a many-valued column can pass the PSI "
+                                      "threshold by chance (1 = PSI alone). Prediction drift uses the same rule.")
     prediction_threshold: float = Field(
         0.25, gt=0, description="The predictions drift when their PSI against the first judged window of the same "
                                 "version passes this (reported; a trigger only through drift or decay).")

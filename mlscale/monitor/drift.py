@@ -124,6 +124,13 @@ def categorical_drift(column: str, frequencies: dict[str, float], live: Sequence
                         len(live), 1.0 - len(present) / len(live) if len(live) else 0.0)
 
 
+def has_moved(drift: FeatureDrift, psi_threshold: float, p_value: float) -> bool:
+    """A feature moved when the change is large (PSI) and not sampling noise (its test rejects at `p_value`): the
+    PSI of a random sample from the training distribution itself grows with bins / rows (~0.25 for 400 rows of a
+    column with a hundred categories)."""
+    return drift.psi > psi_threshold and drift.p_value < p_value
+
+
 def overall_drift(features: Sequence[FeatureDrift]) -> float:
     """One number for a window: the mean PSI over the features (0 is none; 0.1 moderate, 0.25 large by the usual
     reading)."""

@@ -13,7 +13,14 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from mlscale.config import MonitorConfig
-from mlscale.monitor.drift import FeatureDrift, numeric_drift, overall_drift, profile_drift, sample_profile
+from mlscale.monitor.drift import (
+    FeatureDrift,
+    has_moved,
+    numeric_drift,
+    overall_drift,
+    profile_drift,
+    sample_profile,
+)
 from mlscale.monitor.labels import window_performance
 
 TRUNCATE = {"hour": "hour", "day": "day"}
@@ -139,13 +146,15 @@ def judge_windows(log: pa.Table, profile: dict[str, Any], settings: MonitorConfi
             continue
         result.features = profile_drift(profile, rows.to_pydict())
         result.overall = overall_drift(result.features)
-        result.drifted_features = [f.column for f in result.features if f.psi > settings.feature_threshold]
+        result.drifted_features = [f.column for f in result.features
+                                   if has_moved(f, settings.feature_threshold, settings.feature_p_value)]
         result.drifted = result.overall > settings.drift_threshold
         predictions = rows.column("prediction").to_numpy(zero_copy_only=False).astype(np.float64)
         main_version = next(iter(versions))
         reference = reference_predictions.setdefault(main_version, sample_profile(predictions))
         result.prediction = numeric_drift("prediction", reference, predictions)
-        result.prediction_drifted = result.prediction.psi > settings.prediction_threshold
+        result.prediction_drifted = has_moved(result.prediction, settings.prediction_threshold,
+                                              settings.feature_p_value)
         if labelled is not None and label is not None:
             _judge_performance(result, _in_window(labelled, key), label, label_column, settings, decay, version)
     return judged
