@@ -854,7 +854,8 @@ class MonitorConfig(_Section):
                                       "threshold by chance (1 = PSI alone). Prediction drift uses the same rule.")
     prediction_threshold: float = Field(
         0.25, gt=0, description="The predictions drift when their PSI against the first judged window of the same "
-                                "version passes this (reported; a trigger only through drift or decay).")
+                                "version passes this and its test rejects at feature_p_value (reported; a trigger only "
+                                "through drift or decay).")
     labels: LabelsConfig | None = Field(None, description="Set: live performance per window, and decay.")
     max_metric_drop: float = Field(
         0.03, ge=0, description="A window decays when the model's live metric (train.metric, on the window's "
