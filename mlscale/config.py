@@ -628,6 +628,9 @@ class CanaryConfig(_Section):
     max_prediction_shift: float = Field(
         0.05, gt=0, description="Largest mean |challenger - champion| on the same records, in units of the label's "
                                 "scale (1 for probabilities, the label's std for regression).")
+    min_paired_records: int = Field(
+        100, ge=1, description="Challenger records also predicted by the champion (the shadow comparison) before a "
+                               "promotion: a release is judged on a measured prediction shift, never an unknown one.")
     auto_promote: bool = Field(True, description="Promote when min_requests pass every threshold; False: hold the "
                                                  "canary (rollback still automatic).")
     check_interval_s: float = Field(1.0, gt=0, description="How often the live numbers are read and judged.")
@@ -639,6 +642,9 @@ class PredictionCacheConfig(_Section):
     """Answers remembered per replica, keyed on the validated record and the version that predicted it."""
 
     max_entries: int = Field(100_000, ge=1)
+    max_bytes: int = Field(
+        64 * 2**20, ge=1024, description="Memory the cached keys may take per replica (a key is the record's text): "
+                                         "past it the least recently used go, so long text fields cannot fill RAM.")
     ttl_s: float = Field(300.0, gt=0, description="An answer older than this is predicted again.")
 
 
@@ -652,6 +658,9 @@ class PredictionLogConfig(_Section):
     flush_interval_s: float = Field(5.0, gt=0, description="Write at least this often.")
     max_pending_records: int = Field(
         200_000, ge=1, description="Records kept while storage is failing; past it the oldest are dropped (counted).")
+    max_pending_bytes: int = Field(
+        128 * 2**20, ge=1024, description="Memory the pending rows may take (their text and numbers, estimated): "
+                                          "the same drop-oldest bound by size, so long text cannot fill RAM.")
 
 
 class GraphConfig(_Section):
@@ -706,7 +715,13 @@ class ServeConfig(_Section):
                                "queued while the previous batch ran (no added latency when idle, full batches "
                                "under load).")
     max_records_per_request: int = Field(10_000, ge=1)
-    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Larger request bodies get a 413 before parsing.")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Larger request bodies get a 413 before parsing "
+                                                                 "(a chunked body is read only up to the limit).")
+    unknown_fields: Literal["reject", "ignore"] = Field(
+        "reject", description="A record field the input schema does not declare: reject (a 422 naming it, so a "
+                              "misspelt optional field is not silently imputed as missing) or ignore (dropped, for "
+                              "callers that send more). The dataset's other columns (its label, unused columns) "
+                              "are accepted and ignored either way.")
     max_queued_requests: int = Field(
         512, ge=1, description="Requests waiting per deployment beyond its replicas' capacity; past it callers get "
                                "a 503 at once instead of queueing without bound.")

@@ -2,7 +2,11 @@
 
 Python's hash() is salted per process, so it cannot be used: a serving replica must put a value in the same bucket
 as the training worker did. This is 64-bit FNV-1a over the UTF-8 bytes, computed column-wise on the Arrow buffers
-(one numpy step per character position, not per row), finished with splitmix64 so buckets are uniform.
+(one numpy step per byte position, not per row), finished with splitmix64 so buckets are uniform.
+
+Rows are visited longest first, so the step for byte position p touches only the rows longer than p: a batch costs
+its total bytes, and one long value in it costs only its own length, never that length times the batch's rows.
+Text fields are bounded (`ColumnSpec.max_length`) before they get here, which bounds the number of steps.
 """
 
 from __future__ import annotations
@@ -36,10 +40,19 @@ def hash_strings(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
     starts, lengths = offsets[:-1], np.diff(offsets)
     h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    if n == 0:
+        return _finish(h), nulls
+    longest_first = np.argsort(-lengths, kind="stable")
+    ordered_lengths = lengths[longest_first]
+    # active[p]: how many rows are longer than p (a prefix of longest_first, shrinking as p grows)
+    active = np.searchsorted(-ordered_lengths, -np.arange(int(ordered_lengths[0])), side="left")
+    ordered_starts = starts[longest_first]
+    ordered = h[longest_first]
     with np.errstate(over="ignore"):
-        for position in range(int(lengths.max()) if n else 0):
-            active = np.flatnonzero(lengths > position)
-            h[active] = (h[active] ^ data[starts[active] + position].astype(np.uint64)) * _FNV_PRIME
+        for position, count in enumerate(active.tolist()):
+            byte = data[ordered_starts[:count] + position].astype(np.uint64)
+            ordered[:count] = (ordered[:count] ^ byte) * _FNV_PRIME
+    h[longest_first] = ordered
     return _finish(h), nulls
 
 

@@ -24,6 +24,8 @@ def expected_rule_counts(frame: pd.DataFrame, specs: list[ColumnSpec], config: V
             failing[f"{spec.name}.max"] = present & (column.astype(float) > spec.max)
         if spec.allowed is not None:
             failing[f"{spec.name}.allowed"] = present & ~column.isin(spec.allowed)
+        if spec.text_limit is not None:
+            failing[f"{spec.name}.max_length"] = present & (column.astype(str).str.len() > spec.text_limit)
         if spec.pattern is not None:
             failing[f"{spec.name}.pattern"] = present & ~column.astype(str).str.fullmatch(spec.pattern)
     for check in config.checks:

@@ -49,6 +49,8 @@ from mlscale.data.validation import (
 from mlscale.errors import ConfigError, PreparedDataMissing, ValidationFailed
 
 SPLIT_COLUMN = "split"
+SPLIT_ROW_COLUMNS = (SPLIT_COLUMN, RULES_COLUMN, REASON_COLUMN)  # what a row read back from a split carries beside
+# the declared columns (its hive partition, the quarantine bookkeeping)
 PARTITIONS = ("train", "val", "test", "quarantine", "unused")
 REPORT_FILE = "_validation_report.json"
 TRAIN_SUMMARY_FILE = "_train_summary.json"

@@ -60,6 +60,10 @@ def _column_rules(spec: ColumnSpec) -> list[Rule]:
         allowed = pa.array(spec.allowed, type=spec.arrow_type)
         found.append(Rule(f"{name}.allowed", f"{name} in {spec.allowed}", (name,),
                           lambda t: _mask(pc.invert(pc.is_in(t.column(name), value_set=allowed)))))
+    if spec.text_limit is not None:
+        longest = spec.text_limit
+        found.append(Rule(f"{name}.max_length", f"{name} has at most {longest:,} characters", (name,),
+                          lambda t: _mask(pc.greater(pc.utf8_length(t.column(name)), longest))))
     if spec.pattern is not None:
         regex = f"^(?:{spec.pattern})$"
         found.append(Rule(f"{name}.pattern", f"{name} matches /{spec.pattern}/", (name,),
@@ -166,8 +170,16 @@ def conform_rows(table: pa.Table, specs: list[ColumnSpec]) -> tuple[pa.Table, di
     return pa.Table.from_arrays(columns, schema=arrow_schema(specs)), type_failures
 
 
+SHOWN_CHARS = 80  # how much of an offending value a quarantine reason repeats
+
+
 def _shown(value: Any) -> str:
-    return repr(value) if not isinstance(value, float) else f"{value:g}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}… ({len(value) if isinstance(value, str) else len(text):,} characters)"
 
 
 def quarantine_columns(original: pa.Table, table: pa.Table, rules: list[Rule],

@@ -36,6 +36,9 @@ class Bundle:
     label: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     lineage: dict[str, str] = field(default_factory=dict)
+    # the dataset's other declared columns (its label, columns no feature uses): a request carrying whole rows may
+    # send them and they are ignored; any other field the input schema does not know is a 422
+    passthrough_columns: list[str] = field(default_factory=list)
     variant: str = "fp32"  # how the network runs (not saved: the weights are always the trained fp32 ones)
 
     @cached_property
@@ -85,6 +88,7 @@ class Bundle:
             "label": self.label,
             "metrics": self.metrics,
             "lineage": self.lineage,
+            "passthrough_columns": self.passthrough_columns,
         }
         (directory / BUNDLE_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
         return directory
@@ -104,6 +108,7 @@ class Bundle:
             label=document["label"],
             metrics=document["metrics"],
             lineage=document["lineage"],
+            passthrough_columns=document.get("passthrough_columns", []),  # bundles saved before it: none
         )
 
     @property

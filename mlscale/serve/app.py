@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -40,7 +40,17 @@ from mlscale.serve.ledger import release_ledger
 from mlscale.serve.live import LiveStats
 from mlscale.serve.metrics import ServiceMetrics
 from mlscale.serve.predlog import LogSettings, PredictionLog
-from mlscale.serve.requests import RequestParser, RequestRejected, authorized, key_digest
+from mlscale.serve.requests import (
+    RequestParser,
+    RequestRejected,
+    UnknownFields,
+    authorized,
+    check_content_type,
+    key_digest,
+    read_body,
+    rejection,
+    unauthorized,
+)
 
 DEPLOYMENT = "ModelServer"
 REPORT_INTERVAL_S = 1.0  # how often a replica sends its live release numbers to the ledger
@@ -88,10 +98,12 @@ class Rollout(BaseModel):
     record: str = "Record"
     max_records: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(8 * 2**20, ge=1)
+    unknown_fields: UnknownFields = "reject"
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.0, ge=0)
     variant: str = "fp32"
     cache_entries: int = Field(0, ge=0, description="0: no prediction cache.")
+    cache_bytes: int = Field(64 * 2**20, ge=1)
     cache_ttl_s: float = Field(300.0, gt=0)
     canary: Canary | None = None
     prediction_log: dict[str, Any] | None = Field(None, description="LogSettings, the path resolved.")
@@ -99,9 +111,18 @@ class Rollout(BaseModel):
 
 @dataclass(frozen=True)
 class TransformFailed:
-    """A request whose records passed validation but could not be turned into features or predicted."""
+    """A request whose records passed validation but could not be turned into features or predicted.
+
+    The reason is for the replica's log, not the caller: it is internal exception text."""
 
     reason: str
+
+
+TRANSFORM_FAILED = "the records passed validation but the model could not turn them into features"
+
+# What a request was, for a canary's judgement: only what a version answered (or failed to answer for its own
+# reasons) is evidence about it; a request refused for the caller's fault never reached the model.
+CALLER, ANSWERED, FAILED = "caller", "answered", "failed"
 
 
 @dataclass(frozen=True)
@@ -141,14 +162,10 @@ def _alone(bundle: Bundle, request: list[dict[str, Any]]) -> list[float] | Trans
         return TransformFailed(f"{type(error).__name__}: {error}"[:300])
 
 
-def _error(status: int, detail: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail})
-
-
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text} for status, text in (
         (400, "The body is not JSON."), (401, "A valid API key is required."),
-        (413, "The body is above serve.max_body_bytes."),
+        (413, "The body is above serve.max_body_bytes."), (415, "The body is not declared application/json."),
         (422, "Not records, too many of them, or a field breaks the input schema (named in `loc`)."),
         (503, "Overloaded: retry after the Retry-After header's seconds."))}
 
@@ -209,11 +226,14 @@ class ModelServerReplica:
         version = uri_version(served_uri)
         info = {"uri": uri, "served_uri": served_uri, "version": version, "variant": rollout.variant,
                 "role": role, **bundle.lineage}
-        parser = RequestParser(list(bundle.input_schema), rollout.max_records, rollout.max_body_bytes, rollout.record)
+        parser = RequestParser(list(bundle.input_schema), rollout.max_records, rollout.max_body_bytes, rollout.record,
+                               rollout.unknown_fields, tuple(bundle.passthrough_columns))
         same_cache = current is not None and current.cache is not None and current.cache.max_entries == \
-            rollout.cache_entries and current.cache.ttl_s == rollout.cache_ttl_s
+            rollout.cache_entries and current.cache.ttl_s == rollout.cache_ttl_s and \
+            current.cache.max_bytes == rollout.cache_bytes
         cache = current.cache if same_cache and current else (
-            PredictionCache(rollout.cache_entries, rollout.cache_ttl_s) if rollout.cache_entries else None)
+            PredictionCache(rollout.cache_entries, rollout.cache_ttl_s, max_bytes=rollout.cache_bytes)
+            if rollout.cache_entries else None)
         return ServedModel(bundle, parser, info, json.dumps(info).encode(), cache)
 
     def check_health(self) -> None:
@@ -244,12 +264,9 @@ class ModelServerReplica:
                 out[index] = result
         return out
 
-    def _refused(self, request: Request) -> JSONResponse | None:
-        if authorized(request.headers.get("authorization"), self.key_digests):
-            return None
-        return JSONResponse(status_code=401, content={"detail": [{"loc": ["header", "authorization"],
-                                                                  "msg": "a valid API key is required"}]},
-                            headers={"WWW-Authenticate": "Bearer"})
+    def _refused(self, request: Request) -> Response | None:
+        """401 unless the request carries a valid key (every route but /health asks this)."""
+        return None if authorized(request.headers.get("authorization"), self.key_digests) else unauthorized()
 
     def _model(self) -> ServedModel:
         if self.served is None:  # Serve sends no traffic before reconfigure has run; kept for a direct call
@@ -271,14 +288,14 @@ class ModelServerReplica:
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
         served = self._route(request)
-        failed = True
+        outcome = FAILED
         try:
-            response, failed = await self._answer(request, served)
+            response, outcome, answered_by = await self._answer(request, served)
         finally:
             elapsed = time.perf_counter() - started
-            if self.canary is not None:
-                self._live(served.version).request(elapsed, failed)
-        self.metrics.request(served.version, response.status_code, elapsed)
+            if self.canary is not None and outcome != CALLER:
+                self._live(served.version).request(elapsed, outcome == FAILED)
+        self.metrics.request(answered_by.version, response.status_code, elapsed)
         return response
 
     def _live(self, version: str) -> LiveStats:
@@ -298,23 +315,24 @@ class ModelServerReplica:
                 log.warning("release ledger report failed: %s", error)
             await asyncio.sleep(REPORT_INTERVAL_S)
 
-    async def _answer(self, request: Request, served: ServedModel) -> tuple[Response, bool]:
-        """The response, and whether it is the model's failure (not the caller's)."""
+    async def _answer(self, request: Request, served: ServedModel) -> tuple[Response, str, ServedModel]:
+        """The response, what it was (CALLER: refused for the caller's fault; ANSWERED; FAILED: the version's own
+        failure), and the version that answered."""
         if (refused := self._refused(request)) is not None:
-            return refused, False
+            return refused, CALLER, served
         try:
+            check_content_type(request.headers.get("content-type"))
             served.parser.check_length(request.headers.get("content-length"))
-            records = served.parser.parse(await request.body())
+            records = served.parser.parse(await read_body(request.stream(), served.parser.max_body_bytes))
         except RequestRejected as rejected:
-            return _error(rejected.status, rejected.detail), False
+            return rejection(rejected.status, rejected.detail), CALLER, served
         keys, predictions = served.cache.lookup(records) if served.cache is not None else ([], None)
         if served.cache is not None:
             self.metrics.cache(served.version, predictions is not None)
         if predictions is None:
             predicted = await self.predict_batch((served, records))
             if isinstance(predicted, TransformFailed):
-                return _error(422, [{"loc": ["body"], "msg": f"the records passed validation but could not be "
-                                                             f"transformed: {predicted.reason}"}]), True
+                return await self._transform_failed(request, served, records, predicted)
             predictions = predicted
             if served.cache is not None:
                 served.cache.store(keys, predictions)
@@ -328,8 +346,20 @@ class ModelServerReplica:
             shadow = asyncio.get_running_loop().create_task(self._compare(served, records, predictions))
             self.shadows.add(shadow)
             shadow.add_done_callback(self.shadows.discard)
-        body = b'{"predictions":' + json.dumps(predictions).encode() + b',"model":' + served.info_json + b"}"
-        return Response(content=body, media_type="application/json"), False
+        return _prediction_response(predictions, served), ANSWERED, served
+
+    async def _transform_failed(self, request: Request, served: ServedModel, records: list[dict[str, Any]],
+                                failure: TransformFailed) -> tuple[Response, str, ServedModel]:
+        """Records that passed validation but that this version could not transform. During a canary the other
+        version decides whose fault it is: if the champion answers the same records, the challenger failed (counted
+        against it, and the caller gets the champion's answer); if it cannot either, the records are at fault."""
+        log.warning("version %s could not transform a request's records: %s", served.version, failure.reason)
+        champion = self.served
+        if self.canary is not None and served is self.challenger and champion is not None:
+            fallback = await self.predict_batch((champion, records))
+            if not isinstance(fallback, TransformFailed):
+                return _prediction_response(fallback, champion), FAILED, champion
+        return rejection(422, [{"loc": ["body"], "msg": TRANSFORM_FAILED}]), CALLER, served
 
     async def _compare(self, served: ServedModel, records: list[dict[str, Any]], predictions: list[float]) -> None:
         """During a canary: the version's prediction level, and for the challenger the champion's answer for the
@@ -370,16 +400,31 @@ class ModelServerReplica:
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> Any:
+        """The API document (the input schema and version): like /schema, only for a key holder when keys are set."""
+        if (refused := self._refused(request)) is not None:
+            return refused
         served = self._model()
         return openapi_document(request.app, served.parser.record_type, served.version)
 
     @api.get("/docs", include_in_schema=False)
-    async def docs(self, request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json", title=api.title)
+    async def docs(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        page: HTMLResponse = get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json",
+                                                 title=api.title)
+        return page
 
 
 # A decorator applied as a call: mypy cannot see a class decorator turn the class into a Deployment.
 ModelServer = serve.deployment(name=DEPLOYMENT)(serve.ingress(api)(ModelServerReplica))
+
+
+def _prediction_response(predictions: list[float], served: ServedModel) -> Response:
+    body = b'{"predictions":' + json.dumps(predictions).encode() + b',"model":' + served.info_json + b"}"
+    return Response(content=body, media_type="application/json")
+
+
+OPEN_ROUTES = frozenset({"/health"})  # every other route asks for a key when keys are configured
 
 
 def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settings: ServeConfig,
@@ -393,6 +438,7 @@ def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settin
         prediction_log = {**logging_settings.model_dump(exclude={"path"}), "path": path}
     return Rollout(uri=model_uri, served_uri=served, tracking_uri=tracking_uri, record=record,
                    max_records=settings.max_records_per_request, max_body_bytes=settings.max_body_bytes,
+                   unknown_fields=settings.unknown_fields, cache_bytes=cache.max_bytes if cache else 64 * 2**20,
                    max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.batch_wait_timeout_s,
                    variant=settings.variant, cache_entries=cache.max_entries if cache else 0,
                    cache_ttl_s=cache.ttl_s if cache else 300.0, canary=canary,

@@ -5,6 +5,9 @@ bounded queue); an ingress (`GraphIngress`) validates the request once and calls
 - fallback: the main model answers; when it is overloaded (its queue is full), slower than `timeout_s`, or failing,
   the next model answers instead, and the response says so (`fallback: true` and why);
 - ensemble: every model predicts the same records at once and the answer is their weighted mean.
+
+A request is validated against every member's input schema (any member may answer it), and each member is sent the
+records as its own schema reads them. Error bodies say what the caller did wrong; what broke inside is logged.
 """
 
 from __future__ import annotations
@@ -15,15 +18,24 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from mlscale.config import ServeConfig
 from mlscale.data.schema import ColumnSpec
 from mlscale.registry.store import load_bundle, pinned_uri, uri_version
-from mlscale.serve.app import TransformFailed, predict_requests, replica_actor_options
-from mlscale.serve.requests import RequestParser, RequestRejected, authorized
+from mlscale.serve.app import TRANSFORM_FAILED, TransformFailed, predict_requests, replica_actor_options
+from mlscale.serve.requests import (
+    RequestParser,
+    RequestRejected,
+    authorized,
+    check_content_type,
+    read_body,
+    rejection,
+    unauthorized,
+)
 
 GRAPH_INGRESS = "GraphIngress"
 graph_api = FastAPI(title="mlscale model graph", openapi_url=None, docs_url=None, redoc_url=None)
@@ -52,17 +64,17 @@ class GraphIngressReplica:
     """POST /predict (one record, a list, or {"records": [...]}), GET /health: validation, then the graph."""
 
     def __init__(self, mode: str, models: list[DeploymentHandle], infos: list[dict[str, Any]],
-                 weights: list[float], timeout_s: float, input_schema: list[dict[str, Any]],
+                 weights: list[float], timeout_s: float, members: list[dict[str, Any]],
                  limits: dict[str, Any], key_digests: tuple[str, ...] = ()) -> None:
         self.mode, self.models, self.infos, self.timeout_s = mode, models, infos, timeout_s
         total = sum(weights)
         self.weights = [weight / total for weight in weights]
-        self.parser = RequestParser([ColumnSpec(**spec) for spec in input_schema], limits["max_records"],
-                                    limits["max_body_bytes"], limits["record"])
+        self.parsers = member_parsers(members, limits)
         self.key_digests = tuple(key_digests)
 
-    async def _call(self, index: int, records: list[dict[str, Any]], timeout: float | None = None) -> list[float]:
-        response = self.models[index].predict.remote(records)
+    async def _call(self, index: int, records: list[list[dict[str, Any]]], timeout: float | None = None
+                    ) -> list[float]:
+        response = self.models[index].predict.remote(records[index])
         try:
             result = await asyncio.wait_for(response, timeout) if timeout else await response
         except TimeoutError:
@@ -72,7 +84,7 @@ class GraphIngressReplica:
             raise Unanswerable(result)
         return result
 
-    async def _fallback(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _fallback(self, records: list[list[dict[str, Any]]]) -> dict[str, Any]:
         reasons: list[str] = []
         for index in range(len(self.models)):
             last = index == len(self.models) - 1
@@ -81,6 +93,7 @@ class GraphIngressReplica:
             except Unanswerable:
                 raise
             except Exception as error:  # noqa: BLE001 - overloaded, too slow, or failing: the next model answers
+                log.warning("graph model v%s did not answer: %r", self.infos[index]["version"], error)
                 reasons.append(f"v{self.infos[index]['version']}: {_why(error, self.timeout_s)}")
                 if last:
                     raise
@@ -91,33 +104,34 @@ class GraphIngressReplica:
             return answer
         raise AssertionError("unreachable")
 
-    async def _ensemble(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _ensemble(self, records: list[list[dict[str, Any]]]) -> dict[str, Any]:
         results = await asyncio.gather(*(self._call(index, records) for index in range(len(self.models))))
         mean = [sum(weight * values[row] for weight, values in zip(self.weights, results, strict=True))
-                for row in range(len(records))]
+                for row in range(len(records[0]))]
         return {"predictions": mean, "model": {"ensemble": self.infos, "weights": self.weights},
                 "members": [list(values) for values in results]}
 
     @graph_api.post("/predict")
     async def predict(self, request: Request) -> Response:
         if not authorized(request.headers.get("authorization"), self.key_digests):
-            return JSONResponse(status_code=401, content={"detail": [{"loc": ["header", "authorization"],
-                                                                      "msg": "a valid API key is required"}]},
-                                headers={"WWW-Authenticate": "Bearer"})
+            return unauthorized()
+        first = self.parsers[0]
         try:
-            self.parser.check_length(request.headers.get("content-length"))
-            records = self.parser.parse(await request.body())
+            check_content_type(request.headers.get("content-type"))
+            first.check_length(request.headers.get("content-length"))
+            records = validate_for_members(self.parsers, first.decode(
+                await read_body(request.stream(), first.max_body_bytes)))
         except RequestRejected as rejected:
-            return JSONResponse(status_code=rejected.status, content={"detail": rejected.detail})
+            return rejection(rejected.status, rejected.detail)
         try:
             answer = await (self._fallback(records) if self.mode == "fallback" else self._ensemble(records))
         except Unanswerable as error:
-            return JSONResponse(status_code=422, content={"detail": [{"loc": ["body"], "msg": "the records passed "
-                                "validation but could not be transformed: " + str(error)}]})
+            log.warning("a graph model could not transform a request's records: %s", error)
+            return rejection(422, [{"loc": ["body"], "msg": TRANSFORM_FAILED}])
         except Exception as error:  # noqa: BLE001 - every model refused or failed: retryable, never a bare 500
-            return JSONResponse(status_code=503, headers={"Retry-After": "1"},
-                                content={"detail": [{"loc": ["model"], "msg": f"no model could answer: "
-                                                                              f"{_why(error, self.timeout_s)}"}]})
+            log.warning("no graph model could answer: %r", error)
+            return rejection(503, [{"loc": ["model"], "msg": f"no model could answer: {_why(error, self.timeout_s)}"}],
+                             {"Retry-After": "1"})
         return Response(content=json.dumps(answer).encode(), media_type="application/json")
 
     @graph_api.get("/health")
@@ -125,10 +139,31 @@ class GraphIngressReplica:
         return {"status": "ok", "mode": self.mode, "models": [info["version"] for info in self.infos]}
 
 
+def member_parsers(members: list[dict[str, Any]], limits: dict[str, Any]) -> list[RequestParser]:
+    """One request parser per graph member. A field another member reads is no unknown field to this one: each
+    member lets the others' columns pass (and ignores them)."""
+    schemas = [[ColumnSpec(**spec) for spec in member["input_schema"]] for member in members]
+    known = {spec.name for schema in schemas for spec in schema} | {
+        name for member in members for name in member.get("passthrough_columns", [])}
+    return [RequestParser(schema, limits["max_records"], limits["max_body_bytes"], limits["record"],
+                          limits.get("unknown_fields", "reject"),
+                          tuple(sorted(known - {spec.name for spec in schema})))
+            for schema in schemas]
+
+
+def validate_for_members(parsers: list[RequestParser], data: Any) -> list[list[dict[str, Any]]]:
+    """The decoded body validated against every member's schema (the first rejection is the answer), and the
+    records each member is sent."""
+    return [parser.validate(data) for parser in parsers]
+
+
 def _why(error: BaseException, timeout_s: float) -> str:
+    """Why a model did not answer, as a caller may read it: a category and the error's type, not its text."""
     if isinstance(error, TimeoutError):
         return f"no answer within {timeout_s:g} s"
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+    if isinstance(error, BackPressureError):
+        return "overloaded: its queue is full (BackPressureError)"
+    return f"failed ({type(error).__name__})"
 
 
 GraphModelDeployment = serve.deployment(name="GraphModel")(GraphModel)
@@ -138,11 +173,11 @@ GraphIngress = serve.deployment(name=GRAPH_INGRESS)(serve.ingress(graph_api)(Gra
 def build_graph(settings: ServeConfig, tracking_uri: str | None, record: str,
                 key_digests: tuple[str, ...] = ()) -> serve.Application:
     """The graph in serve.graph: each model pinned to its exact version and deployed on its own; the ingress
-    validates requests against the first model's input schema."""
+    validates requests against every model's input schema."""
     graph = settings.graph
     assert graph is not None
     served = [pinned_uri(uri, tracking_uri) for uri in graph.models]
-    first = load_bundle(served[0], tracking_uri)
+    bundles = [load_bundle(uri, tracking_uri) for uri in served]
     infos, handles = [], []
     for index, (uri, pinned) in enumerate(zip(graph.models, served, strict=True)):
         version = uri_version(pinned)
@@ -160,9 +195,11 @@ def build_graph(settings: ServeConfig, tracking_uri: str | None, record: str,
         handles.append(GraphModelDeployment.options(**options).bind(pinned, tracking_uri, settings.variant,
                                                                     settings.max_batch_size))
     limits = {"max_records": settings.max_records_per_request, "max_body_bytes": settings.max_body_bytes,
-              "record": record}
+              "record": record, "unknown_fields": settings.unknown_fields}
+    members = [{"input_schema": [spec.model_dump() for spec in bundle.input_schema],
+                "passthrough_columns": bundle.passthrough_columns} for bundle in bundles]
     return GraphIngress.options(ray_actor_options=replica_actor_options(settings, 0.25),
                                 max_ongoing_requests=settings.max_ongoing_requests,
                                 max_queued_requests=settings.max_queued_requests).bind(
-        graph.mode, handles, infos, graph.weights or [1.0] * len(served), graph.timeout_s,
-        [spec.model_dump() for spec in first.input_schema], limits, key_digests)
+        graph.mode, handles, infos, graph.weights or [1.0] * len(served), graph.timeout_s, members, limits,
+        key_digests)

@@ -3,8 +3,9 @@
 A sampled share of requests is kept in memory (the validated records, the predictions, the version, the request id
 Serve gives every request, the time) and written to parquet in batches by a background task, off the request path:
 `<path>/date=YYYY-MM-DD/<replica>-<sequence>.parquet`, on local disk or object storage (any pyarrow filesystem URI).
-A failed write (storage down) keeps the rows for the next attempt, up to a bound; past it the oldest are dropped and
-counted. Nothing here can fail or wait a request: `offer` only appends to a list.
+A failed write (storage down) keeps the rows for the next attempt, up to a bound in rows and in bytes (long text
+fields make rows of any size); past it the oldest are dropped and counted. Nothing here can fail or wait a request:
+`offer` only appends to a list.
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ class LogSettings:
     flush_records: int = 5_000
     flush_interval_s: float = 5.0
     max_pending_records: int = 200_000
+    max_pending_bytes: int = 128 * 2**20
+
+
+ROW_OVERHEAD = 120  # bytes a pending row costs beside its values: the dict and the fields every row carries
+
+
+def row_bytes(record: dict[str, Any]) -> int:
+    """A pending row's size as the bound counts it: its text by length, every other value as 8 bytes."""
+    return ROW_OVERHEAD + sum(len(value) if isinstance(value, str) else 8 for value in record.values())
 
 
 @dataclass
@@ -60,6 +70,8 @@ class PredictionLog:
     input_schema: list[ColumnSpec]
     writer_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     pending: list[dict[str, Any]] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # row_bytes of each pending row, in the same order
+    pending_bytes: int = 0
     counts: LogCounts = field(default_factory=LogCounts)
     sequence: int = 0
 
@@ -77,6 +89,9 @@ class PredictionLog:
         for index, (record, prediction) in enumerate(zip(records, predictions, strict=True)):
             self.pending.append({**record, "request_id": request_id, "record_index": index, "timestamp": now,
                                  "model_version": version, "prediction": prediction})
+            size = row_bytes(record)
+            self.sizes.append(size)
+            self.pending_bytes += size
         self.counts.offered += len(records)
         self._trim()
         if len(self.pending) >= self.settings.flush_records:
@@ -93,7 +108,8 @@ class PredictionLog:
     async def flush(self) -> None:
         if not self.pending:
             return
-        rows, self.pending = self.pending, []
+        rows, sizes, self.pending, self.sizes = self.pending, self.sizes, [], []
+        self.pending_bytes -= sum(sizes)
         try:
             await asyncio.to_thread(self._write, rows)
             self.counts.written += len(rows)
@@ -102,14 +118,21 @@ class PredictionLog:
             if self.counts.failed_writes in (1, 10, 100) or self.counts.failed_writes % 1000 == 0:
                 log.warning("prediction log write to %s failed (%d times): %s", self.settings.path,
                             self.counts.failed_writes, error)
-            self.pending = rows + self.pending
+            self.pending, self.sizes = rows + self.pending, sizes + self.sizes
+            self.pending_bytes += sum(sizes)
             self._trim()
 
     def _trim(self) -> None:
-        """Past max_pending_records the oldest rows go, counted as dropped."""
-        overflow = len(self.pending) - self.settings.max_pending_records
+        """Past max_pending_records or max_pending_bytes the oldest rows go, counted as dropped."""
+        overflow = max(len(self.pending) - self.settings.max_pending_records, 0)
+        dropped_bytes = sum(self.sizes[:overflow])
+        while self.pending_bytes - dropped_bytes > self.settings.max_pending_bytes and overflow < len(self.pending):
+            dropped_bytes += self.sizes[overflow]
+            overflow += 1
         if overflow > 0:
+            self.pending_bytes -= dropped_bytes
             del self.pending[:overflow]
+            del self.sizes[:overflow]
             self.counts.dropped += overflow
 
     def _write(self, rows: list[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ import mlflow
 
 from mlscale.behaviour import BehaviourReport, run_behaviour
 from mlscale.config import PipelineConfig
-from mlscale.data.prepare import PreparedData, schema_for
+from mlscale.data.prepare import SPLIT_ROW_COLUMNS, PreparedData, schema_for
 from mlscale.data.records import held_out_records
 from mlscale.errors import PromotionConflict
 from mlscale.evaluate import Evaluation
@@ -59,10 +59,13 @@ def register_and_judge(config: PipelineConfig, prepared: PreparedData, features:
         PromotionConflict: the champion kept moving under concurrent promotions (after JUDGE_ATTEMPTS tries).
     """
     columns = set(features.input_columns)
+    declared = prepared.column_specs() or schema_for(config)
     bundle = Bundle(
         network_spec=spec,
         features=features,
-        input_schema=[column for column in prepared.column_specs() or schema_for(config) if column.name in columns],
+        input_schema=[column for column in declared if column.name in columns],
+        passthrough_columns=[*(column.name for column in declared if column.name not in columns),
+                             *SPLIT_ROW_COLUMNS],
         state_dict=state_dict,
         label=label,
         metrics={k: v for k, v in best_metrics.items() if k.startswith("val_")},

@@ -225,3 +225,17 @@ def test_featurized_arrays_become_the_block_ray_would_make_and_an_empty_one_keep
     assert tensor_block(arrays).equals(BlockAccessor.batch_to_block(arrays))
     empty = tensor_block({name: values[:0] for name, values in arrays.items()})
     assert empty.num_rows == 0 and empty.schema == tensor_block(arrays).schema
+
+
+def test_rows_of_very_different_lengths_hash_as_the_reference():
+    """Rows are hashed longest first (each byte position touches only the rows that long): one long value among
+    short ones, nulls, empty and multi-byte text, and a sliced array all hash exactly as the plain-Python reference."""
+    from mlscale import hashing
+
+    values = ["a", None, "é" * 3, "x" * 5000, "", "N123AB", "ü∂", None, "y" * 17]
+    for array in (pa.array(values), pa.array(["pad", *values]).slice(1), pa.chunked_array([values[:4], values[4:]])):
+        hashes, nulls = hashing.hash_strings(array)
+        present = [index for index, value in enumerate(values) if value is not None]
+        assert hashes[present].tolist() == [fnv1a_splitmix(values[index]) for index in present]
+        assert nulls.tolist() == [value is None for value in values]
+    assert hashing.hash_strings(pa.array([], pa.string()))[0].size == 0

@@ -42,3 +42,18 @@ def test_the_least_recently_used_entry_goes_first_when_full():
     assert cache.get("a") == 1.0  # a is now the most recent
     cache.put("c", 3.0)
     assert cache.get("b") is None and cache.get("a") == 1.0 and cache.get("c") == 3.0
+
+
+def test_the_cache_is_bounded_by_bytes_whatever_the_records_hold():
+    """Long text in records makes long keys: the byte bound evicts by size where the entry count would not, and a
+    record larger than the whole budget is never kept."""
+    from mlscale.serve.cache import entry_bytes
+
+    cache = PredictionCache(max_entries=1_000_000, ttl_s=60, max_bytes=200_000)
+    for index in range(100):
+        cache.put(record_key({"note": "x" * 10_000, "n": index}), float(index))
+    assert cache.nbytes <= 200_000 and 10 <= len(cache) < 20
+    assert cache.nbytes == sum(entry_bytes(key) for key in cache.entries)
+    assert cache.get(record_key({"note": "x" * 10_000, "n": 99})) == 99.0  # the newest stay
+    cache.put(record_key({"note": "y" * 300_000}), 1.0)
+    assert cache.get(record_key({"note": "y" * 300_000})) is None and cache.nbytes <= 200_000

@@ -67,3 +67,20 @@ def test_the_writer_flushes_on_its_interval_and_stops_when_closed(tmp_path):
         assert log.counts.written == 3
 
     asyncio.run(scenario())
+
+
+def test_pending_rows_are_bounded_by_bytes_while_storage_is_down(tmp_path):
+    from mlscale.serve.predlog import row_bytes
+
+    blocker = tmp_path / "down"
+    blocker.write_text("every write fails")
+    log = PredictionLog(LogSettings(str(blocker / "log"), max_pending_records=1_000_000,
+                                    max_pending_bytes=100_000), SCHEMA)
+    long = [{"distance": 1.0, "carrier": "z" * 20_000}]
+    for request in range(20):
+        log.offer(f"req-{request}", "1", long, [0.5])
+        asyncio.run(log.flush())
+    assert log.pending_bytes <= 100_000 and log.sizes == [row_bytes(long[0])] * len(log.pending)
+    assert log.pending_bytes == sum(log.sizes)
+    assert len(log.pending) == 4 and log.counts.dropped == 16
+    assert [row["request_id"] for row in log.pending] == ["req-16", "req-17", "req-18", "req-19"]

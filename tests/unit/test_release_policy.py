@@ -74,3 +74,19 @@ def test_live_stats_merge_by_addition_and_round_trip_as_json():
     assert merged.latency_quantile_ms(0.2) == 3 and merged.latency_quantile_ms(0.99) == 50
     assert merged.mean_abs_shift == pytest.approx(0.075)
     assert type(merged).from_dict(merged.to_dict()) == merged
+
+
+def test_no_promotion_without_a_measured_shift_on_enough_paired_records():
+    """min_requests answered, but the champion's shadow answer was measured on too few records: the shift is
+    unknown, so the canary waits, and past the timeout it is rolled back rather than promoted unjudged."""
+    unpaired = LiveStats()
+    for _ in range(200):
+        unpaired.request(0.004, failed=False)
+        unpaired.predicted([0.3])
+    unpaired.compared([0.9] * 20, [0.3] * 20)  # a large shift, but on 20 records only: not yet evidence
+    waiting = decide(traffic(900), unpaired, min_paired_records=50)
+    assert waiting.action == "wait" and "20 of the 50 paired records" in waiting.reasons[0]
+    late = decide(traffic(900), unpaired, elapsed=601, min_paired_records=50)
+    assert late.action == "rollback" and "timeout" in late.reasons[0]
+    unpaired.compared([0.9] * 30, [0.3] * 30)
+    assert decide(traffic(900), unpaired, min_paired_records=50).action == "rollback"  # now measured: 0.6 > 0.05

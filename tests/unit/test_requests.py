@@ -173,3 +173,121 @@ def test_api_keys_from_a_file_join_those_from_the_environment(monkeypatch, tmp_p
         api_key_digests(ServeConfig(api_keys_file=str(keys)))
     with pytest.raises(ConfigError, match="cannot be read"):
         api_key_digests(ServeConfig(api_keys_file=str(tmp_path / "missing")))
+
+
+def test_a_body_not_declared_json_is_415_and_json_types_with_parameters_pass():
+    from mlscale.serve.requests import check_content_type
+
+    for accepted in ("application/json", "application/json; charset=utf-8", "Application/JSON",
+                     "application/problem+json"):
+        check_content_type(accepted)
+    for refused in (None, "", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                    "text/json+plain", "application/jsonx"):
+        with pytest.raises(RequestRejected) as caught:
+            check_content_type(refused)
+        assert caught.value.status == 415 and caught.value.detail[0]["loc"] == ["header", "content-type"]
+
+
+def test_a_chunked_body_is_read_only_up_to_the_limit():
+    import asyncio
+
+    from mlscale.serve.requests import read_body
+
+    pulled = []
+
+    async def chunks(count: int, size: int):
+        for index in range(count):
+            pulled.append(index)
+            yield b"x" * size
+
+    assert asyncio.run(read_body(chunks(4, 100), 400)) == b"x" * 400
+    pulled.clear()
+    with pytest.raises(RequestRejected) as caught:
+        asyncio.run(read_body(chunks(10_000, 1024), 64 * 1024))
+    assert caught.value.status == 413 and "more than 65,536 bytes" in caught.value.detail[0]["msg"]
+    assert len(pulled) == 65  # it stopped at the first chunk past the limit, not at the end of the stream
+
+
+def test_an_unknown_field_is_a_422_naming_it_unless_the_dataset_declares_it():
+    lenient = RequestParser(SCHEMA, 50, 64 * 1024, unknown_fields="ignore")
+    passing = RequestParser(SCHEMA, 50, 64 * 1024, passthrough=("arr_delay",))
+    body = json.dumps([GOOD, {**GOOD, "dep_dealy": 3.0}]).encode()
+    error = rejected(body)
+    assert error.status == 422 and [d["field"] for d in error.detail] == ["dep_dealy"]
+    assert error.detail[0]["loc"] == ["body", 1, "dep_dealy"] and "not a field of the input schema" in error.detail[0][
+        "msg"]
+    assert lenient.parse(body) == [GOOD, GOOD]
+    assert passing.parse(json.dumps({**GOOD, "arr_delay": 31.0}).encode()) == [GOOD]
+
+
+@pytest.mark.parametrize(("field", "value"), [("dep_delay", True), ("month", False), ("carrier", "U\ud800"),
+                                              ("carrier", "x" * 2000)])
+def test_booleans_for_numbers_lone_surrogates_and_long_text_are_422_and_render(field, value):
+    from mlscale.serve.requests import rejection
+
+    error = rejected(json.dumps({**GOOD, field: value}).encode())
+    assert error.status == 422 and error.detail[0]["field"] == field
+    response = rejection(error.status, error.detail)
+    assert response.status_code == 422 and json.loads(response.body)["detail"][0]["field"] == field
+    assert len(response.body) < 2_000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=40),
+       st.sampled_from(["carrier", "origin", "month", "dep_delay", "key"]))
+def test_any_unicode_text_in_any_place_gets_records_or_a_4xx_that_renders(text, place):
+    """Lone surrogates included: they are valid JSON escapes; the answer must still be encodable."""
+    from mlscale.serve.requests import rejection
+
+    for body in (json.dumps({**GOOD, place: text}).encode(), json.dumps({**GOOD, text: 1}).encode()):
+        try:
+            PARSER.parse(body)
+        except RequestRejected as error:
+            assert 400 <= error.status < 500
+            assert json.loads(rejection(error.status, error.detail).body)["detail"]
+
+
+def test_every_route_but_health_asks_for_a_key():
+    """The replica's route table: each route other than the open ones answers 401 without a key (read from the
+    routes FastAPI really has, so a route added later without the check fails here)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from mlscale.serve.app import OPEN_ROUTES, ModelServerReplica, ServedModel, api
+    from mlscale.serve.requests import key_digest
+
+    def flattened(routes):  # Serve's ingress moves the class's routes into an included router
+        for route in routes:
+            yield from flattened(route.original_router.routes) if hasattr(route, "original_router") else [route]
+
+    replica = ModelServerReplica((key_digest("k"),))
+    replica.served = ServedModel(bundle=None, parser=PARSER, info={"version": "1"},  # type: ignore[arg-type]
+                                 info_json=b"{}")
+    routes = {route.path: route for route in flattened(api.routes)}
+    assert {"/predict", "/schema", "/health", "/openapi.json", "/docs"} <= set(routes)
+    for path, route in routes.items():
+        if path in OPEN_ROUTES:
+            continue
+        method = sorted(route.methods)[0]
+        request = Request({"type": "http", "method": method, "path": path, "headers": [], "query_string": b"",
+                           "root_path": ""})
+        response = asyncio.run(route.endpoint(replica, request))
+        assert response.status_code == 401, path
+
+
+def test_a_record_the_model_cannot_transform_gets_no_internal_text(tmp_path):
+    """The 422 for a transform failure says what happened, not the exception (the log has that)."""
+    import asyncio
+
+    from mlscale.serve.app import TRANSFORM_FAILED, ModelServerReplica, ServedModel, TransformFailed
+
+    class Request:
+        headers = {"content-type": "application/json"}
+
+    replica = ModelServerReplica()
+    served = ServedModel(bundle=None, parser=PARSER, info={"version": "1"}, info_json=b"{}")  # type: ignore[arg-type]
+    response, outcome, _ = asyncio.run(replica._transform_failed(
+        Request(), served, [GOOD], TransformFailed("KeyError: '/secret/path/state.json'")))  # type: ignore[arg-type]
+    assert response.status_code == 422 and outcome == "caller"
+    assert json.loads(response.body)["detail"][0]["msg"] == TRANSFORM_FAILED and b"secret" not in response.body

@@ -114,9 +114,48 @@ def test_report_sums_partials_and_applies_threshold():
 
 def test_request_model_accepts_what_validation_accepts():
     record = request_model(SPECS)
-    ok = record.model_validate({"month": 3, "origin": "JFK", "dest": "LAX", "delay": 12.5, "extra": "ignored"})
+    ok = record.model_validate({"month": 3, "origin": "JFK", "dest": "LAX", "delay": 12.5})
     assert ok.month == 3 and ok.delay == 12.5
     assert record.model_validate({"month": 3, "origin": "JFK"}).dest is None
+
+
+def test_an_unknown_field_is_named_unless_it_is_a_declared_passthrough_or_extras_are_ignored():
+    with pytest.raises(ValidationError) as caught:
+        request_model(SPECS).model_validate({"month": 3, "origin": "JFK", "delya": 12.5})  # misspelt optional
+    assert [(error["loc"], error["type"]) for error in caught.value.errors()] == [(("delya",), "extra_forbidden")]
+    passing = request_model(SPECS, passthrough=("arr_delay",))
+    assert passing.model_validate({"month": 3, "origin": "JFK", "arr_delay": [1]}).model_dump() == {
+        "month": 3, "origin": "JFK", "dest": None, "delay": None}
+    assert "arr_delay" not in passing.model_json_schema()["properties"]
+    lenient = request_model(SPECS, extra="ignore")
+    assert lenient.model_validate({"month": 3, "origin": "JFK", "x": 1}).model_dump()["month"] == 3
+
+
+def test_a_boolean_is_no_number_and_a_lone_surrogate_is_no_text():
+    record = request_model(SPECS)
+    for field, value in (("month", True), ("delay", False), ("dest", "\ud800"), ("dest", "AB\udfff")):
+        with pytest.raises(ValidationError) as caught:
+            record.model_validate({"month": 3, "origin": "JFK", field: value})
+        assert caught.value.errors()[0]["loc"] == (field,), (field, value)
+
+
+def test_text_is_bounded_by_max_length_or_the_default_in_requests_and_in_validation():
+    from mlscale.data.schema import DEFAULT_MAX_TEXT_LENGTH
+
+    specs = [ColumnSpec(name="note", dtype="str"), ColumnSpec(name="code", dtype="str", max_length=4)]
+    record = request_model(specs)
+    record.model_validate({"note": "x" * DEFAULT_MAX_TEXT_LENGTH, "code": "abcd"})
+    for field, value in (("note", "x" * (DEFAULT_MAX_TEXT_LENGTH + 1)), ("code", "abcde")):
+        with pytest.raises(ValidationError) as caught:
+            record.model_validate({field: value})
+        assert caught.value.errors()[0]["type"] == "string_too_long"
+    rows = pa.table({"note": ["short", "y" * 1_000_000, None], "code": ["ab", "ab", "abcdef"]})
+    out = validate_batch(rows, specs, build_rules(specs, ValidationConfig()))
+    rules, reasons = out.column(RULES_COLUMN).to_pylist(), out.column(REASON_COLUMN).to_pylist()
+    assert rules == [None, ["note.max_length"], ["code.max_length"]]
+    assert "1,000,000 characters" in reasons[1] and len(reasons[1]) < 300  # the reason does not repeat the value
+    with pytest.raises(ValidationError, match="max_length applies to str columns"):
+        ColumnSpec(name="n", dtype="int", max_length=3)
 
 
 @pytest.mark.parametrize(
