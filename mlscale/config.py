@@ -636,6 +636,18 @@ class CanaryConfig(_Section):
     check_interval_s: float = Field(1.0, gt=0, description="How often the live numbers are read and judged.")
     timeout_s: float = Field(3600.0, gt=0, description="No decision by then: roll back (the canary saw too little "
                                                        "traffic to be judged).")
+    lease_s: float = Field(
+        15.0, gt=0, description="The challenger keeps its share only while the watcher renews this lease (every "
+                                "check): a watcher that dies (Ctrl-C, a stopped or killed job, a lost node) leaves "
+                                "the champion serving alone within this time. A held canary is leased for "
+                                "timeout_s.")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_check(self) -> CanaryConfig:
+        if self.lease_s <= self.check_interval_s + 1.0:  # the replicas hear of a renewal within a second
+            raise ValueError(f"lease_s ({self.lease_s:g}) must exceed check_interval_s ({self.check_interval_s:g}) "
+                             f"+ 1 s, or the challenger loses its share between two renewals")
+        return self
 
 
 class PredictionCacheConfig(_Section):
@@ -959,8 +971,9 @@ class PipelineConfig(_Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _expand_env(text: str) -> str:
-    """Expand ${VAR} and ${VAR:-default} in one string value so one YAML serves laptop and cluster."""
+def expand_env(text: str) -> str:
+    """Expand ${VAR} and ${VAR:-default} in one string value so one YAML serves laptop and cluster (and a secret
+    travels to a job or a replica as a reference to the variable that holds it, never as its value)."""
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -984,7 +997,7 @@ def _expand_values(node: Any) -> Any:
         return [_expand_values(value) for value in node]
     if not isinstance(node, str):
         return node
-    expanded = _expand_env(node)
+    expanded = expand_env(node)
     return None if expanded == "" and _ENV_PATTERN.fullmatch(node.strip()) else expanded
 
 
@@ -1031,7 +1044,8 @@ def example_config(name: str | Path) -> Path | None:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Load a YAML pipeline config, then apply dotted overrides.
 
-    `${VAR}` and `${VAR:-default}` are expanded inside string values (never in comments or keys).
+    `${VAR}` and `${VAR:-default}` are expanded inside string values (never in comments or keys), the overrides'
+    values included.
 
     Args:
         path: the YAML file, or the name of a built-in example (`flights`, `flights-small`); None starts from the
@@ -1059,7 +1073,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
         source = str(path)
         data = _expand_values(data)
-    for dotted, value in (overrides or {}).items():
+    for dotted, value in _expand_values(overrides or {}).items():  # ${VAR} as in the file: how secrets travel
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -188,6 +190,8 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = parser.parse_args(argv)
     configure_logging()
+    if threading.current_thread() is threading.main_thread():  # `ray job stop` sends SIGTERM: unwind (a canary
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # ends) instead of vanishing
     try:
         config = load_config(args.config, parse_overrides(args.set))
         summary = run_stage(stage, config)

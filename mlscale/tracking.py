@@ -5,9 +5,10 @@ Lives below the domain packages (a Tune trial logs its own run) and above nothin
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from mlflow import MlflowClient
 
 from mlscale.config import PipelineConfig
 from mlscale.cost import metered
+from mlscale.errors import ConfigError
 
 REDACTED = "***"
 # Field names whose values are credentials wherever they appear in a config (the user adds more: tracking.secrets).
@@ -114,6 +116,76 @@ def redact_url(text: str) -> str:
     return _URL_IN_TEXT.sub(clean, text)
 
 
+def _credentials(prefix: str, value: str, declared: set[str]) -> list[str]:
+    """The credentials inside one config value: all of it (a secret-named or declared field), or the passwords and
+    secret query values of the URLs in it."""
+    leaf = prefix.rsplit(".", 1)[-1]
+    names_a_secret = leaf == "secrets" or leaf.endswith(("_env", "_file", "_path"))  # where one is, not what
+    if prefix in declared or SECRET_NAME.search(leaf) and not names_a_secret:
+        return [value]
+    found = []
+    for match in _URL_IN_TEXT.finditer(value):
+        parts = urlsplit(match.group(0))
+        userinfo = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+        found += [inner for key, inner in parse_qsl(parts.query, keep_blank_values=True) if SECRET_NAME.search(key)]
+    return [secret for secret in found if secret]
+
+
+def by_reference(value: str | None, field: str, declared: set[str] | None = None,
+                 environ: dict[str, str] | None = None) -> str | None:
+    """One config value with every credential in it replaced by a `${VAR}` reference to the environment variable
+    of this process that holds it, for what leaves the process (a job's command, a Serve config): the receiving
+    process expands it from its own environment (`mlscale.config.expand_env`).
+
+    Raises:
+        ConfigError: a credential that no environment variable holds (it would have to travel in clear).
+    """
+    if value is None:
+        return None
+    environ = dict(os.environ) if environ is None else environ
+    for secret in _credentials(field, value, declared or set()):
+        if secret.startswith("${") and secret.endswith("}"):
+            continue  # already a reference
+        holder = next((name for name, held in sorted(environ.items()) if held == secret), None)
+        if holder is None:
+            raise ConfigError(f"{field} holds a credential that no environment variable of this process holds: it "
+                              f"would travel in clear in a job's command or a Serve config, which anyone who can "
+                              f"list jobs or read the dashboard sees. Set it from an environment variable (${{VAR}} "
+                              f"in the config) that the cluster's processes have too")
+        value = value.replace(secret, f"${{{holder}}}")
+    return value
+
+
+def _map_leaves(config: PipelineConfig, leaf: Callable[[str, Any], Any]) -> dict[str, Any]:
+    """The config as plain data with every leaf value replaced by leaf(dotted field, value) (list items share
+    their list's field)."""
+
+    def walk(prefix: str, node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: walk(f"{prefix}.{key}" if prefix else key, inner) for key, inner in node.items()}
+        if isinstance(node, list):
+            return [walk(prefix, inner) for inner in node]
+        return leaf(prefix, node)
+
+    return walk("", config.model_dump(mode="json", by_alias=True))
+
+
+def config_by_reference(config: PipelineConfig) -> dict[str, Any]:
+    """The whole config as plain data with every credential as a `${VAR}` reference (see by_reference)."""
+    declared = set(config.tracking.secrets)
+
+    def reference(prefix: str, value: Any) -> Any:
+        if isinstance(value, str):
+            return by_reference(value, prefix, declared)
+        if prefix in declared and value is not None:
+            return by_reference(json.dumps(value), prefix, declared)
+        return value
+
+    return _map_leaves(config, reference)
+
+
 def redacted_config(config: PipelineConfig) -> dict[str, Any]:
     """The config as plain data with no credentials in it: URLs lose their passwords and secret query values, and
     fields whose name says secret (password, token, ...) or that `tracking.secrets` lists become ***. What is
@@ -121,10 +193,6 @@ def redacted_config(config: PipelineConfig) -> dict[str, Any]:
     declared = set(config.tracking.secrets)
 
     def clean(prefix: str, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: clean(f"{prefix}.{key}" if prefix else key, inner) for key, inner in value.items()}
-        if isinstance(value, list):
-            return [clean(prefix, inner) for inner in value]
         if not isinstance(value, str):  # numbers and flags are never credentials (d_token is a width)
             return REDACTED if prefix in declared and value is not None else value
         leaf = prefix.rsplit(".", 1)[-1]
@@ -132,7 +200,7 @@ def redacted_config(config: PipelineConfig) -> dict[str, Any]:
             return REDACTED
         return redact_url(value)
 
-    return clean("", config.model_dump(mode="json", by_alias=True))
+    return _map_leaves(config, clean)
 
 
 def flat_params(config: PipelineConfig, section: str | None = None) -> dict[str, str]:

@@ -3,7 +3,10 @@ the decision log itself: one JSON line per decision (for code) beside one readab
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,6 +14,8 @@ from typing import Any
 
 from mlscale.config import RetrainConfig
 from mlscale.monitor.windows import WindowDrift
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,7 +92,9 @@ def decide_retrain(windows: list[WindowDrift], history: list[dict[str, Any]], po
 
 def _held_back(decision: RetrainDecision, history: list[dict[str, Any]], policy: RetrainConfig, now: datetime,
                labelled: int, needed: int) -> str | None:
-    started = [entry for entry in history if entry.get("event") == "monitor" and entry.get("start")]
+    # one start per decision: its entry is written before the job is submitted, and again with the job's outcome
+    started = list({(entry.get("window"), entry.get("time")): entry for entry in history
+                    if entry.get("event") == "monitor" and entry.get("start")}.values())
     if not policy.enabled:
         return "monitor.retrain.enabled is off"
     if any(entry.get("window") == decision.window for entry in started):
@@ -103,20 +110,50 @@ def _held_back(decision: RetrainDecision, history: list[dict[str, Any]], policy:
 
 
 class DecisionLog:
-    """Every retraining decision, appended: `<name>.jsonl` to read back, `<name>.log` to read."""
+    """Every retraining decision, appended: `<name>.jsonl` to read back, `<name>.log` to read; and the claims that
+    let only one of several monitors start the retrain for a window."""
 
     def __init__(self, folder: Path, name: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.entries_path = folder / f"{name}.jsonl"
         self.text_path = folder / f"{name}.log"
+        self.claims = folder / f"{name}.claims"
 
     def read(self) -> list[dict[str, Any]]:
+        """The entries; a line that is not JSON (a write torn by a crash) is skipped with a warning, not fatal to
+        every later read."""
         if not self.entries_path.exists():
             return []
-        return [json.loads(line) for line in self.entries_path.read_text().splitlines() if line.strip()]
+        entries = []
+        for number, line in enumerate(self.entries_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not a whole entry (a torn write?); skipped", self.entries_path, number)
+        return entries
+
+    def claim(self, window: str | None) -> bool:
+        """Take the right to start this window's retrain: True for exactly one caller, on this machine or any that
+        shares the folder (an exclusive create), however many monitors decide at once."""
+        self.claims.mkdir(exist_ok=True)
+        key = str(window)
+        name = "".join(char if char.isalnum() or char in "-_." else "_" for char in key)[:80]
+        path = self.claims / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
 
     def append(self, entry: dict[str, Any]) -> None:
-        with self.entries_path.open("a") as out:
+        with self.entries_path.open("a+") as out:
+            out.seek(0, os.SEEK_END)
+            if out.tell():  # a torn last line: end it, so this entry is a line of its own
+                out.seek(out.tell() - 1)
+                if out.read(1) != "\n":
+                    out.write("\n")
             out.write(json.dumps(entry, default=str) + "\n")
         with self.text_path.open("a") as out:
             out.write(readable(entry) + "\n")
@@ -127,7 +164,8 @@ def readable(entry: dict[str, Any]) -> str:
     when = str(entry.get("time", ""))[:19]
     if entry.get("event") == "monitor":
         if entry.get("start"):
-            what = (f"RETRAIN started (job {entry.get('job_id')}) on windows {entry.get('train')} / "
+            job = entry.get("job_id") or "being submitted"
+            what = (f"RETRAIN started (job {job}) on windows {entry.get('train')} / "
                     f"{entry.get('val')} / {entry.get('test')}")
         elif entry.get("trigger"):
             what = f"retrain held back: {entry.get('held_back')}"

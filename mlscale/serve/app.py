@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from mlscale.config import ServeConfig
+from mlscale.config import ServeConfig, expand_env
 from mlscale.data.schema import record_name
 from mlscale.errors import ConfigError
 from mlscale.registry.bundle import Bundle
@@ -51,6 +51,7 @@ from mlscale.serve.requests import (
     rejection,
     unauthorized,
 )
+from mlscale.tracking import by_reference
 
 DEPLOYMENT = "ModelServer"
 REPORT_INTERVAL_S = 1.0  # how often a replica sends its live release numbers to the ledger
@@ -86,6 +87,7 @@ class Canary(BaseModel):
     sticky_header: str | None = None
     rollout_id: str = Field(..., description="Names this canary's live numbers in the release ledger.")
     app_name: str
+    lease_s: float = Field(15.0, gt=0, description="The challenger's share lasts while the watcher renews its lease.")
 
 
 class Rollout(BaseModel):
@@ -184,6 +186,7 @@ class ModelServerReplica:
         self.shadows: set[asyncio.Task] = set()  # shadow comparisons in flight (kept so they are not collected)
         self.prediction_log: PredictionLog | None = None
         self.log_writer: asyncio.Task | None = None
+        self.lease_until = 0.0  # time.monotonic() until which the challenger may answer (the canary's lease)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's update path: load the versions the rollout names (kept when unchanged) and apply its limits."""
@@ -196,6 +199,7 @@ class ModelServerReplica:
                            if canary else None)
         if canary is None or self.canary is None or canary.rollout_id != self.canary.rollout_id:
             self.live = {}
+            self.lease_until = time.monotonic() + canary.lease_s if canary else 0.0  # until the first report
         self.canary = canary
         # @serve.batch's wrapper carries these setters; Ray's type hints present it as the plain coroutine
         self.predict_batch.set_max_batch_size(rollout.max_batch_size)  # type: ignore[attr-defined]
@@ -221,8 +225,8 @@ class ModelServerReplica:
                  role: str = "champion") -> ServedModel:
         """One version ready to answer: its bundle (reused when already loaded), request parser, cache and info."""
         current = loaded.get((served_uri, rollout.variant))
-        bundle = current.bundle if current else load_bundle(served_uri, rollout.tracking_uri).with_variant(
-            rollout.variant)
+        tracking_uri = expand_env(rollout.tracking_uri) if rollout.tracking_uri else None
+        bundle = current.bundle if current else load_bundle(served_uri, tracking_uri).with_variant(rollout.variant)
         version = uri_version(served_uri)
         info = {"uri": uri, "served_uri": served_uri, "version": version, "variant": rollout.variant,
                 "role": role, **bundle.lineage}
@@ -275,9 +279,12 @@ class ModelServerReplica:
 
     def _route(self, request: Request) -> ServedModel:
         """The champion, or during a canary the challenger for its share of requests (the same one for every
-        request carrying the same sticky header value)."""
+        request carrying the same sticky header value) while the canary's lease runs."""
         served, canary = self._model(), self.canary
         if canary is None or self.challenger is None:
+            return served
+        self._start_reporter()
+        if time.monotonic() >= self.lease_until:  # nobody is judging the challenger: the champion answers alone
             return served
         key = request.headers.get(canary.sticky_header) if canary.sticky_header else None
         draw = (int(hashlib.sha256(f"{canary.rollout_id}:{key}".encode()).hexdigest()[:12], 16) / 16**12
@@ -299,18 +306,24 @@ class ModelServerReplica:
         return response
 
     def _live(self, version: str) -> LiveStats:
-        if self.reporter is None or self.reporter.done():
-            self.reporter = asyncio.get_running_loop().create_task(self._report_live())
+        self._start_reporter()
         return self.live.setdefault(version, LiveStats())
 
+    def _start_reporter(self) -> None:
+        if self.reporter is None or self.reporter.done():
+            self.reporter = asyncio.get_running_loop().create_task(self._report_live())
+
     async def _report_live(self) -> None:
-        """Send this replica's live numbers to the release ledger while a canary runs."""
+        """Send this replica's live numbers to the release ledger while a canary runs; its answer renews the
+        challenger's share here (an unreachable ledger renews nothing: the lease runs out)."""
         replica = _replica_id()
         while self.canary is not None:
             canary = self.canary
             try:
-                await release_ledger(canary.app_name).report.remote(
+                left = await release_ledger(canary.app_name).report.remote(
                     canary.rollout_id, replica, {version: stats.to_dict() for version, stats in self.live.items()})
+                if self.canary is canary:
+                    self.lease_until = time.monotonic() + float(left)
             except Exception as error:  # noqa: BLE001 - the ledger is being restarted: the next report catches up
                 log.warning("release ledger report failed: %s", error)
             await asyncio.sleep(REPORT_INTERVAL_S)
@@ -389,7 +402,8 @@ class ModelServerReplica:
         if served is not None:
             answer["version"] = served.version
             if challenger is not None and self.canary is not None:
-                answer["canary"] = {"version": challenger.version, "fraction": self.canary.fraction}
+                answer["canary"] = {"version": challenger.version, "fraction": self.canary.fraction,
+                                    "leased": time.monotonic() < self.lease_until}
             if served.cache is not None:
                 answer["cache"] = {"entries": len(served.cache), "hits": served.cache.hits,
                                    "misses": served.cache.misses}
@@ -436,7 +450,9 @@ def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settin
         if path is None:
             raise ConfigError("serve.prediction_log.path is required here (no storage root to put it under)")
         prediction_log = {**logging_settings.model_dump(exclude={"path"}), "path": path}
-    return Rollout(uri=model_uri, served_uri=served, tracking_uri=tracking_uri, record=record,
+    # the user_config is shown by `serve status` and the dashboard: a credential in the URI travels as a reference
+    return Rollout(uri=model_uri, served_uri=served, tracking_uri=by_reference(tracking_uri, "tracking.uri"),
+                   record=record,
                    max_records=settings.max_records_per_request, max_body_bytes=settings.max_body_bytes,
                    unknown_fields=settings.unknown_fields, cache_bytes=cache.max_bytes if cache else 64 * 2**20,
                    max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.batch_wait_timeout_s,
@@ -531,7 +547,8 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     """
     args = dict(args)
     model_uri = args.pop("model_uri", "models:/flights-late-arrival@champion")
-    tracking_uri = args.pop("tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = args.pop("tracking_uri", None)
+    tracking_uri = expand_env(tracking_uri) if tracking_uri else os.environ.get("MLFLOW_TRACKING_URI")
     dataset = args.pop("dataset", "flights")
     log_path = args.pop("prediction_log_path", None)
     return build_app(model_uri, tracking_uri, ServeConfig.model_validate(args), record_name(dataset),

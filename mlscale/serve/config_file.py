@@ -12,6 +12,7 @@ from mlscale.data.schema import record_name
 from mlscale.registry.store import pinned_uri
 from mlscale.serve.app import DEPLOYMENT, rollout_config
 from mlscale.serve.predlog import default_log_path
+from mlscale.tracking import by_reference
 
 APP_BUILDER = "mlscale.serve.app:app_builder"
 # Where the service listens is the file's http_options and the application's own name and prefix; the comparison
@@ -37,7 +38,8 @@ def serve_config_document(config: PipelineConfig, model_uri: str | None = None,
     settings = config.serve
     requested = model_uri or config.serving_uri
     served = pinned_uri(requested, config.tracking_uri)
-    args: dict[str, Any] = {"model_uri": requested, "tracking_uri": config.tracking_uri, "dataset": config.name}
+    args: dict[str, Any] = {"model_uri": requested, "dataset": config.name,
+                            "tracking_uri": by_reference(config.tracking_uri, "tracking.uri")}
     args.update(settings.model_dump(mode="json", exclude=NOT_APP_ARGS, exclude_defaults=True))
     # The version rides in the deployment's user_config, not in args: Serve hashes args into the app's code
     # version (a change restarts every replica) but applies a new user_config to the running replicas.

@@ -3,10 +3,16 @@
 Each replica sends its cumulative stats per version every second; the ledger keeps the latest from each replica
 (so a lost or repeated report changes nothing) under the rollout they belong to, and the release watcher reads the
 sum. A replica that dies takes nothing with it: what it reported stays counted.
+
+It also holds each canary's lease: the release watcher renews it while it judges, and every report answers with the
+seconds left. A replica routes to the challenger only while the lease runs, so a watcher that dies (Ctrl-C, a stopped
+or killed job, a lost driver node) or a ledger that restarts leaves the champion serving alone within the lease,
+with nobody having to clean up.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -19,11 +25,29 @@ NAMESPACE = "mlscale"
 class ReleaseLedger:
     def __init__(self) -> None:
         self.reports: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # rollout -> replica -> version -> stats
+        self.leases: dict[str, float] = {}  # rollout -> until (this actor's monotonic clock)
 
-    def report(self, rollout_id: str, replica: str, stats: dict[str, dict[str, Any]]) -> None:
+    def report(self, rollout_id: str, replica: str, stats: dict[str, dict[str, Any]]) -> float:
+        """Keep a replica's latest numbers; answer how many seconds the rollout's lease has left (0: none)."""
         self.reports.setdefault(rollout_id, {})[replica] = stats
         for old in list(self.reports)[:-8]:  # keep the last few rollouts only
             del self.reports[old]
+        return self.lease_left(rollout_id)
+
+    def renew(self, rollout_id: str, seconds: float) -> None:
+        self.leases[rollout_id] = time.monotonic() + seconds
+        for old in list(self.leases)[:-8]:
+            del self.leases[old]
+
+    def end(self, rollout_id: str | None = None) -> None:
+        """End one rollout's lease, or every lease of the app (None)."""
+        if rollout_id is None:
+            self.leases.clear()
+        else:
+            self.leases.pop(rollout_id, None)
+
+    def lease_left(self, rollout_id: str) -> float:
+        return max(self.leases.get(rollout_id, 0.0) - time.monotonic(), 0.0)
 
     def read(self, rollout_id: str) -> dict[str, dict[str, Any]]:
         total: dict[str, LiveStats] = {}
@@ -45,6 +69,15 @@ def release_ledger(app_name: str) -> Any:
     """The app's ledger, created on first use (detached: it outlives the job that started the release)."""
     return LedgerActor.options(name=ledger_name(app_name), namespace=NAMESPACE, get_if_exists=True,
                                  lifetime="detached").remote()
+
+
+def renew_lease(app_name: str, rollout_id: str, seconds: float) -> None:
+    ray.get(release_ledger(app_name).renew.remote(rollout_id, seconds), timeout=30)
+
+
+def end_leases(app_name: str, rollout_id: str | None = None) -> None:
+    """Take the challenger's share away now (one rollout, or every canary of the app)."""
+    ray.get(release_ledger(app_name).end.remote(rollout_id), timeout=30)
 
 
 def read_live(app_name: str, rollout_id: str) -> dict[str, LiveStats]:

@@ -10,7 +10,7 @@ from typing import Literal
 from mlscale.config import CanaryConfig
 from mlscale.serve.live import LiveStats
 
-Action = Literal["promote", "rollback", "wait", "hold"]
+Action = Literal["promote", "rollback", "wait", "hold", "abort"]  # abort: the canary did not reach an end
 
 
 @dataclass(frozen=True)

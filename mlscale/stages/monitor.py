@@ -106,12 +106,19 @@ def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: dat
     history = decision_log(config).read()
     report.decision = decide_retrain(windows, history, settings.retrain, now or datetime.now(UTC), version,
                                      settings.min_window_rows)
+    decisions = decision_log(config)
+    if report.decision.start and not decisions.claim(report.decision.window):  # another monitor was first
+        report.decision.start = False
+        report.decision.held_back = f"window {report.decision.window} has triggered a retrain already (claimed by " \
+                                    "another monitor)"
     if report.decision.start:
         from mlscale.stages.retrain import submit_retrain
 
+        # the start is on record before the job exists: a monitor deciding meanwhile counts it (cool-down, cap)
+        decisions.append(report.decision.to_dict())
         submit_retrain(config, report.decision)
     if report.decision.trigger or not history or history[-1].get("window") != report.decision.window:
-        decision_log(config).append(report.decision.to_dict())  # a quiet rerun on the same window adds nothing
+        decisions.append(report.decision.to_dict())  # a quiet rerun on the same window adds nothing
     _write_report(config, report)
     _track(config, report)
     for window in windows:

@@ -20,6 +20,7 @@ from mlscale.errors import ConfigError
 from mlscale.logs import summary_from_logs
 from mlscale.monitor.retrain import RetrainDecision
 from mlscale.stages.common import start
+from mlscale.tracking import config_by_reference
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,25 @@ def jobs_address(config: PipelineConfig) -> str:
 
 def retrain_entrypoint(config: PipelineConfig) -> str:
     """The job's command: the retrain stage with the whole resolved config as section overrides, so the job needs
-    no config file in a working_dir (only the installed mlscale the cluster's image carries)."""
-    sections = config.model_dump(mode="json", by_alias=True)
+    no config file in a working_dir (only the installed mlscale the cluster's image carries). The command is shown
+    by `ray job list` and the dashboard: every credential in it is a ${VAR} reference the job expands from the
+    cluster's environment (tracking.config_by_reference), never its value."""
+    sections = config_by_reference(config)
     overrides = " ".join(f"--set {shlex.quote(f'{name}={json.dumps(value)}')}" for name, value in sections.items())
     return f"python -m mlscale.entry retrain {overrides}"
+
+
+def end_its_canary(config: PipelineConfig) -> str:
+    """A stopped retrain job may have been in its canary (a stopped job runs no cleanup): end the app's canary
+    leases, so the replicas route to the champion alone at their next report. Says what is true afterwards."""
+    from mlscale.serve.ledger import end_leases
+
+    try:
+        end_leases(config.serve.app_name)
+    except Exception as error:  # noqa: BLE001 - the lease runs out by itself: say when
+        return (f"a canary it started loses its share within {config.serve.canary.lease_s:g} s, when its lease runs "
+                f"out (the release ledger did not answer: {type(error).__name__}); the champion then serves alone")
+    return "any canary it started was ended: the champion serves alone"
 
 
 def submit_retrain(config: PipelineConfig, decision: RetrainDecision) -> None:
@@ -144,7 +160,7 @@ def submit_retrain(config: PipelineConfig, decision: RetrainDecision) -> None:
     while not status.is_terminal():
         if time.monotonic() > deadline:
             client.stop_job(decision.job_id)
-            decision.outcome = f"stopped after {settings.timeout_s:g} s; the champion keeps serving"
+            decision.outcome = f"stopped after {settings.timeout_s:g} s; {end_its_canary(config)}"
             return
         time.sleep(2.0)
         status = client.get_job_status(decision.job_id)

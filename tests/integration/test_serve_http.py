@@ -202,3 +202,54 @@ def test_a_body_above_the_limit_is_413_before_parsing(service, pipeline_result):
     too_big = b"[" + b" " * config.serve.max_body_bytes + b"]"
     answer = requests.post(endpoint, data=too_big, headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 413 and "serve.max_body_bytes" in answer.text and len(answer.content) < 1000
+
+
+def test_a_chunked_body_past_the_limit_is_413_without_being_read_whole(service, pipeline_result):
+    """No Content-Length (chunked transfer encoding): the replica stops reading at serve.max_body_bytes."""
+    config, _ = pipeline_result
+    endpoint, _ = service
+
+    def chunks():
+        yield b"["
+        for _ in range(4 * config.serve.max_body_bytes // 65536):  # four times the limit, if it were all read
+            yield b" " * 65536
+
+    answer = requests.post(endpoint, data=chunks(), headers={"Content-Type": "application/json"}, timeout=60)
+    assert answer.status_code == 413 and "serve.max_body_bytes" in answer.text
+
+
+@pytest.mark.parametrize(("change", "status", "field"), [
+    ({"dep_delay": True}, 422, "dep_delay"),
+    ({"carrier": "U\ud800"}, 422, "carrier"),
+    ({"tailnum": "N" * 1_000_000}, 422, "tailnum"),
+    ({"dep_dealy": 3.0}, 422, "dep_dealy"),
+])
+def test_strict_fields_over_http_are_4xx_naming_the_field_and_answered_fast(service, change, status, field):
+    import time
+
+    endpoint, records = service
+    body = json.dumps([records[0], {**records[1], **change}]).encode()  # ASCII JSON: the surrogate as \ud800
+    started = time.perf_counter()
+    answer = requests.post(endpoint, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    elapsed = time.perf_counter() - started
+    assert answer.status_code == status and answer.json()["detail"][0]["field"] == field, answer.text[:300]
+    assert len(answer.content) < 4_000 and elapsed < 1.0, (len(answer.content), elapsed)
+
+
+def test_a_body_not_declared_json_is_415(service):
+    endpoint, records = service
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        answer = requests.post(endpoint, data=json.dumps(records[:1]), headers=headers, timeout=30)
+        assert answer.status_code == 415 and "application/json" in answer.text, (content_type, answer.text)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=30),
+       field=st.sampled_from(["carrier", "tailnum", "origin", "dest", "month", "new_field"]))
+def test_any_unicode_in_any_field_over_http_gets_predictions_or_a_4xx(service, text, field):
+    endpoint, records = service
+    body = json.dumps([{**records[0], field: text}]).encode()
+    answer = requests.post(endpoint, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert answer.status_code in (200, 422), (field, text, answer.status_code, answer.text[:300])
+    answer.json()

@@ -129,3 +129,44 @@ def test_the_fallback_answer_is_the_champions_own():
     answer = asyncio.run(one())
     assert answer["model"]["version"] == "1"
     np.testing.assert_allclose(answer["predictions"], bundle.predict_records(body), atol=1e-6)
+
+
+def test_the_challenger_answers_only_while_its_lease_runs(monkeypatch):
+    """The watcher renews the canary's lease through the ledger; each report brings back the seconds left. Once the
+    ledger says none are left (the watcher died, or it ended the canary), every request goes to the champion."""
+    import time
+
+    import mlscale.serve.app as app
+
+    left = {"seconds": 60.0}
+
+    class Ledger:
+        class report:  # noqa: N801 - shaped like an actor method: ledger.report.remote(...)
+            @staticmethod
+            async def remote(rollout_id, replica, stats):
+                return left["seconds"]
+
+    monkeypatch.setattr(app, "release_ledger", lambda name: Ledger)
+    monkeypatch.setattr(app, "_replica_id", lambda: "replica-1")
+    monkeypatch.setattr(app, "REPORT_INTERVAL_S", 0.01)
+    replica = canary_replica(make_bundle())
+    del replica._route, replica._report_live  # the real routing and reporting
+    body = [(records(1), KEY)]
+
+    async def versions(count: int) -> set[str]:
+        seen = set()
+        for _ in range(count):
+            response = await replica.predict(FakeRequest(*body[0]))
+            seen.add(json.loads(response.body)["model"]["version"])
+            await asyncio.sleep(0.005)
+        return seen
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        replica.lease_until = time.monotonic() + 60
+        leased = await versions(40)
+        left["seconds"] = 0.0  # the lease is over: the next report says so
+        await asyncio.sleep(0.05)
+        return leased, await versions(40)
+
+    leased, lapsed = asyncio.run(scenario())
+    assert leased == {"1", "2"} and lapsed == {"1"}

@@ -1,3 +1,5 @@
+import json
+import os
 import re
 from pathlib import Path
 
@@ -220,3 +222,38 @@ def test_deployment_options_follow_the_serve_section():
     assert fixed["ray_actor_options"] == {"num_cpus": 1.0}  # no custom resource unless asked for
     pinned = deployment_options(ServeConfig.model_validate({"model_cpus": 0.5, "replica_resources": {"serve": 1}}))
     assert pinned["ray_actor_options"] == {"num_cpus": 0.5, "resources": {"serve": 1.0}}
+
+
+def test_credentials_leave_the_process_only_as_references_on_every_path(monkeypatch, tmp_path):
+    """A password in the tracking URI and a declared secret field: the retrain job's command, the Serve
+    user_config and the generated Serve config file carry ${VAR} references, the receiving side expands them back,
+    and a credential no variable holds is refused naming the field."""
+    import shlex
+
+    import mlscale.serve.config_file as config_file
+    from mlscale.config import load_config, parse_overrides
+    from mlscale.errors import ConfigError
+    from mlscale.serve.app import rollout_config
+    from mlscale.stages.retrain import retrain_entrypoint
+
+    monkeypatch.setenv("MLSCALE_TEST_MLFLOW_PASSWORD", "s3cr3t-pw")
+    monkeypatch.setenv("MLSCALE_TEST_JOBS", "http://jobs:t0ken-xyz@127.0.0.1:8265")
+    uri = "http://alice:s3cr3t-pw@127.0.0.1:5000"
+    config = load_config("flights-small", {"tracking.uri": uri, "tracking.secrets": ["monitor.retrain.jobs_address"],
+                                           "monitor.retrain.jobs_address": "${MLSCALE_TEST_JOBS}",
+                                           "storage.root": str(tmp_path)})
+    command = retrain_entrypoint(config)
+    user_config = rollout_config("models:/m@champion", "models:/m/1", config.tracking_uri, config.serve, "R")
+    monkeypatch.setattr(config_file, "pinned_uri", lambda uri, tracking: "models:/m/1")
+    document = config_file.serve_config_document(config)
+    for leaving in (command, json.dumps(user_config), json.dumps(document)):
+        assert "s3cr3t-pw" not in leaving and "t0ken-xyz" not in leaving
+        assert "${MLSCALE_TEST_MLFLOW_PASSWORD}" in leaving
+    assert "${MLSCALE_TEST_JOBS}" in command
+    words = shlex.split(command)
+    sets = [value for flag, value in zip(words, words[1:], strict=False) if flag == "--set"]
+    received = load_config(None, parse_overrides(sets))
+    assert received.tracking.uri == uri and received.monitor.retrain.jobs_address == os.environ["MLSCALE_TEST_JOBS"]
+    monkeypatch.delenv("MLSCALE_TEST_MLFLOW_PASSWORD")
+    with pytest.raises(ConfigError, match="tracking.uri holds a credential that no environment variable"):
+        retrain_entrypoint(config)

@@ -291,3 +291,24 @@ def test_a_record_the_model_cannot_transform_gets_no_internal_text(tmp_path):
         Request(), served, [GOOD], TransformFailed("KeyError: '/secret/path/state.json'")))  # type: ignore[arg-type]
     assert response.status_code == 422 and outcome == "caller"
     assert json.loads(response.body)["detail"][0]["msg"] == TRANSFORM_FAILED and b"secret" not in response.body
+
+
+def test_a_graph_validates_against_every_member_and_sends_each_its_own_records():
+    """Two members with different schemas: a record breaking the second member's rules is refused even though the
+    first accepts it; a field only one member reads is no unknown field to the other."""
+    from mlscale.serve.graph import member_parsers, validate_for_members
+
+    wide = [*SCHEMA, ColumnSpec(name="distance", dtype="float", max=5000)]
+    strict = [ColumnSpec(name="month", dtype="int", nullable=False, min=6, max=12),
+              ColumnSpec(name="carrier", dtype="str", nullable=False, pattern="[A-Z0-9]{2}")]
+    parsers = member_parsers([{"input_schema": [spec.model_dump() for spec in schema], "passthrough_columns": extra}
+                              for schema, extra in ((wide, []), (strict, ["arr_delay"]))],
+                             {"max_records": 50, "max_body_bytes": 64 * 1024, "record": "R"})
+    first, second = validate_for_members(parsers, [{**GOOD, "distance": 300.0, "arr_delay": 4.0}])
+    assert first == [{**GOOD, "distance": 300.0}] and second == [{"month": 7, "carrier": "UA"}]
+    with pytest.raises(RequestRejected) as caught:
+        validate_for_members(parsers, [{**GOOD, "month": 3}])  # the first member would take it
+    assert caught.value.status == 422 and caught.value.detail[0]["field"] == "month"
+    with pytest.raises(RequestRejected) as caught:
+        validate_for_members(parsers, [{**GOOD, "distnce": 3.0}])
+    assert caught.value.detail[0]["field"] == "distnce"

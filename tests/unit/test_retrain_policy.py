@@ -167,3 +167,84 @@ def test_a_replay_never_writes_into_the_production_log_or_labels(tmp_path):
     assert replayed.serve.prediction_log.sample_rate == 0.5
     assert replayed.monitor.labels.path.startswith(str(tmp_path)) and replayed.monitor.labels.column == "arr_delay"
     assert (replayed.monitor.window, replayed.monitor.window_column) == ("column", "month")
+
+
+def _claim(folder: str, window: str, ready, results) -> None:
+    ready.wait()
+    results.put(DecisionLog(__import__("pathlib").Path(folder), "flights").claim(window))
+
+
+def test_one_of_many_monitors_claims_a_window_and_a_torn_line_breaks_no_read(tmp_path):
+    """Eight processes claim the same window at once: exactly one wins. A crash mid-write leaves a torn last line:
+    reads skip it, and the next entry is a line of its own."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # separate processes, started fast
+    ready, results = context.Event(), context.Queue()
+    workers = [context.Process(target=_claim, args=(str(tmp_path), "7", ready, results)) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    ready.set()
+    claims = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+    assert sorted(claims) == [False] * 7 + [True]
+    log = DecisionLog(tmp_path, "flights")
+    assert log.claim("8") and not log.claim("8")
+    log.append({"event": "monitor", "window": "6", "start": True, "time": NOW.isoformat()})
+    with log.entries_path.open("a") as out:
+        out.write('{"event": "monitor", "window": "7", "sta')  # the process died here
+    assert [entry["window"] for entry in log.read()] == ["6"]
+    log.append({"event": "monitor", "window": "8", "start": False, "time": NOW.isoformat()})
+    assert [entry["window"] for entry in log.read()] == ["6", "8"]
+
+
+def test_the_start_written_before_submitting_and_again_after_counts_once():
+    started = {"event": "monitor", "window": "5", "start": True, "time": (NOW - timedelta(hours=3)).isoformat()}
+    history = [started, {**started, "job_id": "j-1", "outcome": "v2: better"}]
+    cap_one = POLICY.model_copy(update={"max_per_day": 2, "cooldown_s": 60})
+    assert decide_retrain(windows(), history, cap_one, NOW).start  # one start in the last day, not two
+
+
+def test_a_retrain_stopped_at_its_timeout_ends_its_canary_and_says_what_serves(monkeypatch):
+    """The monitor stops a retrain job that outlived monitor.retrain.timeout_s, perhaps mid-canary: it ends the
+    app's canary leases (a stopped job runs no cleanup) and its outcome says what is true."""
+    import ray.job_submission
+
+    import mlscale.serve.ledger as ledger
+    from mlscale.stages.retrain import submit_retrain
+
+    stopped, ended = [], []
+
+    class Running:
+        def is_terminal(self):
+            return False
+
+    class Client:
+        def __init__(self, address):
+            pass
+
+        def submit_job(self, **kwargs):
+            return "job-1"
+
+        def get_job_status(self, job_id):
+            return Running()
+
+        def stop_job(self, job_id):
+            stopped.append(job_id)
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Client)
+    monkeypatch.setattr(ledger, "end_leases", lambda app, rollout=None: ended.append(app))
+    config = load_config("flights", {"monitor.window": "column", "monitor.window_column": "month",
+                                     "monitor.retrain.timeout_s": 0.01, "monitor.retrain.jobs_address": "http://x"})
+    decision = decide_retrain(windows(), [], POLICY, NOW)
+    submit_retrain(config, decision)
+    assert stopped == ["job-1"] and ended == [config.serve.app_name]
+    assert decision.outcome.endswith("any canary it started was ended: the champion serves alone")
+
+    def unreachable(app, rollout=None):
+        raise ConnectionError("ledger down")
+
+    monkeypatch.setattr(ledger, "end_leases", unreachable)
+    submit_retrain(config, decision)
+    assert f"within {config.serve.canary.lease_s:g} s" in decision.outcome
