@@ -6,6 +6,7 @@ secrets everywhere."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -323,6 +324,24 @@ def raycluster(definition: ClusterDefinition) -> dict[str, Any]:
             "spec": raycluster_spec(definition)}
 
 
+def cluster_serve(definition: ClusterDefinition) -> dict[str, Any]:
+    """The service's serve settings on this cluster: one source for the RayService's application and for every job
+    submitted to the cluster (a deploy, a canary, a retrain), so a job never replaces the keyed, autoscaled
+    service with the example config's open one."""
+    return {"app_name": definition.name, "route_prefix": "/", "max_batch_size": 64,
+            **({"api_keys_env": SECRET_ENV["serve_api_keys"]} if "serve_api_keys" in definition.secrets else {}),
+            # replicas only where a group carries `serve` (on-demand: validated)
+            **({"replica_resources": {"serve": 1}}
+               if any("serve" in group.resources for group in definition.worker_groups) else {}),
+            "autoscaling": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 16}}
+
+
+def serve_overrides(definition: ClusterDefinition) -> list[str]:
+    """cluster_serve as the `--set serve.<field>=<json>` arguments of a job's command."""
+    return [f"--set {shlex.quote(f'serve.{name}={json.dumps(value)}')}"
+            for name, value in cluster_serve(definition).items()]
+
+
 def rayjob(definition: ClusterDefinition, stage: str = "pipeline",
            config: str = "jobs/configs/flights.yaml") -> dict[str, Any]:
     """A stage as a RayJob on the defined RayCluster (selected by name: the cluster is defined once); its driver
@@ -331,7 +350,8 @@ def rayjob(definition: ClusterDefinition, stage: str = "pipeline",
     return {"apiVersion": "ray.io/v1", "kind": "RayJob",
             "metadata": _metadata(definition, f"{definition.name}-{stage}"),
             "spec": {"clusterSelector": {"ray.io/cluster": definition.name},
-                     "entrypoint": f"python jobs/{stage}.py --config {config}",
+                     "entrypoint": " ".join([f"python jobs/{stage}.py --config {config}",
+                                             *serve_overrides(definition)]),
                      "entrypointNumCpus": definition.jobs.entrypoint_num_cpus,
                      "entrypointResources": json.dumps(definition.jobs.entrypoint_resources),
                      "runtimeEnvYAML": yaml.safe_dump({"working_dir": "/opt/mlscale",
@@ -346,21 +366,14 @@ def rayservice(definition: ClusterDefinition, model_uri: str = "models:/flights-
     keys from their secret, as the pods' environment, when the definition names one). Not `serve_config_document`:
     that pins the alias to a version through the registry when it is written, while this is rendered offline from
     the definition alone and follows the alias each time KubeRay starts a cluster for it."""
+    settings = cluster_serve(definition)
+    app_args = {name: value for name, value in settings.items() if name not in ("app_name", "route_prefix")}
     serve_config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT, "request_timeout_s": 30},  # inside the pod
-        "applications": [{"name": definition.name, "route_prefix": "/",
+        "applications": [{"name": settings["app_name"], "route_prefix": settings["route_prefix"],
                           "import_path": "mlscale.serve.app:app_builder",
-                          "args": {"model_uri": model_uri, "tracking_uri": definition.tracking_uri,
-                                   "max_batch_size": 64,
-                                   **({"api_keys_env": SECRET_ENV["serve_api_keys"]}
-                                      if "serve_api_keys" in definition.secrets else {}),
-                                   # replicas only where a group carries `serve` (on-demand: validated)
-                                   **({"replica_resources": {"serve": 1}}
-                                      if any("serve" in group.resources for group in definition.worker_groups)
-                                      else {}),
-                                   "autoscaling": {"min_replicas": 2, "max_replicas": 8,
-                                                   "target_ongoing_requests": 16}}}]}
+                          "args": {"model_uri": model_uri, "tracking_uri": definition.tracking_uri, **app_args}}]}
     return {"apiVersion": "ray.io/v1", "kind": "RayService",
             "metadata": _metadata(definition, definition.name),
             "spec": {"upgradeStrategy": {"type": "NewCluster"},
@@ -381,7 +394,8 @@ def monitor_cronjob(definition: ClusterDefinition, config: str = "jobs/configs/f
         "command": ["ray", "job", "submit", "--address", f"http://{definition.name}-head-svc:{DASHBOARD_PORT}",
                     "--entrypoint-num-cpus", str(definition.jobs.entrypoint_num_cpus),
                     "--entrypoint-resources", json.dumps(definition.jobs.entrypoint_resources),
-                    "--", "python", "jobs/monitor.py", "--config", config],
+                    "--", "python", "jobs/monitor.py", "--config", config,
+                    *(word for override in serve_overrides(definition) for word in shlex.split(override))],
         "env": env,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True}}  # it writes nothing

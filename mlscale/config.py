@@ -673,6 +673,9 @@ class PredictionLogConfig(_Section):
     max_pending_bytes: int = Field(
         128 * 2**20, ge=1024, description="Memory the pending rows may take (their text and numbers, estimated): "
                                           "the same drop-oldest bound by size, so long text cannot fill RAM.")
+    shutdown_flush_s: float = Field(
+        10.0, gt=0, description="A replica shutting down (a rolling update, a scale-down) writes what is pending "
+                                "within this time (below Serve's graceful_shutdown_timeout_s of 20 s).")
 
 
 class GraphConfig(_Section):

@@ -28,7 +28,7 @@ from mlscale.data.expressions import columns_of
 from mlscale.data.prepare import REPORT_FILE, count_rows, judge_output, schema_for, source_rules
 from mlscale.data.schema import ColumnSpec
 from mlscale.data.sources import read_source
-from mlscale.data.storage import atomic_directory, set_aside
+from mlscale.data.storage import atomic_directory, refuse_foreign, set_aside
 from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN, build_rules, validate_batch
 from mlscale.errors import ConfigError, ValidationFailed
 from mlscale.registry.bundle import Bundle
@@ -150,7 +150,8 @@ def score_source(config: PipelineConfig, model_uri: str, variant: str = "fp32", 
     Raises:
         ValidationFailed: more rows broke the rules than validation.max_quarantine_fraction allows (the output is
             kept aside as `<output>.rejected` with its report; nothing is committed).
-        ConfigError: score.columns names an unknown column.
+        ConfigError: score.columns names an unknown column, or score.output is something other than a scoring
+            output (it is never replaced).
     """
     served_uri = pinned_uri(model_uri, config.tracking_uri)
     bundle = load_bundle(served_uri, config.tracking_uri)
@@ -165,6 +166,7 @@ def score_source(config: PipelineConfig, model_uri: str, variant: str = "fp32", 
                                          "validation": settings.model_dump(mode="json")},
                     code_hash("data", "scoring.py", "registry", "features", "models"))
     target = scores_dir(config)
+    refuse_foreign(target, MANIFEST_FILE, "score.output")
     if not force and (hit := _committed(target, key)) is not None:
         return hit
     with source.diagnosed():

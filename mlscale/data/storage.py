@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from mlscale.errors import ConfigError
+
 
 @contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
@@ -31,6 +33,23 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
+
+
+def refuse_foreign(target: Path, marker: str, field: str) -> None:
+    """An output folder is replaced only when it is one: absent, empty, or holding `marker` (the manifest this
+    kind of output writes). Anything else at `target` is somebody's data, named in the error, never renamed aside
+    and deleted.
+
+    Raises:
+        ConfigError: target exists and is not such an output.
+    """
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and not target.is_symlink() and ((target / marker).is_file() or not any(target.iterdir())):
+        return
+    what = "a file" if target.is_file() else "a link" if target.is_symlink() else f"a folder without {marker}"
+    raise ConfigError(f"{field} {str(target)!r} is {what}, not an output of this stage: refusing to replace it "
+                      f"(name a new folder, or delete it yourself)")
 
 
 def set_aside(staging: Path, target: Path) -> Path:

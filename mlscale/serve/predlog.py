@@ -46,6 +46,7 @@ class LogSettings:
     flush_interval_s: float = 5.0
     max_pending_records: int = 200_000
     max_pending_bytes: int = 128 * 2**20
+    shutdown_flush_s: float = 10.0
 
 
 ROW_OVERHEAD = 120  # bytes a pending row costs beside its values: the dict and the fields every row carries
@@ -77,9 +78,12 @@ class PredictionLog:
 
     def __post_init__(self) -> None:
         self.schema = pa.schema([*META_FIELDS, *arrow_schema(self.input_schema)])
-        self.filesystem, self.root = pafs.FileSystem.from_uri(self.settings.path)
+        # resolved at the first write, in the writer's thread: an S3 URI without a region asks the store for its
+        # region, and a replica must start (and answer) with its storage unreachable
+        self.store: tuple[pafs.FileSystem, str] | None = None
         self.wake = asyncio.Event()
         self.closed = False
+        self.in_flight = 0  # rows of the write under way
 
     def offer(self, request_id: str, version: str, records: list[dict[str, Any]], predictions: list[float]) -> None:
         """Keep a sampled request's records for the next write (no I/O)."""
@@ -110,6 +114,7 @@ class PredictionLog:
             return
         rows, sizes, self.pending, self.sizes = self.pending, self.sizes, [], []
         self.pending_bytes -= sum(sizes)
+        self.in_flight = len(rows)
         try:
             await asyncio.to_thread(self._write, rows)
             self.counts.written += len(rows)
@@ -121,6 +126,8 @@ class PredictionLog:
             self.pending, self.sizes = rows + self.pending, sizes + self.sizes
             self.pending_bytes += sum(sizes)
             self._trim()
+        finally:
+            self.in_flight = 0
 
     def _trim(self) -> None:
         """Past max_pending_records or max_pending_bytes the oldest rows go, counted as dropped."""
@@ -135,13 +142,28 @@ class PredictionLog:
             del self.sizes[:overflow]
             self.counts.dropped += overflow
 
+    async def close(self) -> None:
+        """Stop the writer and write what is pending, giving up after settings.shutdown_flush_s (what is not
+        known to be written then is counted as dropped)."""
+        self.closed = True
+        self.wake.set()
+        waiting, written = len(self.pending) + self.in_flight, self.counts.written
+        try:
+            await asyncio.wait_for(self.flush(), self.settings.shutdown_flush_s)
+        except TimeoutError:
+            log.warning("prediction log: rows not written within %g s of shutdown", self.settings.shutdown_flush_s)
+        self.counts.dropped += max(waiting - (self.counts.written - written), 0)
+
     def _write(self, rows: list[dict[str, Any]]) -> None:
         table = pa.Table.from_pylist(rows, schema=self.schema)
         day = rows[0]["timestamp"].strftime("%Y-%m-%d")
-        folder = f"{self.root.rstrip('/')}/date={day}"
-        self.filesystem.create_dir(folder, recursive=True)
+        if self.store is None:
+            self.store = pafs.FileSystem.from_uri(self.settings.path)
+        filesystem, root = self.store
+        folder = f"{root.rstrip('/')}/date={day}"
+        filesystem.create_dir(folder, recursive=True)
         self.sequence += 1
         name = f"{self.writer_id}-{int(time.time())}-{self.sequence:06d}.parquet"
         staging = f"{folder}/.{name}.tmp"
-        pq.write_table(table, staging, filesystem=self.filesystem)
-        self.filesystem.move(staging, f"{folder}/{name}")  # readers never see a half-written file
+        pq.write_table(table, staging, filesystem=filesystem)
+        filesystem.move(staging, f"{folder}/{name}")  # readers never see a half-written file

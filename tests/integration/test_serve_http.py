@@ -142,6 +142,12 @@ def test_two_replicas_the_record_limit_and_api_keys(pipeline_result):
             assert answer.json()["predictions"] == pytest.approx(first, abs=1e-6)
         model = serve.status().applications["two-replicas"].deployments["ModelServer"]
         assert model.replica_states.get("RUNNING") == 2
+        from mlscale.errors import ConfigError
+
+        open_config = config.model_copy(update={"serve": config.serve.model_copy(update={"api_keys_env": None})})
+        with pytest.raises(ConfigError, match="is running with API keys and this config has none"):
+            deploy_stage(open_config, result.trained.version_uri)  # it would open the keyed endpoint
+        assert requests.post(endpoint, json=records[:1], timeout=30).status_code == 401  # still keyed
     finally:
         serve.delete("two-replicas")
 

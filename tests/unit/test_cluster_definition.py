@@ -340,3 +340,25 @@ def test_a_bad_mlflow_server_section_is_refused(change, message):
     change(data)
     with pytest.raises(ValidationError, match=message):
         ClusterDefinition.model_validate(data)
+
+
+def test_jobs_on_the_cluster_deploy_the_service_the_rayservice_defines():
+    """One source for the serve settings: the pipeline config a RayJob (and the scheduled monitor) runs with has
+    the RayService application's name, prefix, API keys, replica resources and autoscaling, so a job's deploy or
+    canary never replaces the keyed service with the example config's open one."""
+    import shlex
+
+    from mlscale.config import load_config, parse_overrides
+
+    app = yaml.safe_load(load("kuberay/rayservice.yaml")["spec"]["serveConfigV2"])["applications"][0]
+    cron = load("kuberay/monitor-cronjob.yaml")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    commands = [shlex.split(load("kuberay/rayjob.yaml")["spec"]["entrypoint"]),
+                cron["containers"][0]["command"]]
+    for words in commands:
+        config = words[words.index("--config") + 1]
+        sets = [value for flag, value in zip(words, words[1:], strict=False) if flag == "--set"]
+        serve = load_config(REPO / config, parse_overrides(sets)).serve
+        assert (serve.app_name, serve.route_prefix) == (app["name"], app["route_prefix"])
+        assert serve.api_keys_env == app["args"]["api_keys_env"] == "MLSCALE_SERVE_API_KEYS"
+        assert serve.replica_resources == app["args"]["replica_resources"]
+        assert serve.autoscaling.model_dump().items() >= app["args"]["autoscaling"].items()

@@ -84,3 +84,43 @@ def test_pending_rows_are_bounded_by_bytes_while_storage_is_down(tmp_path):
     assert log.pending_bytes == sum(log.sizes)
     assert len(log.pending) == 4 and log.counts.dropped == 16
     assert [row["request_id"] for row in log.pending] == ["req-16", "req-17", "req-18", "req-19"]
+
+
+def test_a_log_on_unreachable_object_storage_starts_without_touching_it(monkeypatch, tmp_path):
+    """An s3:// log without a region would ask the store for one: nothing may reach storage before the first
+    write, so a replica starts (and answers) while the store is down; the write then fails and keeps its rows."""
+    from types import SimpleNamespace
+
+    import mlscale.serve.predlog as predlog
+
+    calls = []
+
+    def unreachable(uri):
+        calls.append(uri)
+        raise OSError("When resolving region for bucket 'lake': connection refused")
+
+    monkeypatch.setattr(predlog, "pafs", SimpleNamespace(FileSystem=SimpleNamespace(from_uri=unreachable)))
+    log = PredictionLog(LogSettings("s3://lake/predictions"), SCHEMA)
+    log.offer("req-1", "1", RECORDS, [0.1, 0.2])
+    assert calls == []
+    asyncio.run(log.flush())
+    assert calls and log.counts.failed_writes == 1 and len(log.pending) == 2
+
+
+def test_closing_writes_what_is_pending_within_its_bound(tmp_path):
+    log = PredictionLog(LogSettings(str(tmp_path / "log"), flush_records=10_000, flush_interval_s=3600), SCHEMA)
+    log.offer("req-1", "1", RECORDS, [0.1, 0.2])
+    asyncio.run(log.close())
+    assert log.closed and log.counts.written == 2 and [row["request_id"] for row in logged(tmp_path / "log")] == [
+        "req-1", "req-1"]
+
+    class Slow(PredictionLog):
+        def _write(self, rows):
+            import time
+
+            time.sleep(1.0)
+
+    slow = Slow(LogSettings(str(tmp_path / "slow"), shutdown_flush_s=0.05), SCHEMA)
+    slow.offer("req-2", "1", RECORDS, [0.1, 0.2])
+    asyncio.run(slow.close())
+    assert slow.counts.written == 0 and slow.counts.dropped == 2  # given up at the bound, and counted
