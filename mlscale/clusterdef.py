@@ -77,7 +77,11 @@ class Autoscaling(_Strict):
 class Aws(_Strict):
     region: str
     ami: str
-    security_group: str
+    security_group_id: str = Field(
+        ..., pattern=r"^sg-[0-9a-f]{8,17}$",
+        description="A pre-created group every node joins, admitting only the cluster itself (a self-referencing "
+                    "rule) and whatever reaches it on purpose (a bastion, a load balancer). Named by id: given no "
+                    "group, Ray's AWS provider creates one and opens SSH to 0.0.0.0/0.")
     shared_filesystem: str
 
 
@@ -96,6 +100,10 @@ class MlflowServer(_Strict):
     replicas: int = Field(1, ge=1)
     default_permission: Literal["READ", "NO_PERMISSIONS"] = "READ"
     artifacts_destination: str = Field(..., description="Where the server keeps artifacts it proxies (s3://...).")
+    auth_volume_claim: str = Field(
+        "mlflow-auth", description="The volume only the MLflow server mounts, holding its user database (users, "
+                                   "passwords, permissions): never the shared volume every Ray pod writes, where any "
+                                   "job could make its user an admin. ReadWriteOnce: one server replica.")
     auth_cache_ttl_s: int = Field(60, ge=0, description="How long a verified sign-in is cached per worker: each "
                                                         "check is a PBKDF2 hash (~0.5 s on 2 CPUs), and registering "
                                                         "one model makes dozens of requests; a changed password "
@@ -198,8 +206,9 @@ def load_definition(path: str | Path) -> ClusterDefinition:
 
 
 def launcher(definition: ClusterDefinition) -> dict[str, Any]:
-    """The Ray cluster launcher YAML (`ray up`): spot market options per node type, the launcher's own security
-    group with no inbound rule from the world, the dashboard on loopback behind token auth."""
+    """The Ray cluster launcher YAML (`ray up`): spot market options per node type, every node in the definition's
+    pre-created security group (by id, so Ray's provider creates none and opens nothing), the dashboard on loopback
+    behind token auth."""
     env = {"RAY_AUTH_MODE": "token", **definition.shared_env}
     mount = definition.storage_uri if definition.storage_uri.startswith("/") else None
     node_types: dict[str, Any] = {"head": {"resources": {"CPU": 0}, "node_config": _aws_node(definition,
@@ -214,8 +223,7 @@ def launcher(definition: ClusterDefinition) -> dict[str, Any]:
         "max_workers": sum(group.max for group in definition.worker_groups),
         "upscaling_speed": definition.autoscaling.upscaling_speed,
         "idle_timeout_minutes": definition.autoscaling.idle_timeout_minutes,
-        "provider": {"type": "aws", "region": definition.aws.region, "cache_stopped_nodes": False,
-                     "security_group": {"GroupName": definition.aws.security_group, "IpPermissions": []}},
+        "provider": {"type": "aws", "region": definition.aws.region, "cache_stopped_nodes": False},
         "auth": {"ssh_user": "ubuntu"},
         "docker": {
             "image": definition.images["cpu"], "worker_image": definition.images.get("gpu", definition.images["cpu"]),
@@ -242,7 +250,8 @@ def launcher(definition: ClusterDefinition) -> dict[str, Any]:
 
 
 def _aws_node(definition: ClusterDefinition, group: NodeGroup) -> dict[str, Any]:
-    node: dict[str, Any] = {"InstanceType": group.instance_type, "ImageId": definition.aws.ami}
+    node: dict[str, Any] = {"InstanceType": group.instance_type, "ImageId": definition.aws.ami,
+                            "SecurityGroupIds": [definition.aws.security_group_id]}
     if group.capacity == "spot":
         node["InstanceMarketOptions"] = {"MarketType": "spot"}
     return node
@@ -408,11 +417,14 @@ def monitor_cronjob(definition: ClusterDefinition, config: str = "jobs/configs/f
                      "jobTemplate": {"spec": {"backoffLimit": 0, "activeDeadlineSeconds": 7200, "template": pod}}}}
 
 
+MLFLOW_AUTH_DIR = "/var/lib/mlflow-auth"  # the server's own volume (auth_volume_claim), mounted by nothing else
+
+
 def mlflow_auth_ini(definition: ClusterDefinition, database_uri: str | None = None) -> str:
     """The server's basic_auth.ini: no credentials in it (the admin's come from MLFLOW_AUTH_ADMIN_* secrets); its
-    user database on the shared volume unless database_uri says otherwise."""
+    user database on the server's own volume unless database_uri says otherwise."""
     assert definition.mlflow is not None
-    database = database_uri or f"sqlite:///{definition.storage_uri.rstrip('/')}/mlflow/auth.db"
+    database = database_uri or f"sqlite:///{MLFLOW_AUTH_DIR}/auth.db"
     return ("[mlflow]\n"
             f"default_permission = {definition.mlflow.default_permission}\n"
             f"database_uri = {database}\n"
@@ -438,12 +450,11 @@ def mlflow_server(definition: ClusterDefinition) -> dict[str, Any]:
     labels = _labels(definition, **{"app.kubernetes.io/component": "mlflow"})
     env = [{"name": "MLFLOW_AUTH_CONFIG_PATH", "value": MLFLOW_AUTH_CONFIG},
            *_secret_env(definition, MLFLOW_SERVER_SECRET_ENV)]
-    mounts = [{"name": "auth-config", "mountPath": str(Path(MLFLOW_AUTH_CONFIG).parent), "readOnly": True}]
-    volumes: list[dict[str, Any]] = [{"name": "auth-config", "configMap": {"name": name}}]
-    if definition.storage_uri.startswith("/"):  # the user database lives on the shared volume
-        mounts.append({"name": "shared", "mountPath": definition.storage_uri})
-        volumes.append({"name": "shared", "persistentVolumeClaim": {
-            "claimName": definition.kubernetes.shared_volume_claim}})
+    mounts = [{"name": "auth-config", "mountPath": str(Path(MLFLOW_AUTH_CONFIG).parent), "readOnly": True},
+              {"name": "auth-db", "mountPath": MLFLOW_AUTH_DIR}]
+    volumes: list[dict[str, Any]] = [{"name": "auth-config", "configMap": {"name": name}},
+                                     {"name": "auth-db", "persistentVolumeClaim": {
+                                         "claimName": settings.auth_volume_claim}}]
     container = {"name": "mlflow", "image": settings.image, "command": mlflow_server_command(definition),
                  "env": env, "ports": [{"containerPort": settings.port, "name": "http"}], "volumeMounts": mounts,
                  "readinessProbe": {"httpGet": {"path": "/health", "port": settings.port}, "periodSeconds": 10},
@@ -461,7 +472,11 @@ def mlflow_server(definition: ClusterDefinition) -> dict[str, Any]:
                                                        "targetPort": settings.port}]}}
     config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels},
               "data": {Path(MLFLOW_AUTH_CONFIG).name: mlflow_auth_ini(definition)}}
-    return {"apiVersion": "v1", "kind": "List", "items": [config, deployment, service, mlflow_user_job(definition)]}
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": settings.auth_volume_claim, "labels": labels},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    return {"apiVersion": "v1", "kind": "List",
+            "items": [config, claim, deployment, service, mlflow_user_job(definition)]}
 
 
 def mlflow_user_job(definition: ClusterDefinition) -> dict[str, Any]:

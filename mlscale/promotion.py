@@ -15,9 +15,11 @@ import fcntl
 import getpass
 import hashlib
 import json
+import os
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mlflow
+import ray
 import ray.data
 
 from mlscale.config import EvaluateConfig, PipelineConfig
@@ -133,16 +136,75 @@ def _registry_lock_path(tracking_uri: str) -> Path:
     return Path(tempfile.gettempdir()) / f"mlscale-registry-{digest}.lock"
 
 
+CLUSTER_LOCK_TTL_S = 60.0  # a holder that died frees the cluster lock after this long
+CLUSTER_LOCK_WAIT_S = 120.0
+
+
+class ClusterLock:
+    """A lock every process of a Ray cluster shares, on any node: one detached actor per registry. A lease, so a
+    holder that dies mid-promotion frees it after CLUSTER_LOCK_TTL_S (an actor restart frees it too)."""
+
+    def __init__(self) -> None:
+        self.holder: str | None = None
+        self.until = 0.0
+
+    def acquire(self, owner: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        if self.holder in (None, owner) or now >= self.until:
+            self.holder, self.until = owner, now + ttl_s
+            return True
+        return False
+
+    def release(self, owner: str) -> None:
+        if self.holder == owner:
+            self.holder = None
+
+
+# applied as a call: a class decorator would hide ActorClass.options from type checkers
+ClusterLockActor: Any = ray.remote(num_cpus=0, max_restarts=-1)(ClusterLock)
+
+
 @contextmanager
-def registry_lock(tracking_uri: str) -> Iterator[None]:
-    """Serializes alias moves on one registry among processes of this machine (an OS file lock, released even
-    when the holder dies). Other machines are caught by the read-back check in apply_decision."""
+def cluster_lock(tracking_uri: str) -> Iterator[None]:
+    """Held while an alias moves, across every machine of the connected cluster (nothing without a cluster)."""
+    if not ray.is_initialized():
+        yield
+        return
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    lock = ClusterLockActor.options(name=f"mlscale-registry-{digest}", namespace="mlscale", get_if_exists=True,
+                                    lifetime="detached").remote()
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + CLUSTER_LOCK_WAIT_S
+    while not ray.get(lock.acquire.remote(owner, CLUSTER_LOCK_TTL_S), timeout=30):
+        if time.monotonic() > deadline:
+            raise PromotionConflict(f"another promotion on this registry held its lock for {CLUSTER_LOCK_WAIT_S:g} s: "
+                                    "not applied; try again")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        ray.get(lock.release.remote(owner), timeout=30)
+
+
+@contextmanager
+def machine_lock(tracking_uri: str) -> Iterator[None]:
+    """Serializes alias moves on one registry among processes of this machine (an OS file lock, released even when
+    the holder dies)."""
     with open(_registry_lock_path(tracking_uri), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def registry_lock(tracking_uri: str) -> Iterator[None]:
+    """Serializes alias moves on one registry: among the processes of this machine (machine_lock) and among the
+    machines of the connected Ray cluster (cluster_lock). A writer outside both (a laptop and a cluster sharing
+    one registry) is caught by the read-back check in apply_decision."""
+    with machine_lock(tracking_uri), cluster_lock(tracking_uri):
+        yield
 
 
 def who() -> str:
@@ -179,7 +241,7 @@ def apply_decision(decision: PromotionDecision, tracking_uri: str) -> bool:
                 set_alias(decision.model, f"previous_{decision.alias}", current, tracking_uri)
             set_alias(decision.model, decision.alias, decision.challenger_version, tracking_uri)
         now = version_of(decision.model, decision.alias, tracking_uri)
-        if now != decision.challenger_version:  # a writer on another machine, outside this machine's lock
+        if now != decision.challenger_version:  # a writer outside both locks (another cluster, a laptop)
             raise PromotionConflict(f"{decision.model}@{decision.alias} was moved to v{now} by another writer while "
                                     f"v{decision.challenger_version} was being promoted")
     text = json.dumps(record, sort_keys=True, default=str)

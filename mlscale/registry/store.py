@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +19,11 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from mlscale.errors import NothingToServe
-from mlscale.registry.bundle import Bundle
+from mlscale.registry.bundle import BUNDLE_FILE, Bundle
 from mlscale.tracking import tracking_client
 
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_model.py")
+log = logging.getLogger(__name__)
 LABEL_TAG = "mlscale.label"  # the bundle's label spec, readable without downloading the bundle
 
 
@@ -299,3 +305,31 @@ def load_bundle(model_uri: str, tracking_uri: str | None = None) -> Bundle:
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         return Bundle.load(local)
+
+
+def load_pinned_bundle(model_uri: str, tracking_uri: str | None, cache: str | None) -> Bundle:
+    """A replica's bundle: a registered version is immutable, so once downloaded it is kept under `cache` (a folder
+    every node sees, e.g. `<storage.root>/bundles`) and a replica started later, on any node, loads it from there
+    without asking the registry: scale-out and replacement go on while MLflow is down. An alias, a run URI or no
+    cache: load_bundle.
+
+    Raises:
+        whatever the download raises, when the version is not cached yet and the registry cannot be reached.
+    """
+    parsed = _parse_models_uri(model_uri)
+    if cache is None or parsed is None or not parsed[1].isdigit():
+        return load_bundle(model_uri, tracking_uri)
+    registry = hashlib.sha256((tracking_uri or mlflow.get_tracking_uri()).encode()).hexdigest()[:12]
+    folder = Path(cache) / registry / parsed[0] / parsed[1]
+    if (folder / BUNDLE_FILE).is_file():
+        return Bundle.load(folder)
+    bundle = load_bundle(model_uri, tracking_uri)
+    staging = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        bundle.save(staging)
+        os.replace(staging, folder)  # whole or not at all; a replica that lost the race keeps the first copy
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / BUNDLE_FILE).is_file():
+            log.warning("bundle cache %s not written (%s): replicas started later need the registry", folder, error)
+    return bundle

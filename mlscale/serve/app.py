@@ -33,7 +33,7 @@ from mlscale.config import ServeConfig, expand_env
 from mlscale.data.schema import record_name
 from mlscale.errors import ConfigError
 from mlscale.registry.bundle import Bundle
-from mlscale.registry.store import load_bundle, pinned_uri, uri_version
+from mlscale.registry.store import load_pinned_bundle, pinned_uri, uri_version
 from mlscale.serve.cache import PredictionCache
 from mlscale.serve.docs import openapi_document
 from mlscale.serve.ledger import release_ledger
@@ -109,6 +109,7 @@ class Rollout(BaseModel):
     cache_ttl_s: float = Field(300.0, gt=0)
     canary: Canary | None = None
     prediction_log: dict[str, Any] | None = Field(None, description="LogSettings, the path resolved.")
+    bundle_cache: str | None = Field(None, description="Where replicas keep downloaded versions for later starts.")
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,8 @@ class ModelServerReplica:
         """One version ready to answer: its bundle (reused when already loaded), request parser, cache and info."""
         current = loaded.get((served_uri, rollout.variant))
         tracking_uri = expand_env(rollout.tracking_uri) if rollout.tracking_uri else None
-        bundle = current.bundle if current else load_bundle(served_uri, tracking_uri).with_variant(rollout.variant)
+        bundle = current.bundle if current else load_pinned_bundle(served_uri, tracking_uri, rollout.bundle_cache
+                                                                   ).with_variant(rollout.variant)
         version = uri_version(served_uri)
         info = {"uri": uri, "served_uri": served_uri, "version": version, "variant": rollout.variant,
                 "role": role, **bundle.lineage}
@@ -448,7 +450,8 @@ OPEN_ROUTES = frozenset({"/health"})  # every other route asks for a key when ke
 
 
 def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settings: ServeConfig,
-                   record: str, canary: Canary | None = None, log_path: str | None = None) -> dict[str, Any]:
+                   record: str, canary: Canary | None = None, log_path: str | None = None,
+                   bundle_cache: str | None = None) -> dict[str, Any]:
     cache, logging_settings = settings.cache, settings.prediction_log
     prediction_log = None
     if logging_settings is not None:
@@ -464,7 +467,7 @@ def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settin
                    max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.batch_wait_timeout_s,
                    variant=settings.variant, cache_entries=cache.max_entries if cache else 0,
                    cache_ttl_s=cache.ttl_s if cache else 300.0, canary=canary,
-                   prediction_log=prediction_log).model_dump()
+                   prediction_log=prediction_log, bundle_cache=bundle_cache).model_dump()
 
 
 def replica_actor_options(settings: ServeConfig, cpus: float) -> dict[str, Any]:
@@ -496,7 +499,7 @@ def deployment_options(settings: ServeConfig) -> dict[str, Any]:
 
 def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
               record: str = "Record", canary: Canary | None = None,
-              log_path: str | None = None) -> serve.Application:
+              log_path: str | None = None, bundle_cache: str | None = None) -> serve.Application:
     """The application for one registered bundle, sized by the serve section of the config; `record` names the
     request model (from the dataset's name).
 
@@ -506,7 +509,7 @@ def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
     """
     served = pinned_uri(model_uri, tracking_uri)
     digests = api_key_digests(settings)
-    rollout = rollout_config(model_uri, served, tracking_uri, settings, record, canary, log_path)
+    rollout = rollout_config(model_uri, served, tracking_uri, settings, record, canary, log_path, bundle_cache)
     return ModelServer.options(user_config=rollout, **deployment_options(settings)).bind(digests)
 
 
@@ -557,5 +560,6 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     tracking_uri = expand_env(tracking_uri) if tracking_uri else os.environ.get("MLFLOW_TRACKING_URI")
     dataset = args.pop("dataset", "flights")
     log_path = args.pop("prediction_log_path", None)
+    bundle_cache = args.pop("bundle_cache", None)
     return build_app(model_uri, tracking_uri, ServeConfig.model_validate(args), record_name(dataset),
-                     log_path=log_path)
+                     log_path=log_path, bundle_cache=bundle_cache)

@@ -11,6 +11,7 @@ from mlscale.config import PipelineConfig
 from mlscale.data.schema import record_name
 from mlscale.registry.store import pinned_uri
 from mlscale.serve.app import DEPLOYMENT, rollout_config
+from mlscale.serve.deploy import bundle_cache
 from mlscale.serve.predlog import default_log_path
 from mlscale.tracking import by_reference
 
@@ -46,8 +47,10 @@ def serve_config_document(config: PipelineConfig, model_uri: str | None = None,
     log_path = default_log_path(config.storage.root_path, config.name)
     if settings.prediction_log is not None:
         args["prediction_log_path"] = log_path
+    cache = bundle_cache(config)
+    args["bundle_cache"] = cache
     rollout = rollout_config(requested, served, config.tracking_uri, settings, record_name(config.name),
-                             log_path=log_path)
+                             log_path=log_path, bundle_cache=cache)
     http_options: dict[str, Any] = {"host": host, "port": settings.port}
     if settings.request_timeout_s is not None:
         http_options["request_timeout_s"] = settings.request_timeout_s

@@ -35,9 +35,15 @@ def deploy(config: PipelineConfig, model_uri: str, canary: Canary | None = None)
         app = build_graph(settings, config.tracking_uri, record_name(config.name), digests)
     else:
         log_path = default_log_path(config.storage.root_path, config.name)
-        app = build_app(model_uri, config.tracking_uri, settings, record_name(config.name), canary, log_path)
+        app = build_app(model_uri, config.tracking_uri, settings, record_name(config.name), canary, log_path,
+                        bundle_cache(config))
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
     return endpoint_url(config)
+
+
+def bundle_cache(config: PipelineConfig) -> str:
+    """Where replicas keep the versions they downloaded (under the storage root every node shares)."""
+    return str(config.storage.root_path / "bundles")
 
 
 def refuse_to_open(config: PipelineConfig) -> None:

@@ -182,11 +182,17 @@ def evaluate_shard(model: nn.Module, batches: Any, target: Target, device: torch
 
 
 class _MlflowLogger:
-    """Rank 0 logs each evaluation to the run as it happens, asynchronously: never one blocking call per step."""
+    """Rank 0 logs each evaluation to the run as it happens, asynchronously: never one blocking call per step.
+
+    MLflow down never fails training: an evaluation that could not be logged is kept and tried again at the next
+    flush (the end of the loop); what still fails then is reported in the worker's log and stays in the run's
+    history, which Ray Train returns to the driver.
+    """
 
     def __init__(self, target: MlflowTarget | None) -> None:
         self.run_id = target.run_id if target else None
-        self.pending: list[Any] = []
+        self.pending: list[tuple[list[Any], Any]] = []  # (metrics, the asynchronous operation logging them)
+        self.unlogged: list[list[Any]] = []
         if target is not None:
             from mlscale.tracking import tracking_client
 
@@ -199,12 +205,31 @@ class _MlflowLogger:
 
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items() if key != "step"]
-        self.pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        try:
+            self.pending.append((batch, self.client.log_batch(self.run_id, metrics=batch, synchronous=False)))
+        except Exception:  # noqa: BLE001 - the tracking server is unreachable: kept for the flush
+            self.unlogged.append(batch)
 
     def flush(self) -> None:
-        for operation in self.pending:
-            operation.wait()
+        if not self.run_id:
+            return
+        for batch, operation in self.pending:
+            try:
+                operation.wait()
+            except Exception:  # noqa: BLE001 - kept, tried once more below
+                self.unlogged.append(batch)
         self.pending.clear()
+        still = []
+        for batch in self.unlogged:
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as error:  # noqa: BLE001 - never fail a finished training for its metrics
+                still.append(batch)
+                last = error
+        self.unlogged = still
+        if still:
+            log.warning("%d evaluations could not be logged to MLflow (%s); they stay in the run's history",
+                        len(still), last)
 
 
 def read_checkpoint(checkpoint: ray.train.Checkpoint) -> tuple[dict[str, Any], list[dict[str, float]]]:

@@ -190,3 +190,96 @@ def test_train_job_against_the_server_then_the_registry_cli(mlflow_server, pipel
     rows = result.prepared.read("test").limit(20).take_all()
     np.testing.assert_array_equal(load_bundle(f"models:/{model}@champion", url).predict_records(rows),
                                   load_bundle(f"models:/{model}/1", url).predict_records(rows))
+
+
+def _promote_on_another_machine(decision, url, address, barrier, pause_after_read):
+    """A trainer on another machine of the cluster: connected to the same Ray cluster, but no file lock shared
+    with the other writer (each skips it); it pauses between reading the alias and moving it."""
+    import contextlib
+    import time
+
+    import ray
+
+    from mlscale import promotion
+
+    ray.init(address=address, log_to_driver=False)
+    promotion.machine_lock = lambda uri: contextlib.nullcontext()
+    real, reads = promotion.version_of, []
+
+    def slow(*args):
+        value = real(*args)
+        if not reads:
+            reads.append(value)
+            time.sleep(pause_after_read)
+        return value
+
+    promotion.version_of = slow
+    barrier.wait(120)
+    try:
+        return "applied" if promotion.apply_decision(decision, url) else "not promoted"
+    except PromotionConflict as error:
+        return f"conflict: {error}"
+
+
+def _run(queue, *args):
+    queue.put(_promote_on_another_machine(*args))
+
+
+def test_the_compare_and_set_holds_across_machines_of_one_cluster(mlflow_server, ray_session):
+    """Two writers with no file lock in common (two machines) promote against the same champion; one pauses
+    between its read and its write. The cluster's lock lets exactly one move the alias: without it both 'succeed'
+    and the alias ends on whichever wrote last."""
+    import multiprocessing
+
+    import mlflow
+
+    url, _ = mlflow_server
+    use_tracking(url, "cluster-lock")
+    with mlflow.start_run():
+        versions = [register_bundle(make_bundle(), "lock-model").version for _ in range(2)]
+    decisions = [decide("lock-model", "champion", "if_better", "test_auc", "max", 0.0,
+                        Measurement(version, {"test_auc": 0.8}), None) for version in versions]
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(2), context.Queue()
+    writers = [context.Process(target=_run, args=(queue, decision, url, ray_session.gcs_address, barrier, pause))
+               for decision, pause in zip(decisions, (0.0, 3.0), strict=True)]
+    for writer in writers:
+        writer.start()
+    outcomes = [queue.get(timeout=180) for _ in writers]
+    for writer in writers:
+        writer.join(30)
+    assert sorted(outcome.split(":")[0] for outcome in outcomes) == ["applied", "conflict"], outcomes
+
+
+def test_a_replica_starts_from_the_bundle_cache_while_the_registry_is_down(mlflow_server, tmp_path, monkeypatch):
+    """The first replica downloads the pinned version and keeps it under the shared storage root; a replica started
+    later (a scale-out, a replacement on another node) with the registry unreachable starts from that copy and
+    answers; with nothing cached, it fails loudly rather than serving something else."""
+    import mlflow
+
+    from mlscale.config import ServeConfig
+    from mlscale.registry import store
+    from mlscale.serve.app import ModelServerReplica, rollout_config
+
+    url, _ = mlflow_server
+    use_tracking(url, "bundle-cache")
+    with mlflow.start_run():
+        version = register_bundle(make_bundle(), "cache-model").version
+    uri = f"models:/cache-model/{version}"
+    user_config = rollout_config(uri, uri, url, ServeConfig(), "R", bundle_cache=str(tmp_path / "bundles"))
+    ModelServerReplica().reconfigure(user_config)  # the first replica: from the registry, cached on the way
+    assert list((tmp_path / "bundles").rglob("bundle.json"))
+
+    def registry_down(*args, **kwargs):
+        raise ConnectionError("MLflow is unreachable")
+
+    monkeypatch.setattr(store, "load_bundle", registry_down)
+    later = ModelServerReplica()
+    later.reconfigure(user_config)
+    records = [{key: value for key, value in row.items() if key in later.served.bundle.input_columns}
+               for row in sample_table(3, seed=2).to_pylist()]
+    np.testing.assert_allclose(later.served.bundle.predict_records(records), make_bundle().predict_records(records),
+                               atol=1e-6)
+    cold = rollout_config(uri, uri, url, ServeConfig(), "R", bundle_cache=str(tmp_path / "empty"))
+    with pytest.raises(ConnectionError):
+        ModelServerReplica().reconfigure(cold)

@@ -63,3 +63,34 @@ def test_the_trainer_holds_the_shard_only_when_it_fits_the_budget():
     assert held(per_mb, 1) and not held(per_mb + 1, 1)
     assert held(2 * per_mb, 1, workers=2)  # the budget is per worker: each holds its own shard
     assert not held(1, 0)  # 0 MB: always stream
+
+
+def test_training_finishes_with_mlflow_down_and_logs_what_it_kept_once_it_is_back():
+    """The rank-0 logger never fails a training for its metrics: calls that fail (at once or asynchronously) are
+    kept and tried again at the final flush; what still fails is only warned about."""
+    from mlscale.train.loop import _MlflowLogger
+
+    class Failed:
+        def wait(self):
+            raise ConnectionError("MLflow is unreachable")
+
+    class Client:
+        def __init__(self):
+            self.up, self.logged = False, []
+
+        def log_batch(self, run_id, metrics, synchronous=True):
+            if not self.up:
+                if synchronous:
+                    raise ConnectionError("MLflow is unreachable")
+                return Failed()
+            self.logged.append([metric.key for metric in metrics])
+
+    logger = _MlflowLogger(None)
+    logger.run_id, logger.client = "run-1", Client()
+    logger.log({"val_auc": 0.8, "step": 10}, 10)
+    logger.log({"val_auc": 0.81, "step": 20}, 20)
+    logger.flush()  # still down: no exception, both kept
+    assert len(logger.unlogged) == 2 and logger.client.logged == []
+    logger.client.up = True
+    logger.flush()
+    assert logger.unlogged == [] and logger.client.logged == [["val_auc"], ["val_auc"]]

@@ -362,3 +362,48 @@ def test_jobs_on_the_cluster_deploy_the_service_the_rayservice_defines():
         assert serve.api_keys_env == app["args"]["api_keys_env"] == "MLSCALE_SERVE_API_KEYS"
         assert serve.replica_resources == app["args"]["replica_resources"]
         assert serve.autoscaling.model_dump().items() >= app["args"]["autoscaling"].items()
+
+
+def test_rays_aws_provider_opens_nothing_for_the_launcher_config():
+    """The rendered launcher YAML through Ray's own security-group step (moto's EC2): every node type already
+    names the definition's pre-created group, so the provider creates no group and authorizes no rule (given no
+    group it makes one with 22/tcp from 0.0.0.0/0)."""
+    import copy
+
+    import boto3
+    from moto import mock_aws
+    from ray.autoscaler._private.aws.config import _configure_security_group
+
+    config = load("ray-cluster.yaml")
+    group_id = yaml.safe_load(DEFINITION.read_text())["aws"]["security_group_id"]
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name=config["provider"]["region"])
+        before = ec2.describe_security_groups()["SecurityGroups"]
+        configured = _configure_security_group(copy.deepcopy(config))
+        after = ec2.describe_security_groups()["SecurityGroups"]
+    assert after == before  # nothing created, no rule added
+    assert {name: node["node_config"]["SecurityGroupIds"] for name, node in configured["available_node_types"].items()
+            } == {name: [group_id] for name in config["available_node_types"]}
+    assert "security_group" not in config["provider"]
+    open_to_world = [rule for group in after for rule in group["IpPermissions"]
+                     if any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges", []))]
+    assert not open_to_world
+
+
+def test_the_mlflow_user_database_is_on_a_volume_only_the_server_mounts():
+    """Users, passwords and permissions live on the server's own claim: the Ray pods (which all write the shared
+    volume as one user) cannot reach the file that says who is admin."""
+    from mlscale.clusterdef import MLFLOW_AUTH_DIR
+
+    items = load("kuberay/mlflow-server.yaml")["items"]
+    config = next(item for item in items if item["kind"] == "ConfigMap")
+    ini = next(iter(config["data"].values()))
+    assert f"database_uri = sqlite:///{MLFLOW_AUTH_DIR}/auth.db" in ini
+    claim = next(item for item in items if item["kind"] == "PersistentVolumeClaim")
+    server = next(item for item in items if item["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "auth-db", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in server["volumes"]
+    ray_pods = load("kuberay/raycluster.yaml")["spec"]
+    ray_claims = {volume.get("persistentVolumeClaim", {}).get("claimName")
+                  for spec in [ray_pods["headGroupSpec"], *ray_pods["workerGroupSpecs"]]
+                  for volume in spec["template"]["spec"].get("volumes", [])}
+    assert claim["metadata"]["name"] not in ray_claims
