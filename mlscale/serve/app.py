@@ -242,11 +242,12 @@ class ModelServerReplica:
             if rollout.cache_entries else None)
         return ServedModel(bundle, parser, info, json.dumps(info).encode(), cache)
 
-    async def __del__(self) -> None:
+    def __del__(self) -> None:
         """Serve's graceful shutdown (a rolling update, a scale-down, a deleted app): the prediction log writes
         what it holds, within its shutdown_flush_s."""
-        if self.prediction_log is not None:
-            await self.prediction_log.close()
+        prediction_log = getattr(self, "prediction_log", None)  # None too when __init__ did not finish
+        if prediction_log is not None:
+            prediction_log.close()
 
     def check_health(self) -> None:
         """Serve's health check (every few seconds): a replica without a loaded model is restarted rather than sent

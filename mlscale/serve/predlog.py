@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -142,16 +143,27 @@ class PredictionLog:
             del self.sizes[:overflow]
             self.counts.dropped += overflow
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Stop the writer and write what is pending, giving up after settings.shutdown_flush_s (what is not
-        known to be written then is counted as dropped)."""
+        known to be written then is counted as dropped). Blocking, in a thread of its own: it runs from a replica's
+        destructor, where no event loop can be awaited."""
         self.closed = True
         self.wake.set()
-        waiting, written = len(self.pending) + self.in_flight, self.counts.written
-        try:
-            await asyncio.wait_for(self.flush(), self.settings.shutdown_flush_s)
-        except TimeoutError:
-            log.warning("prediction log: rows not written within %g s of shutdown", self.settings.shutdown_flush_s)
+        rows, self.pending, self.sizes, self.pending_bytes = self.pending, [], [], 0
+        waiting, written = len(rows) + self.in_flight, self.counts.written
+        if rows:
+            def write() -> None:
+                try:
+                    self._write(rows)
+                    self.counts.written += len(rows)
+                except Exception as error:  # noqa: BLE001 - storage down at shutdown: counted as dropped
+                    log.warning("prediction log: %d rows not written at shutdown: %s", len(rows), error)
+
+            writer = threading.Thread(target=write, name="prediction-log-close", daemon=True)
+            writer.start()
+            writer.join(self.settings.shutdown_flush_s)
+            if writer.is_alive():
+                log.warning("prediction log: rows not written within %g s of shutdown", self.settings.shutdown_flush_s)
         self.counts.dropped += max(waiting - (self.counts.written - written), 0)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:

@@ -110,7 +110,7 @@ def test_a_log_on_unreachable_object_storage_starts_without_touching_it(monkeypa
 def test_closing_writes_what_is_pending_within_its_bound(tmp_path):
     log = PredictionLog(LogSettings(str(tmp_path / "log"), flush_records=10_000, flush_interval_s=3600), SCHEMA)
     log.offer("req-1", "1", RECORDS, [0.1, 0.2])
-    asyncio.run(log.close())
+    log.close()
     assert log.closed and log.counts.written == 2 and [row["request_id"] for row in logged(tmp_path / "log")] == [
         "req-1", "req-1"]
 
@@ -122,5 +122,5 @@ def test_closing_writes_what_is_pending_within_its_bound(tmp_path):
 
     slow = Slow(LogSettings(str(tmp_path / "slow"), shutdown_flush_s=0.05), SCHEMA)
     slow.offer("req-2", "1", RECORDS, [0.1, 0.2])
-    asyncio.run(slow.close())
+    slow.close()
     assert slow.counts.written == 0 and slow.counts.dropped == 2  # given up at the bound, and counted
