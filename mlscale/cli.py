@@ -222,7 +222,8 @@ def predict(
     bundle = load_bundle(uri, settings.tracking_uri)
     # the HTTP service's own parser: the same shapes, limits aside, and the same field-naming refusals
     parser = RequestParser(list(bundle.input_schema), max_records=2**31, max_body_bytes=2**62,
-                           record_name=record_name(settings.name))
+                           record_name=record_name(settings.name), unknown_fields=settings.serve.unknown_fields,
+                           passthrough=tuple(bundle.passthrough_columns))
     try:
         records = parser.parse(body)
     except RequestRejected as rejected:

@@ -18,7 +18,8 @@ from mlscale.serve.requests import RequestParser, RequestRejected
 
 
 def make_app(bundle: Bundle) -> FastAPI:
-    parser = RequestParser(list(bundle.input_schema), 10_000, 8 * 2**20)
+    parser = RequestParser(list(bundle.input_schema), 10_000, 8 * 2**20,
+                           passthrough=tuple(bundle.passthrough_columns))  # the same rules as the service
     app = FastAPI()
 
     @app.post("/predict")
