@@ -48,6 +48,10 @@ class StorageConfig(_Section):
     prepared_uri: str | None = Field(
         None, description="The prepared splits and their manifest: a path, or s3://bucket/prefix (data.object_store "
                           "settings) that every node of a cluster reads; None: <root>/prepared.")
+    prepared_retention_s: float = Field(
+        7 * 86400.0, ge=0, description="How long a replaced preparation is kept: each one is a folder of its own "
+                                       "(<name>/<version>), so jobs still reading an older version keep reading it; "
+                                       "versions older than this, other than the committed one, are deleted.")
 
     @property
     def root_path(self) -> Path:

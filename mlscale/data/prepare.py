@@ -2,11 +2,13 @@
 
 Every input row lands in exactly one partition of the output (train, val, test, quarantine, or unused when its
 time falls in no split); the counts are checked against an independent count of the source. The output goes to
-`storage.prepared_uri` (a path, or object storage every node of a cluster reads), and a manifest beside it names
-the committed output: on a local disk it is written to a staging folder and committed by rename only when validation
-passes (otherwise kept aside as `<name>.rejected` with its report); on object storage, which has no rename, it is
-written to a fresh folder that the manifest, written last in one PUT, commits (a failed one stays where it was
-written, with its report). Either way the job fails with the report. A rerun with the same source, config and code
+`storage.prepared_uri` (a path, or object storage every node of a cluster reads), each preparation in a folder of
+its own (`<name>/<version>`), and a manifest beside them names the committed one: on a local disk it is written to a
+staging folder and renamed into place only when validation passes (otherwise kept aside as `<name>.rejected` with its
+report); on object storage, which has no rename, it is written to its folder and the manifest, written last in one
+PUT, commits it (a failed one stays where it was written, with its report). Either way the job fails with the
+report. A committed version is never replaced under a job reading it (a retrain's prepare commits beside it);
+versions older than `storage.prepared_retention_s` are deleted. A rerun with the same source, config and code
 reuses the committed output.
 """
 
@@ -14,6 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
+import shutil
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -33,7 +39,7 @@ from mlscale.data.schema import ColumnSpec
 from mlscale.data.sink import SummarizingParquetSink, TrainSummary
 from mlscale.data.sources import Source, infer_schema, read_source, resolve
 from mlscale.data.split import assign_splits, split_column
-from mlscale.data.storage import as_uri, atomic_directory, exists, is_local, read_text, set_aside, write_text
+from mlscale.data.storage import as_uri, exists, is_local, read_text, set_aside, write_text
 from mlscale.data.validation import (
     REASON_COLUMN,
     RULES_COLUMN,
@@ -280,7 +286,6 @@ def prepare(config: PipelineConfig, force: bool = False, train_summary: TrainSum
         return hit
     settings = config.validation
     filesystem, store = prepared_store(config)
-    previous = None if is_local(filesystem) else _committed_folder(config)  # deleted after the commit
     with source.diagnosed():
         duplicates, rows_read, rules = source_rules(source, specs, settings)
         validated = source.dataset.map_batches(
@@ -289,15 +294,22 @@ def prepare(config: PipelineConfig, force: bool = False, train_summary: TrainSum
             batch_format="pyarrow",
             batch_size=None,
         )
-        if is_local(filesystem):
-            target = f"{store}/{config.name}"
-            with atomic_directory(Path(target)) as staging:
+        version = f"{key[:12]}-{uuid.uuid4().hex[:8]}"  # every preparation a folder of its own, never replaced
+        target = f"{store}/{config.name}/{version}"
+        if is_local(filesystem):  # staged beside the pipeline's folder, renamed into it once it passed
+            staging = Path(store) / f".{config.name}-{version}.tmp"
+            try:
+                staging.mkdir(parents=True)
                 counts, report = _write_and_judge(validated, filesystem, str(staging), rows_read, source, rules,
                                                   settings, duplicates, train_summary)
                 if not report.passed:
-                    raise ValidationFailed(report, str(set_aside(staging, Path(target)) / REPORT_FILE))
+                    raise ValidationFailed(report, str(set_aside(staging, Path(store) / config.name) / REPORT_FILE))
+                Path(target).parent.mkdir(exist_ok=True)
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         else:  # no rename: a fresh folder, committed by the manifest below
-            target = f"{store}/{config.name}/{key[:12]}-{uuid.uuid4().hex[:8]}"
             counts, report = _write_and_judge(validated, filesystem, target, rows_read, source, rules, settings,
                                               duplicates, train_summary)
             if not report.passed:
@@ -313,17 +325,33 @@ def prepare(config: PipelineConfig, force: bool = False, train_summary: TrainSum
         object_store=config.data.object_store.model_dump(mode="json"),
     )
     write_text(*manifest_location(config), prepared.to_json())
-    if previous and previous != prepared.path:  # the output it replaced
-        with contextlib.suppress(OSError):
-            filesystem.delete_dir(resolve(previous, config.data.object_store)[1])
+    prune_versions(filesystem, f"{store}/{config.name}", version, config.storage.prepared_retention_s)
     return prepared
 
 
-def _committed_folder(config: PipelineConfig) -> str | None:
+VERSION_FOLDER = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{8}$")
+
+
+def prune_versions(filesystem: pafs.FileSystem, folder: str, committed: str, retention_s: float) -> list[str]:
+    """Delete the pipeline's earlier preparations committed more than retention_s ago (by their report's time),
+    never the one just committed; a job reading a version younger than that keeps reading it. Returns what went."""
     try:
-        return load_prepared(config).path
-    except PreparedDataMissing:
-        return None
+        entries = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return []
+    now, deleted = time.time(), []
+    for entry in entries:
+        if entry.type != pafs.FileType.Directory or not VERSION_FOLDER.match(entry.base_name) or \
+                entry.base_name == committed:
+            continue
+        report = filesystem.get_file_info(f"{entry.path}/{REPORT_FILE}")
+        written = report.mtime.timestamp() if report.mtime is not None else None
+        if written is not None and now - written < retention_s:
+            continue
+        with contextlib.suppress(OSError):
+            filesystem.delete_dir(entry.path)
+            deleted.append(entry.base_name)
+    return deleted
 
 
 def load_prepared(config: PipelineConfig) -> PreparedData:

@@ -140,3 +140,23 @@ def _differences(a, b, path="state", rel=1e-9) -> list[str]:
     if isinstance(a, float) or isinstance(b, float):
         return [] if a == pytest.approx(b, rel=rel, abs=1e-12) else [f"{path}: {a!r} != {b!r}"]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_a_new_preparation_commits_beside_the_one_jobs_are_reading(ray_session, small_config_factory):
+    """A retrain's prepare (the same name, another split) commits a version of its own: a job that read the
+    manifest before keeps reading the version it was given; versions past storage.prepared_retention_s go at the
+    next commit, never the committed one."""
+    from pathlib import Path
+
+    config = small_config_factory("versions", **{"data.source": "synthetic", "data.synthetic.rows": 3_000,
+                                                 "data.synthetic.bad_fraction": 0.0})
+    first = prepare(config)
+    retrain = config.model_copy(update={"split": config.split.model_copy(update={"test": [12], "val": [11]})})
+    second = prepare(retrain)
+    assert second.path != first.path and load_prepared(config) == second
+    assert first.read("val").count() == first.counts["val"]  # still there, whole
+    assert Path(second.path).parent == Path(first.path).parent
+    expired = retrain.model_copy(update={"storage": retrain.storage.model_copy(update={"prepared_retention_s": 0})})
+    third = prepare(expired, force=True)
+    versions = sorted(path.name for path in Path(third.path).parent.iterdir())
+    assert versions == [Path(third.path).name]

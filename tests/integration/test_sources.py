@@ -107,7 +107,12 @@ def test_prepared_data_on_object_storage_is_committed_by_its_manifest(ray_sessio
     second = prepare(changed)
     assert second.path != first.path and load_prepared(changed) == second
     old = first.path.removeprefix("s3://")
-    assert store.get_file_info(old).type == pafs.FileType.NotFound  # the replaced output is gone
+    assert first.read("val").count() == first.counts["val"]  # a job reading the replaced version keeps reading it
+    from mlscale.data.prepare import prune_versions
+
+    folder, committed = second.path.removeprefix("s3://").rsplit("/", 1)
+    assert prune_versions(store, folder, committed, retention_s=0) == [old.rsplit("/", 1)[1]]  # past retention
+    assert store.get_file_info(old).type == pafs.FileType.NotFound
 
     strict = changed.model_copy(update={"validation": changed.validation.model_copy(
         update={"max_quarantine_fraction": 0.001})})
