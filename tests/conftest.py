@@ -41,10 +41,19 @@ def restore_env(saved: dict[str, str | None]) -> None:
             os.environ[name] = value
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now and never handed out before in this session: ports picked in a row for one raylet (which
+    binds them only later) must differ, and the kernel may offer a just-closed port again."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_http(url: str, seconds: float, what: str) -> None:

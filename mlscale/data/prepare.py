@@ -60,6 +60,7 @@ SPLIT_ROW_COLUMNS = (SPLIT_COLUMN, RULES_COLUMN, REASON_COLUMN)  # what a row re
 PARTITIONS = ("train", "val", "test", "quarantine", "unused")
 REPORT_FILE = "_validation_report.json"
 TRAIN_SUMMARY_FILE = "_train_summary.json"
+VERSION_FOLDER = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{8}$")  # <prepare key>-<random>: one preparation
 
 
 @dataclass
@@ -79,6 +80,12 @@ class PreparedData:
     def column_specs(self) -> list[ColumnSpec]:
         """The schema the data was validated against: what requests to a model trained on it must satisfy."""
         return [ColumnSpec(**spec) for spec in self.schema]
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline this preparation belongs to: the folder holding its version folders."""
+        *_, parent, last = ["", *self.path.rstrip("/").split("/")]
+        return parent if VERSION_FOLDER.match(last) else last
 
     def split_path(self, name: str) -> str:
         return f"{self.path.rstrip('/')}/{SPLIT_COLUMN}={name}"
@@ -327,9 +334,6 @@ def prepare(config: PipelineConfig, force: bool = False, train_summary: TrainSum
     write_text(*manifest_location(config), prepared.to_json())
     prune_versions(filesystem, f"{store}/{config.name}", version, config.storage.prepared_retention_s)
     return prepared
-
-
-VERSION_FOLDER = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{8}$")
 
 
 def prune_versions(filesystem: pafs.FileSystem, folder: str, committed: str, retention_s: float) -> list[str]:

@@ -69,7 +69,7 @@ def log_training_inputs(prepared: PreparedData, data: TrainingData) -> None:
             source = resolve_dataset_source(prepared.split_path(split))
         digest = (prepared.cache_key or prepared.data_fingerprint)[:16]
         # MLflow's docs build MetaDataset directly; only its type hints mark `profile` abstract
-        dataset = MetaDataset(source, name=f"{prepared.path.rstrip('/').rsplit('/', 1)[-1]}-{split}", digest=digest)  # type: ignore[abstract]
+        dataset = MetaDataset(source, name=f"{prepared.pipeline}-{split}", digest=digest)  # type: ignore[abstract]
         mlflow.log_input(dataset, context=context)
     mlflow.log_dict(json.loads(prepared.to_json()), "data/prepared.json")
     if prepared.has_report():  # absent only in data prepared by an older mlscale
