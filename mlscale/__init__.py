@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "retrain_stage": "mlscale.stages.retrain",
     "replay_stage": "mlscale.stages.replay",
     "decide_retrain": "mlscale.monitor.retrain",
+    "decision_log": "mlscale.monitor.retrain",
     "run_pipeline": "mlscale.pipeline",
     "PipelineResult": "mlscale.pipeline",
     "TrainedModel": "mlscale.stages.train",
@@ -92,6 +93,7 @@ __all__ = [
     "judge_against_champion", "list_versions", "load_bundle", "load_config", "load_prepared", "prepare_stage",
     "register_bundle", "register_path", "run_pipeline", "score_stage", "served_vs_batch", "set_alias", "start",
     "train_stage", "tune_stage", "version_of", "monitor_stage", "retrain_stage", "replay_stage", "decide_retrain",
+    "decision_log",
 ]  # the names of _EXPORTS (a test keeps them equal)
 
 
@@ -128,7 +130,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         SourceError,
         ValidationFailed,
     )
-    from mlscale.monitor.retrain import decide_retrain
+    from mlscale.monitor.retrain import decide_retrain, decision_log
     from mlscale.pipeline import PipelineResult, run_pipeline
     from mlscale.promotion import Measurement, PromotionDecision, apply_decision, decide, judge_against_champion
     from mlscale.registry.bundle import Bundle

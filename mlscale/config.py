@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlscale.data.schema import ColumnSpec
+from mlscale.direction import mode_of
 from mlscale.errors import ConfigError
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -962,8 +963,7 @@ class PipelineConfig(_Section):
     def metric(self) -> tuple[str, Literal["max", "min"]]:
         """The validation metric that picks the best checkpoint and stops early, and its direction."""
         name = self.train.metric or ("val_auc" if self.data.task == "classification" else "val_rmse")
-        lower_is_better = any(part in name for part in ("loss", "rmse", "mae", "ece"))
-        return name, "min" if lower_is_better else "max"
+        return name, mode_of(name)
 
     @property
     def metric_stem(self) -> str:

@@ -101,8 +101,3 @@ EXIT_CODES: dict[str, int] = {
                 ExpressionError, PromotionError, NothingToServe, PromotionConflict, SearchError, NoWinner,
                 ServingError)
 }
-
-
-def exit_code_of(error: BaseException) -> int:
-    """The documented exit code for an mlscale error (1 for any other MlscaleError)."""
-    return error.exit_code if isinstance(error, MlscaleError) else 1

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mlscale.direction import better
+
 
 def _save(figure: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
@@ -58,7 +60,7 @@ def optimization_history(values: list[float | None], path: str | Path, metric: s
     points = [(i + 1, v) for i, v in enumerate(values) if v is not None]
     running, best = [], None
     for _, value in points:
-        best = value if best is None or (value > best if mode == "max" else value < best) else best
+        best = value if best is None or better(value, best, mode) else best
         running.append(best)
     axis.scatter([i for i, _ in points], [v for _, v in points], label="trial", color="tab:blue")
     axis.step([i for i, _ in points], running, where="post", color="tab:red", label="best so far")

@@ -31,6 +31,7 @@ import ray
 import ray.data
 
 from mlscale.config import EvaluateConfig, PipelineConfig
+from mlscale.direction import gain
 from mlscale.errors import NothingToServe, PromotionConflict, PromotionError
 from mlscale.evaluate import Evaluation, evaluate, score
 from mlscale.registry.store import label_of, set_alias, version_of
@@ -125,8 +126,7 @@ def decide(model: str, alias: str, policy: str, metric: str, mode: Literal["max"
     if champion.version == challenger.version:
         return verdict(False, f"if_better: v{challenger.version} is already {alias}")
     assert theirs is not None and delta is not None
-    gain = delta if mode == "max" else -delta
-    better = gain > min_delta
+    better = gain(mine, theirs, mode) > min_delta
     return verdict(better, f"if_better: {numbers}: " + ("better" if better else f"not better by more than "
                                                                                  f"{min_delta:g}"))
 

@@ -40,13 +40,36 @@ def job_runtime_env(working_dir: str | Path, env: dict[str, str] | None = None) 
     return {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": dict(env or {})}
 
 
-def jobs_address(explicit: str | None = None) -> str:
-    """The Jobs API: the given URL, else RAY_API_SERVER_ADDRESS, else an http RAY_ADDRESS (as `ray job` reads)."""
-    for candidate in (explicit, os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")):
+def jobs_address(explicit: str | None = None, connected: bool = False,
+                 setting: str = "--address http://<head>:8265") -> str:
+    """The Jobs API: the given URL (a bare host:port is http), else RAY_API_SERVER_ADDRESS, else an http
+    RAY_ADDRESS (as `ray job` reads), else (connected) the dashboard of the cluster this process is connected to.
+
+    Raises:
+        ConfigError: none of them is there; the message names `setting`, the knob to set.
+    """
+    if explicit:
+        if "://" not in explicit:
+            return f"http://{explicit}"
+        if not explicit.startswith(("http://", "https://")):
+            raise ConfigError(f"{setting.split()[0]} {explicit!r}: the Jobs API is an http(s):// URL (the dashboard)")
+        return explicit
+    for candidate in (os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")):
         if candidate and candidate.startswith(("http://", "https://")):
             return candidate
-    raise ConfigError("no Jobs API address: pass --address http://<head>:8265, or set RAY_API_SERVER_ADDRESS "
-                      "(with the dashboard tunnelled, e.g. `ray dashboard cluster/ray-cluster.yaml`)")
+    if connected and (url := _connected_dashboard()):
+        return url if "://" in url else f"http://{url}"
+    raise ConfigError(f"no Jobs API address: set {setting}, or RAY_API_SERVER_ADDRESS (with the dashboard "
+                      "tunnelled, e.g. `ray dashboard cluster/ray-cluster.yaml`)")
+
+
+def _connected_dashboard() -> str | None:
+    import ray._private.worker
+
+    try:
+        return ray._private.worker.get_dashboard_url() or None
+    except Exception:  # noqa: BLE001 - not connected: the caller says what to configure
+        return None
 
 
 def forwarded_env(names: tuple[str, ...] = ("MLSCALE_STORAGE", "MLFLOW_TRACKING_URI")) -> dict[str, str]:

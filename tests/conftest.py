@@ -32,6 +32,27 @@ os.environ.update(PROCESS_ENV)
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+_TIER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add each phase's time (setup, call, teardown) to its tier: tests/unit, tests/integration, tests/e2e."""
+    parts = report.nodeid.split("/")
+    tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Where the suite's time went, by tier (fixtures count where they are first used); also written to the file
+    MLSCALE_TIER_TIMES names, for .ci/run's phase table."""
+    lines = [f"tests/{tier:<12} {seconds:8.0f} s" for tier, seconds in sorted(_TIER_SECONDS.items())]
+    terminalreporter.write_sep("=", "time by test tier")
+    for line in lines:
+        terminalreporter.write_line(line)
+    if target := os.environ.get("MLSCALE_TIER_TIMES"):
+        Path(target).write_text("".join(f"{line}\n" for line in lines))
+
+
 def restore_env(saved: dict[str, str | None]) -> None:
     """Put environment variables back as they were (None: it was not set)."""
     for name, value in saved.items():

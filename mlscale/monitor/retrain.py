@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mlscale.config import RetrainConfig
+from mlscale.config import PipelineConfig, RetrainConfig, SplitConfig
+from mlscale.errors import ConfigError
 from mlscale.monitor.windows import WindowDrift
 
 log = logging.getLogger(__name__)
@@ -178,3 +179,27 @@ def readable(entry: dict[str, Any]) -> str:
         return f"{when} window {entry.get('window')}: {what}; {'; '.join(entry.get('reasons', []))}{outcome}"
     return (f"{when} retrain v{entry.get('version')}: {entry.get('judged')}; release: "
             f"{entry.get('release') or 'none'}")
+
+
+def decision_log(config: PipelineConfig) -> DecisionLog:
+    """The pipeline's decision log, under its storage root: the monitor and the retrain job both write it.
+
+    Args:
+        config: the pipeline's config (its name and storage.root place the log).
+    """
+    return DecisionLog(config.storage.root_path / "decisions", config.name)
+
+
+def retrain_config(config: PipelineConfig, train: list[Any], val: list[Any], test: list[Any]) -> PipelineConfig:
+    """The pipeline's own config over the recent windows: a time split on the window column, and the canary
+    promotion policy (judged like if_better with the retrain margin; only the canary moves the alias)."""
+    column = config.monitor.window_column
+    if config.monitor.window != "column" or not column:
+        raise ConfigError("monitor.retrain needs monitor.window: column (a logged time column such as the month, "
+                          "which the retrain's time split selects its windows by)")
+    split = SplitConfig(method="time", column=column, train=train, val=val, test=test)
+    tracking = config.tracking.model_copy(update={"promotion": "canary",
+                                                  "promotion_min_delta": config.monitor.retrain.min_delta})
+    # the job runs in another working directory: a relative local storage root means this process's
+    storage = config.storage.model_copy(update={"root": str(config.storage.root_path)})
+    return config.model_copy(update={"split": split, "tracking": tracking, "storage": storage})

@@ -13,6 +13,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from mlscale.config import MonitorConfig
+from mlscale.direction import gain
 from mlscale.monitor.drift import (
     FeatureDrift,
     has_moved,
@@ -37,8 +38,7 @@ class Decay:
     max_drop: float
 
     def decayed(self, live: float) -> bool:
-        drop = self.reference - live if self.mode == "max" else live - self.reference
-        return drop > self.max_drop
+        return gain(self.reference, live, self.mode) > self.max_drop
 
 
 @dataclass

@@ -14,6 +14,7 @@ import requests
 from mlscale.config import PipelineConfig
 from mlscale.data.prepare import PreparedData, load_prepared
 from mlscale.data.records import json_value
+from mlscale.direction import gain
 from mlscale.errors import ServingError
 from mlscale.evaluate import PREDICTION_COLUMN, score
 from mlscale.features.label import label_scale
@@ -70,7 +71,7 @@ def check_variant(config: PipelineConfig, served_uri: str) -> dict[str, Any]:
                                       variant=variant).metrics[metric]
               for variant in ("fp32", config.serve.variant)}
     fp32, variant = values["fp32"], values[config.serve.variant]
-    drop = fp32 - variant if mode == "max" else variant - fp32
+    drop = gain(fp32, variant, mode)
     tolerance = config.serve.int8_max_metric_drop
     record = {"variant": config.serve.variant, "metric": metric, "fp32": fp32, config.serve.variant: variant,
               "drop": drop, "tolerance": tolerance, "accepted": drop <= tolerance}

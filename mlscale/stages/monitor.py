@@ -16,8 +16,9 @@ import pyarrow as pa
 
 from mlscale.config import PipelineConfig
 from mlscale.errors import ConfigError, SourceError
+from mlscale.monitor.jobs import submit_retrain
 from mlscale.monitor.labels import join_labels
-from mlscale.monitor.retrain import DecisionLog, RetrainDecision, decide_retrain
+from mlscale.monitor.retrain import RetrainDecision, decide_retrain, decision_log
 from mlscale.monitor.windows import Decay, WindowDrift, judge_windows, read_log, read_table, with_windows
 from mlscale.plots import drift_over_time, metric_over_time
 from mlscale.registry.store import load_bundle, pinned_uri, uri_version, version_tags
@@ -65,10 +66,6 @@ def log_path_of(config: PipelineConfig) -> str:
     return settings.path if settings and settings.path else default_log_path(config.storage.root_path, config.name)
 
 
-def decision_log(config: PipelineConfig) -> DecisionLog:
-    return DecisionLog(config.storage.root_path / "decisions", config.name)
-
-
 def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: datetime | None = None) -> MonitorReport:
     """Judge every window of the prediction log against a model, decide whether to retrain, and (when the policy
     is on and nothing holds it back) submit the retrain job.
@@ -112,8 +109,6 @@ def monitor_stage(config: PipelineConfig, model_uri: str | None = None, now: dat
         report.decision.held_back = f"window {report.decision.window} has triggered a retrain already (claimed by " \
                                     "another monitor)"
     if report.decision.start:
-        from mlscale.stages.retrain import submit_retrain
-
         # the start is on record before the job exists: a monitor deciding meanwhile counts it (cool-down, cap)
         decisions.append(report.decision.to_dict())
         submit_retrain(config, report.decision)

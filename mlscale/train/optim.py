@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mlscale.config import OptimizerConfig, ScheduleConfig
+from mlscale.direction import gain
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], settings: OptimizerConfig) -> torch.optim.Optimizer:
@@ -63,8 +64,7 @@ class EarlyStopping:
     def improved(self, value: float) -> bool:
         if self.best is None or math.isnan(self.best):
             return not math.isnan(value)
-        gain = value - self.best if self.mode == "max" else self.best - value
-        return gain > self.min_delta
+        return gain(value, self.best, self.mode) > self.min_delta
 
     def update(self, value: float) -> bool:
         """Record one evaluation; True when training should stop."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlscale.direction import better, signed
+
 OUTCOMES = ("completed", "pruned", "stopped", "failed")
 
 
@@ -37,14 +39,6 @@ class Report:
     step: int = 0
 
 
-def better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
-
-
-def best_of(values: list[float], mode: str) -> float:
-    return max(values) if mode == "max" else min(values)
-
-
 def pareto_front(records: list[TrialRecord], cost: str, mode: str) -> list[TrialRecord]:
     """Trials no other trial beats on both the metric and the cost (lower cost is better), cheapest first."""
     scored = [(r, r.value) for r in records if r.value is not None and cost in r.cost]
@@ -69,7 +63,7 @@ def pick_winner(records: list[TrialRecord], mode: str, cost: str | None = None,
         candidates = [(r, v) for r, v in candidates if r.cost.get(cost, float("inf")) <= max_cost]
     if not candidates:
         return None
-    return max(candidates, key=lambda pair: pair[1] if mode == "max" else -pair[1])[0]
+    return max(candidates, key=lambda pair: signed(pair[1], mode))[0]
 
 
 def budget_curve(reports: list[Report], mode: str) -> list[tuple[float, float]]:

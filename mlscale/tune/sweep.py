@@ -27,6 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from mlscale.config import PipelineConfig
 from mlscale.data.sources import resolve
 from mlscale.data.storage import exists
+from mlscale.direction import signed
 from mlscale.train.loop import read_checkpoint
 from mlscale.train.trainer import checkpoint_storage, first_unfinished
 from mlscale.tune.analysis import OUTCOMES, Report, TrialRecord, pareto_front, pick_winner
@@ -156,7 +157,7 @@ class SweepResult:
         rows = [{"trial": r.trial_id, "outcome": r.outcome, "epochs": r.epochs, self.metric: r.value,
                  **{f"cost.{k}": v for k, v in r.cost.items()}, **r.params} for r in self.trials]
         frame = pd.DataFrame(rows)
-        return frame.sort_values(self.metric, ascending=self.mode == "min", na_position="last") if rows else frame
+        return frame.sort_values(self.metric, ascending=signed(1, self.mode) < 0, na_position="last") if rows else frame
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(OUTCOMES, 0)
@@ -201,7 +202,7 @@ def trial_id_of(result: ray.tune.Result) -> str:
 
 
 def best_row_of(frame: pd.DataFrame, metric: str, mode: str) -> pd.Series:
-    return frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+    return frame.loc[signed(frame[metric], mode).idxmax()]
 
 
 def _record(result: ray.tune.Result, config: PipelineConfig, pruned: set[str]) -> tuple[TrialRecord, list[Report]]:
@@ -237,7 +238,7 @@ def best_checkpoint(config: PipelineConfig, result: ray.tune.Result) -> Any:
     metric, mode = config.metric
     if result.best_checkpoints:
         scored = [(c, m) for c, m in result.best_checkpoints if metric in m]
-        chosen = max(scored, key=lambda pair: pair[1][metric] if mode == "max" else -pair[1][metric])
+        chosen = max(scored, key=lambda pair: signed(pair[1][metric], mode))
         return chosen[0]
     if result.metrics_dataframe is None:
         raise RuntimeError(f"trial {result.path} reported no metrics")

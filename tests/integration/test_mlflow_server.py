@@ -123,43 +123,72 @@ def test_concurrent_challengers_only_a_judged_version_becomes_champion(mlflow_se
 
 
 @pytest.mark.slow
-def test_train_job_against_the_server_then_the_registry_cli(mlflow_server, pipeline_result, local_cluster,
-                                                             tmp_path):
-    """The train stage as a real `ray job submit` tracking to the server; then register/compare/promote/list/load
-    through the `mlscale registry` CLI against the same server."""
+@pytest.mark.timeout(1200)  # above its own deadlines: 300 + 120 + 600 s
+def test_a_stopped_train_job_resumes_tracked_on_the_server_then_the_registry_cli(mlflow_server, pipeline_result,
+                                                                                 local_cluster, tmp_path):
+    """The train stage as a real `ray job submit` tracking to the server: stopped mid-run (`ray job stop`) and
+    submitted again, it picks up from its checkpoint; then register/compare/promote/list/load through the
+    `mlscale registry` CLI against the same server."""
+    import time
+    import uuid
+
+    import pyarrow.fs as pafs
     from ray.job_submission import JobStatus, JobSubmissionClient
     from typer.testing import CliRunner
 
     from mlscale.cli import app
+    from mlscale.train.progress import ProgressLog
     from tests.e2e.test_job import submit, summary_from_logs, wait
 
     url, _ = mlflow_server
     config, result = pipeline_result
     client = JobSubmissionClient(local_cluster.dashboard_url)
-    # One epoch keeps the test short; such a model may fail the behavioural checks, so promotion is forced here.
-    job_id = submit(client, "python jobs/train.py --config jobs/configs/flights-small.yaml --set train.epochs=1 "
-                            "--set tracking.experiment=server-train --set tracking.promotion=always",
-                    {"MLSCALE_STORAGE": str(config.storage.root_path), "MLFLOW_TRACKING_URI": url})
-    status = wait(client, job_id)
-    logs = client.get_job_logs(job_id)
+    run_name = f"resume-{uuid.uuid4().hex[:6]}"
+    # Two short epochs; such a model may fail the behavioural checks, so promotion is forced here.
+    entrypoint = (f"python jobs/train.py --config jobs/configs/flights-small.yaml --set train.run_name={run_name} "
+                  "--set train.epochs=2 --set train.checkpoint.every_n_steps=25 "
+                  "--set tracking.experiment=server-train --set tracking.promotion=always")
+    env = {"MLSCALE_STORAGE": str(config.storage.root_path), "MLFLOW_TRACKING_URI": url}
+    progress = ProgressLog(pafs.LocalFileSystem(), str(config.storage.root_path / "train" / run_name))
+    first = submit(client, entrypoint, env)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (progress.attempts() and progress.attempts()[-1].last_step >= 80):
+        assert not client.get_job_status(first).is_terminal(), client.get_job_logs(first)[-3000:]
+        time.sleep(0.2)
+    client.stop_job(first)
+    assert wait(client, first, 120) == JobStatus.STOPPED
+    stopped_at = progress.attempts()[-1].last_step
+
+    second = submit(client, entrypoint, env)
+    status = wait(client, second)
+    logs = client.get_job_logs(second)
     assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    attempts = progress.attempts()
+    assert len(attempts) == 2 and attempts[1].finished
+    resumed_from = attempts[1].started_from_step
+    assert 0 < resumed_from <= stopped_at  # resumed from a checkpoint, not from step 0
     summary = summary_from_logs(logs)
+    assert summary["train_attempts"] == 2
+    assert summary["train_repeated_steps"] == stopped_at - resumed_from
     assert summary["promoted"] is True and summary["model_version"] == "1", summary
     assert summary["promotion"].startswith("always")
 
     tracking = tracking_client(url)
     run = tracking.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+    assert run.data.metrics["train_steps"] == attempts[1].last_step
     assert run.data.params["train.model.family"] == "mlp" and run.data.params["train.optimizer.name"] == "adamw"
     assert {"mlscale.data_fingerprint", "mlscale.config_hash", "mlscale.code_version", "mlscale.parent_run",
             "mlscale.feature_fingerprint"} <= set(run.data.tags)
-    history = tracking.get_metric_history(run.info.run_id, "val_auc")  # logged by rank 0 as training went
-    assert [m.step for m in history] == [run.data.metrics["train_steps"]]  # one epoch: one evaluation
+    steps = [m.step for m in tracking.get_metric_history(run.info.run_id, "val_auc")]  # by rank 0 as it went
+    assert steps == sorted(steps) and steps[0] > resumed_from and steps[-1] == run.data.metrics["train_steps"]
     artifacts = {a.path for folder in ("plots", "evaluation", "data") for a in tracking.list_artifacts(
         run.info.run_id, folder)}
     assert {"plots/training_curve.png", "plots/reliability.png", "evaluation/slices.json",
             "evaluation/behaviour.json", "data/_validation_report.json"} <= artifacts
     assert 0 <= run.data.metrics["test_ece"] < 0.2
+    print(f"resume: stopped at step {stopped_at}, rerun resumed from step {resumed_from}, "
+          f"{summary['train_repeated_steps']} steps repeated, test_auc {summary['test_auc']:.4f}")
 
     model = "flights-small-late-arrival"
     base = ["--config", str(Path(__file__).resolve().parents[2] / "jobs" / "configs" / "flights-small.yaml"),

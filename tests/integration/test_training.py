@@ -55,9 +55,9 @@ def uninterrupted(setup):
     return train(setup)
 
 
-def test_same_seed_gives_the_same_metrics(setup, uninterrupted):
-    again = train(setup)
-    assert curve(again) == curve(uninterrupted)  # bit for bit: same init, shard order, shuffles and dropout
+def test_an_uninterrupted_run_reports_at_every_checkpoint_step(uninterrupted):
+    """Same seed, same metrics bit for bit is proven by the chaos test below (a second run of the same seed, killed
+    and resumed, must match this one exactly); this checks the run it compares against."""
     steps = [row["step"] for row in uninterrupted.history]
     assert steps[:3] == [EVERY, 2 * EVERY, 3 * EVERY] and steps[-1] == uninterrupted.summary_metrics()["train_steps"]
     assert len({row["val_auc"] for row in uninterrupted.history}) > 3  # the metric moves: equality means something
@@ -171,6 +171,8 @@ def test_regression_task_end_to_end(pipeline_result):
     rows = result.prepared.read("test").limit(200).take_all()
     predictions = bundle.predict_records(rows)
     assert predictions.std() > 10  # minutes, not probabilities
-    assert "carrier" in trained.slices and all("test_rmse" in v or "test_rows" in v
-                                               for v in trained.slices["carrier"].values())
+    carriers, least = trained.slices["carrier"].values(), regression.evaluate.min_slice_rows
+    assert any("test_rmse" in v for v in carriers)  # scored only where enough rows: RMSE exactly there
+    assert all(("test_rmse" in v) == (v["test_rows"] >= least) and v["test_rmse" if "test_rmse" in v else
+                                                                     "test_rows"] > 0 for v in carriers)
     assert ray.is_initialized()

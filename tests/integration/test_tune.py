@@ -9,9 +9,10 @@ import optuna
 import pytest
 
 from mlscale.config import load_config
+from mlscale.direction import better
 from mlscale.registry.store import load_bundle
 from mlscale.tracking import tracking_client
-from mlscale.tune.analysis import OUTCOMES, better
+from mlscale.tune.analysis import OUTCOMES
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

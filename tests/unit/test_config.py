@@ -233,8 +233,8 @@ def test_credentials_leave_the_process_only_as_references_on_every_path(monkeypa
     import mlscale.serve.config_file as config_file
     from mlscale.config import load_config, parse_overrides
     from mlscale.errors import ConfigError
+    from mlscale.monitor.jobs import retrain_entrypoint
     from mlscale.serve.app import rollout_config
-    from mlscale.stages.retrain import retrain_entrypoint
 
     monkeypatch.setenv("MLSCALE_TEST_MLFLOW_PASSWORD", "s3cr3t-pw")
     monkeypatch.setenv("MLSCALE_TEST_JOBS", "http://jobs:t0ken-xyz@127.0.0.1:8265")

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mlscale"
 # Lower number = earlier. A module may import its own layer or lower ones, never a higher one.
 LAYERS: list[tuple[str, int]] = [
     # shared foundations: declarations and plumbing every layer may use
-    ("mlscale.version", 0), ("mlscale.errors", 0), ("mlscale.config", 0), ("mlscale.data.schema", 0),
+    ("mlscale.version", 0), ("mlscale.errors", 0), ("mlscale.direction", 0), ("mlscale.config", 0),
+    ("mlscale.data.schema", 0),
     ("mlscale.caching", 0), ("mlscale.hashing", 0), ("mlscale.cluster", 0), ("mlscale.tracking", 0),
     ("mlscale.plots", 0), ("mlscale.logs", 0), ("mlscale.cost", 0), ("mlscale.clusterdef", 0), ("mlscale.submit", 0),
     # the domain, in the order data flows
@@ -88,14 +89,65 @@ def test_the_check_catches_an_upward_import(tmp_path):
         layer_of("mlscale.unknown_module")
 
 
-def test_the_notebook_and_the_readme_use_only_the_public_api():
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (anywhere in the file, functions included)."""
+    modules = {module_name(path): path for path in SOURCES}
+    return {module: {target for _, target in imported_modules(path) if target in modules and target != module}
+            for module, path in modules.items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each is a loop of imports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_module_imports_itself_through_others():
+    """Beside the layers: no loop even within one layer (two stages importing each other inside functions)."""
+    assert import_cycles(import_graph()) == []
+
+
+def test_the_cycle_check_finds_a_loop():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_notebooks_and_the_readme_use_only_the_public_api():
     """What a newcomer copies must keep working when modules move: `import mlscale`, nothing deeper."""
     import json
     import re
 
     repo = PACKAGE.parent
-    notebook = json.loads((repo / "notebooks" / "quickstart.ipynb").read_text())
-    code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    notebooks = sorted((repo / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) >= 2
+    code = ["".join(cell["source"]) for path in notebooks for cell in json.loads(path.read_text())["cells"]
+            if cell["cell_type"] == "code"]
     code += re.findall(r"```python\n(.*?)```", (repo / "README.md").read_text(), re.S)
     assert any("import mlscale" in block for block in code)
     deep = [line for block in code for line in block.splitlines()

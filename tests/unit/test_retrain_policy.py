@@ -139,7 +139,8 @@ def test_windows_by_count_follow_the_order_rows_were_served():
 def test_the_retrain_job_command_reproduces_the_config_exactly():
     import shlex
 
-    from mlscale.stages.retrain import retrain_config, retrain_entrypoint
+    from mlscale.monitor.jobs import retrain_entrypoint
+    from mlscale.monitor.retrain import retrain_config
 
     config = load_config("flights", {"monitor.window": "column", "monitor.window_column": "month",
                                      "monitor.retrain.min_delta": 0.002, "train.epochs": 1})
@@ -212,7 +213,7 @@ def test_a_retrain_stopped_at_its_timeout_ends_its_canary_and_says_what_serves(m
     import ray.job_submission
 
     import mlscale.serve.ledger as ledger
-    from mlscale.stages.retrain import submit_retrain
+    from mlscale.monitor.jobs import submit_retrain
 
     stopped, ended = [], []
 

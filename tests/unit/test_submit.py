@@ -37,3 +37,17 @@ def test_the_address_must_be_the_jobs_api(monkeypatch):
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265")
     assert jobs_address() == "http://127.0.0.1:8265"
     assert jobs_address("https://head:8265") == "https://head:8265"
+    assert jobs_address("head:8265") == "http://head:8265"  # a bare host:port, as `ray job submit` reads it
+    with pytest.raises(ConfigError, match="monitor.retrain.jobs_address 'ray://head:10001'"):
+        jobs_address("ray://head:10001", setting="monitor.retrain.jobs_address")
+
+
+def test_the_connected_clusters_dashboard_is_the_last_resort(monkeypatch):
+    import ray._private.worker
+
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray._private.worker, "get_dashboard_url", lambda: "127.0.0.1:8265")
+    assert jobs_address(connected=True) == "http://127.0.0.1:8265"
+    with pytest.raises(ConfigError, match="set monitor.retrain.jobs_address"):
+        jobs_address(setting="monitor.retrain.jobs_address")  # not asked to look at the connected cluster
