@@ -187,30 +187,36 @@ def test_a_killed_replica_is_replaced_and_the_service_keeps_answering(pipeline_r
 
 
 def test_prometheus_metrics_count_requests_per_version_and_status(pipeline_result, local_cluster):
+    """The request counter grows by what this test sent (earlier tests sent to the same endpoint: read it before
+    and after), labelled by version and status; latency, batch, prediction and cost series are exported too."""
     config, result = pipeline_result
+    metrics_url = f"http://127.0.0.1:{local_cluster.metrics_port}/metrics"
+    version = result.trained.version
+
+    def total(text: str, name: str, *labels: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and all(label in line for label in labels))
+
+    def requests_by_status(text: str) -> tuple[float, float]:
+        return (total(text, "ray_mlscale_requests_total", f'version="{version}"', 'status="200"'),
+                total(text, "ray_mlscale_requests_total", 'status="422"'))
+
+    ok_before, bad_before = requests_by_status(requests.get(metrics_url, timeout=10).text)
     records = held_out_records(result.prepared.read("test"), 3)
     for _ in range(3):
         assert requests.post(result.endpoint, json=records, timeout=30).status_code == 200
     assert requests.post(result.endpoint, json={"dep_delay": "soon"}, timeout=30).status_code == 422
-    metrics_url = f"http://127.0.0.1:{local_cluster.metrics_port}/metrics"
-    version = result.trained.version
 
     def exported() -> bool:
         text = requests.get(metrics_url, timeout=10).text
-        lines = [line for line in text.splitlines() if line.startswith("ray_mlscale_requests_total")]
-        return (any(f'version="{version}"' in line and 'status="200"' in line for line in lines)
-                and any('status="422"' in line for line in lines)
+        ok, bad = requests_by_status(text)
+        return (ok >= ok_before + 3 and bad >= bad_before + 1
                 and "ray_mlscale_request_latency_ms_bucket" in text and "ray_mlscale_batch_records_bucket" in text
-                and any(line.startswith("ray_mlscale_prediction_bucket") and f'version="{version}"' in line
-                        for line in text.splitlines())
-                and replica_seconds(text) > 0 and any(line.startswith("ray_mlscale_replica_cpu_seconds_total")
-                                                      for line in text.splitlines()))
+                and total(text, "ray_mlscale_prediction_count", f'version="{version}"') > 0
+                and total(text, "ray_mlscale_replica_seconds_total", f'version="{version}"') > 0
+                and any(line.startswith("ray_mlscale_replica_cpu_seconds_total") for line in text.splitlines()))
 
-    def replica_seconds(text: str) -> float:  # the service's cost: replica time, from Serve's health checks
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("ray_mlscale_replica_seconds_total") and f'version="{version}"' in line)
-
-    wait_for(exported, 90, "mlscale's metrics on the node's Prometheus endpoint")
+    wait_for(exported, 90, "mlscale's metrics on the node's Prometheus endpoint (the counters grown by this test)")
 
 
 def test_the_generated_serve_config_deploys_and_rolls_out_a_new_version_in_place(pipeline_result, local_cluster,
