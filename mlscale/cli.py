@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mlscale.config import PipelineConfig, load_config, parse_overrides
-from mlscale.errors import ConfigError, MlscaleError, PromotionError
+from mlscale.errors import ConfigError, MlscaleError, PromotionError, describe_fields
 
 app = typer.Typer(help="mlscale: data to a monitored model service on one Ray cluster.", no_args_is_help=True)
 _options = {"debug": False}
@@ -227,10 +227,8 @@ def predict(
     try:
         records = parser.parse(body)
     except RequestRejected as rejected:
-        for item in rejected.detail:
-            where = ".".join(str(part) for part in item["loc"])
-            got = f" (got {item['input']!r})" if "input" in item else ""
-            typer.secho(f"{where}: {item['msg']}{got}", fg=typer.colors.RED, err=True)
+        for line in describe_fields(rejected.detail):
+            typer.secho(line, fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps({"model_uri": uri, "predictions": bundle.predict_records(records).tolist()}))
 

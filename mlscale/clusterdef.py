@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlscale.errors import ConfigError
+from mlscale.errors import ConfigError, describe_fields
 
 GENERATED = "# Generated from cluster/definition.yaml by `mlscale cluster render`: edit the definition instead.\n"
 DASHBOARD_PORT = 8265
@@ -200,8 +200,7 @@ def load_definition(path: str | Path) -> ClusterDefinition:
     except yaml.YAMLError as error:
         raise ConfigError(f"cluster definition {path} is not YAML: {error}") from None
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
-                             for item in error.errors())
+        problems = "; ".join(describe_fields(error.errors()))
         raise ConfigError(f"cluster definition {path}: {problems}") from None
 
 

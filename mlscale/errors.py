@@ -17,7 +17,23 @@ scheduler or a shell script can tell a bad config from bad data from a refused p
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+_UNSET = object()
+
+
+def describe_fields(items: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per invalid field: its dotted path, what is wrong, the value given. Takes pydantic's error items or
+    the service's 422 detail (the same shape), so a config, a cluster definition and a request read alike."""
+    lines = []
+    for item in items:
+        where = ".".join(str(part) for part in item.get("loc", ()))
+        message = str(item["msg"]).removeprefix("Value error, ")
+        value = item.get("input", _UNSET)
+        got = "" if value is _UNSET or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{where}: {message}{got}" if where else f"{message}{got}")
+    return lines
 
 
 class MlscaleError(Exception):

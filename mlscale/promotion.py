@@ -30,14 +30,14 @@ import mlflow
 import ray
 import ray.data
 
-from mlscale.config import EvaluateConfig, PipelineConfig
+from mlscale.config import EvaluateConfig, PipelineConfig, PromotionPolicy
 from mlscale.direction import gain
 from mlscale.errors import NothingToServe, PromotionConflict, PromotionError
 from mlscale.evaluate import Evaluation, evaluate, score
 from mlscale.registry.store import label_of, set_alias, version_of
 from mlscale.tracking import tracking_client
 
-Policy = Literal["always", "if_better", "manual", "canary"]
+Policy = PromotionPolicy
 DECISION_TAG = "mlscale.promotion"
 
 

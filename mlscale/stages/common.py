@@ -11,6 +11,7 @@ from mlscale.cluster import ensure_ray
 from mlscale.config import PipelineConfig
 from mlscale.cost import metered
 from mlscale.tracking import start_tracking
+from mlscale.tune.resources import trial_reservation
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def start(config: PipelineConfig) -> None:
         config: the pipeline config (its `ray`, `train`, `tune`, `storage` and `tracking` sections are read).
     """
     settings = config.train
-    trial = sum(reserved.get("CPU", 0.0) for reserved in config.trial_reservation())
+    trial = sum(reserved.get("CPU", 0.0) for reserved in trial_reservation(config))
     needed = max(int(max(settings.num_workers, 1) * settings.cpus_per_worker) + 2,
                  math.ceil(config.tune.data_cpus + trial))
     ray_settings = config.ray

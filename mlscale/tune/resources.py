@@ -28,13 +28,25 @@ class TrialPlan:
         return {key: self.driver.get(key, 0.0) + self.workers.get(key, 0.0) for key in keys}
 
 
+def trial_reservation(config: PipelineConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """What one search trial reserves: (its own process, its Ray Train workers together). A trial that trains
+    in its own process reserves one worker's share there and no workers."""
+    tune, train = config.tune, config.train
+    gpu = "GPU" if train.use_gpu else None
+    if tune.trial_workers == 0:
+        return {"CPU": train.cpus_per_worker, **({gpu: train.gpus_per_worker} if gpu else {})}, {}
+    workers = {"CPU": tune.trial_workers * train.cpus_per_worker,
+               **({gpu: tune.trial_workers * train.gpus_per_worker} if gpu else {})}
+    return {"CPU": tune.driver_cpus}, workers
+
+
 def plan_trials(config: PipelineConfig, cluster: dict[str, float]) -> TrialPlan:
     """Per-trial resources and the concurrency the free resources allow (capped by tune.max_concurrent_trials).
 
     `cluster` is what is free when the sweep starts: a Serve application or another job on the same cluster
     keeps what it holds, and counting it would starve the trials' data reads."""
     tune, train = config.tune, config.train
-    driver, workers = config.trial_reservation()
+    driver, workers = trial_reservation(config)
     plan = TrialPlan(driver, workers, 1)
     free_cpus = cluster.get("CPU", 0.0) - tune.data_cpus
     fits = []

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mlscale.config import load_config, parse_overrides
+from mlscale.config import config_from_dict, load_config, parse_overrides
 from mlscale.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,7 +192,7 @@ def test_the_examples_ship_in_the_package_and_load_by_name(tmp_path, monkeypatch
         by_name = load_config(name)
         assert by_name.fingerprint() == load_config(REPO / "jobs" / "configs" / f"{name.removesuffix('.yaml')}.yaml"
                                                     ).fingerprint()
-    packaged = Path(mlscale.config.__file__).with_name("configs")
+    packaged = Path(mlscale.config.__file__).parent.parent / "configs"
     assert (REPO / "jobs" / "configs" / "flights.yaml").resolve() == packaged / "flights.yaml"  # one copy
     with pytest.raises(ConfigError, match="built-in example: flights, flights-replay, flights-small"):
         load_config("flight")
@@ -257,3 +257,12 @@ def test_credentials_leave_the_process_only_as_references_on_every_path(monkeypa
     monkeypatch.delenv("MLSCALE_TEST_MLFLOW_PASSWORD")
     with pytest.raises(ConfigError, match="tracking.uri holds a credential that no environment variable"):
         retrain_entrypoint(config)
+
+
+def test_a_searched_field_must_be_a_config_field():
+    """tune.space.params is checked against the whole config at its root; the message names the dotted field."""
+    searched = {"tune": {"space": {"params": {"train.optimizer.lr": {"low": 1e-4, "high": 1e-2, "log": True}}}}}
+    assert config_from_dict(searched).tune.space.params["train.optimizer.lr"].log
+    for dotted in ("train.optimizer.nope", "nosuchsection.lr", "train.epochs.deeper"):
+        with pytest.raises(ConfigError, match=rf"tune\.space\.params: '{dotted}' is not a config field"):
+            config_from_dict({"tune": {"space": {"params": {dotted: {"low": 0, "high": 1}}}}})
