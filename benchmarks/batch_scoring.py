@@ -38,7 +38,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 from benchmarks.data_pipeline import MemorySampler  # noqa: E402
-from mlscale.cluster import configure_data, set_process_env  # noqa: E402
+from mlscale.cluster.connect import configure_data, set_process_env  # noqa: E402
 from mlscale.config import PipelineConfig, RayConfig, load_config  # noqa: E402
 
 SCALES = (1, 4, 16)

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-from mlscale.cluster import configure_data, set_process_env  # noqa: E402
+from mlscale.cluster.connect import configure_data, set_process_env  # noqa: E402
 from mlscale.config import PipelineConfig, RayConfig, load_config  # noqa: E402
 from mlscale.data.prepare import SPLIT_COLUMN, prepare, schema_for, validate_and_split  # noqa: E402
 from mlscale.data.synthetic import ROWS_PER_BLOCK, generate_table  # noqa: E402

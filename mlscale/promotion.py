@@ -72,6 +72,17 @@ class PromotionDecision:
         return asdict(self)
 
 
+def judged_elsewhere(model: str, alias: str, challenger_version: str, champion_version: str | None, policy: str,
+                     reason: str, metric: str = "manual_promotion", mode: str = "max",
+                     challenger_value: float | None = None, champion_value: float | None = None) -> PromotionDecision:
+    """A promotion judged outside `decide`: by a person (`mlscale registry promote`) or by a canary's live numbers.
+    The same record as `decide` gives, so applying it, tagging the version and reading it back work alike."""
+    return PromotionDecision(model=model, alias=alias, challenger_version=challenger_version,
+                             champion_version=champion_version, promote=True, policy=policy, metric=metric,
+                             mode=mode, challenger_value=challenger_value, champion_value=champion_value, delta=None,
+                             behaviour_passed=True, reason=reason, qualified=True)
+
+
 def decide(model: str, alias: str, policy: str, metric: str, mode: Literal["max", "min"], min_delta: float,
            challenger: Measurement, champion: Measurement | None, behaviour_passed: bool = True,
            behaviour_failures: Sequence[str] = ()) -> PromotionDecision:

@@ -26,7 +26,7 @@ os.environ.update(
     MLFLOW_ALLOW_FILE_STORE="true",
     TQDM_DISABLE="1",
 )
-from mlscale.cluster import PROCESS_ENV  # noqa: E402 - the session cluster gets what an embedded Ray gets
+from mlscale.cluster.connect import PROCESS_ENV  # noqa: E402 - the session cluster gets what an embedded Ray gets
 
 os.environ.update(PROCESS_ENV)
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -153,7 +153,7 @@ def ray_session(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
     saved = {"MLSCALE_SERVE_PORT": os.environ.get("MLSCALE_SERVE_PORT")}
     os.environ["MLSCALE_SERVE_PORT"] = str(local_cluster.serve_port)
     ray.init(address=local_cluster.gcs_address, log_to_driver=False)
-    from mlscale.cluster import configure_data
+    from mlscale.cluster.connect import configure_data
     from mlscale.config import RayConfig
 
     configure_data(RayConfig())  # what ensure_ray does for a pipeline run

@@ -238,7 +238,7 @@ def judge_output(folder: Path | str, quarantine: Path | str, rows_read: int, cou
 
 def prepare_key(config: PipelineConfig, source_fingerprint: str) -> str:
     settings = config.model_dump(mode="json", include={"data", "split", "validation"})
-    return cache_key(source_fingerprint, settings, code_hash("data", "config.py"))
+    return cache_key(source_fingerprint, settings, code_hash("data", "config"))
 
 
 def prepared_store(config: PipelineConfig) -> tuple[pafs.FileSystem, str]:

@@ -6,7 +6,6 @@ HTTP request gets a 422 (request_model), so training data and live traffic are h
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
@@ -67,12 +66,6 @@ def arrow_schema(specs: list[ColumnSpec]) -> pa.Schema:
 
 
 _PY_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
-
-
-def record_name(dataset: str) -> str:
-    """The request model's name for a dataset: `flights-small` -> `FlightsSmallRecord` (shown in /docs and errors)."""
-    words = re.split(r"[^A-Za-z0-9]+", dataset)
-    return "".join(word[:1].upper() + word[1:] for word in words if word) + "Record"
 
 
 def _not_a_boolean(value: Any) -> Any:

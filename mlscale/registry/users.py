@@ -12,7 +12,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
-from mlscale.clusterdef import MLFLOW_USER_ENV
+from mlscale.cluster.definition import MLFLOW_USER_ENV
 
 # what the Job's container reads: the admin signs in through MLflow's own variables; the user comes from the
 # definition's mlflow_username / mlflow_password secrets

@@ -7,6 +7,10 @@ halves scale together with the load.
 
 The version served arrives through `user_config`: pinned at deploy time (`models:/name/<n>`), and changed only by
 Serve's own update path (`reconfigure` on the running replicas), never by a replica re-reading an alias.
+
+This module is the replica and its HTTP handling only: batching many requests into one pass is `serve/batching.py`,
+the user_config it receives is `serve/rollout.py`, and building the application from the serve section (options,
+key digests, the builder a RayService calls) is `serve/build.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import random
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,11 +32,10 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from mlscale.config import ServeConfig, expand_env
-from mlscale.data.schema import record_name
-from mlscale.errors import ConfigError
+from mlscale.config import expand_env
 from mlscale.registry.bundle import Bundle
-from mlscale.registry.store import load_pinned_bundle, pinned_uri, uri_version
+from mlscale.registry.store import load_pinned_bundle, uri_version
+from mlscale.serve.batching import TransformFailed, predict_requests
 from mlscale.serve.cache import PredictionCache
 from mlscale.serve.docs import openapi_document
 from mlscale.serve.ledger import release_ledger
@@ -43,15 +45,14 @@ from mlscale.serve.predlog import LogSettings, PredictionLog
 from mlscale.serve.requests import (
     RequestParser,
     RequestRejected,
-    UnknownFields,
     authorized,
     check_content_type,
-    key_digest,
     read_body,
     rejection,
     unauthorized,
+    untransformable,
 )
-from mlscale.tracking import by_reference
+from mlscale.serve.rollout import Canary, Rollout
 
 DEPLOYMENT = "ModelServer"
 REPORT_INTERVAL_S = 1.0  # how often a replica sends its live release numbers to the ledger
@@ -77,52 +78,6 @@ class ErrorBody(BaseModel):
     detail: list[dict[str, Any]] = Field(..., description="What is wrong, each entry naming its place (`loc`).")
 
 
-class Canary(BaseModel):
-    """A challenger served beside the champion on a share of the traffic, while a release watcher judges it."""
-
-    model_config = ConfigDict(extra="forbid")
-    uri: str
-    served_uri: str
-    fraction: float = Field(..., gt=0, lt=1)
-    sticky_header: str | None = None
-    rollout_id: str = Field(..., description="Names this canary's live numbers in the release ledger.")
-    app_name: str
-    lease_s: float = Field(15.0, gt=0, description="The challenger's share lasts while the watcher renews its lease.")
-
-
-class Rollout(BaseModel):
-    """The deployment's user_config: what the replicas serve and how. Changing it updates running replicas."""
-
-    model_config = ConfigDict(extra="forbid")
-    uri: str = Field(..., description="What was asked for (an alias URI is kept for the record).")
-    served_uri: str = Field(..., description="The exact version resolved from it at deploy time.")
-    tracking_uri: str | None = None
-    record: str = "Record"
-    max_records: int = Field(10_000, ge=1)
-    max_body_bytes: int = Field(8 * 2**20, ge=1)
-    unknown_fields: UnknownFields = "reject"
-    max_batch_size: int = Field(64, ge=1)
-    batch_wait_timeout_s: float = Field(0.0, ge=0)
-    variant: str = "fp32"
-    cache_entries: int = Field(0, ge=0, description="0: no prediction cache.")
-    cache_bytes: int = Field(64 * 2**20, ge=1)
-    cache_ttl_s: float = Field(300.0, gt=0)
-    canary: Canary | None = None
-    prediction_log: dict[str, Any] | None = Field(None, description="LogSettings, the path resolved.")
-    bundle_cache: str | None = Field(None, description="Where replicas keep downloaded versions for later starts.")
-
-
-@dataclass(frozen=True)
-class TransformFailed:
-    """A request whose records passed validation but could not be turned into features or predicted.
-
-    The reason is for the replica's log, not the caller: it is internal exception text."""
-
-    reason: str
-
-
-TRANSFORM_FAILED = "the records passed validation but the model could not turn them into features"
-
 # What a request was, for a canary's judgement: only what a version answered (or failed to answer for its own
 # reasons) is evidence about it; a request refused for the caller's fault never reached the model.
 CALLER, ANSWERED, FAILED = "caller", "answered", "failed"
@@ -141,28 +96,6 @@ class ServedModel:
     @property
     def version(self) -> str:
         return str(self.info["version"])
-
-
-def predict_requests(bundle: Bundle, requests: list[list[dict[str, Any]]]) -> list[list[float] | TransformFailed]:
-    """One forward pass for every request in a batch; if it fails, each request alone, so a record the bundle
-    cannot transform fails only the request that sent it."""
-    try:
-        predictions = bundle.predict_records([record for request in requests for record in request])
-    except Exception:  # noqa: BLE001 - which request is at fault is found below
-        return [_alone(bundle, request) for request in requests]
-    out: list[list[float] | TransformFailed] = []
-    start = 0
-    for request in requests:
-        out.append(predictions[start:start + len(request)].tolist())
-        start += len(request)
-    return out
-
-
-def _alone(bundle: Bundle, request: list[dict[str, Any]]) -> list[float] | TransformFailed:
-    try:
-        return bundle.predict_records(request).tolist()
-    except Exception as error:  # noqa: BLE001 - reported to this request's caller, not raised into the batch
-        return TransformFailed(f"{type(error).__name__}: {error}"[:300])
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -381,7 +314,7 @@ class ModelServerReplica:
             fallback = await self.predict_batch((champion, records))
             if not isinstance(fallback, TransformFailed):
                 return _prediction_response(fallback, champion), FAILED, champion
-        return rejection(422, [{"loc": ["body"], "msg": TRANSFORM_FAILED}]), CALLER, served
+        return untransformable(), CALLER, served
 
     async def _compare(self, served: ServedModel, records: list[dict[str, Any]], predictions: list[float]) -> None:
         """During a canary: the version's prediction level, and for the challenger the champion's answer for the
@@ -450,117 +383,8 @@ def _prediction_response(predictions: list[float], served: ServedModel) -> Respo
 OPEN_ROUTES = frozenset({"/health"})  # every other route asks for a key when keys are configured
 
 
-def rollout_config(model_uri: str, served: str, tracking_uri: str | None, settings: ServeConfig,
-                   record: str, canary: Canary | None = None, log_path: str | None = None,
-                   bundle_cache: str | None = None) -> dict[str, Any]:
-    cache, logging_settings = settings.cache, settings.prediction_log
-    prediction_log = None
-    if logging_settings is not None:
-        path = logging_settings.path or log_path
-        if path is None:
-            raise ConfigError("serve.prediction_log.path is required here (no storage root to put it under)")
-        prediction_log = {**logging_settings.model_dump(exclude={"path"}), "path": path}
-    # the user_config is shown by `serve status` and the dashboard: a credential in the URI travels as a reference
-    return Rollout(uri=model_uri, served_uri=served, tracking_uri=by_reference(tracking_uri, "tracking.uri"),
-                   record=record,
-                   max_records=settings.max_records_per_request, max_body_bytes=settings.max_body_bytes,
-                   unknown_fields=settings.unknown_fields, cache_bytes=cache.max_bytes if cache else 64 * 2**20,
-                   max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.batch_wait_timeout_s,
-                   variant=settings.variant, cache_entries=cache.max_entries if cache else 0,
-                   cache_ttl_s=cache.ttl_s if cache else 300.0, canary=canary,
-                   prediction_log=prediction_log, bundle_cache=bundle_cache).model_dump()
-
-
-def replica_actor_options(settings: ServeConfig, cpus: float) -> dict[str, Any]:
-    """A model replica's reservation: its CPUs and the custom resources that pin it to its node group."""
-    return {"num_cpus": cpus, **({"resources": dict(settings.replica_resources)} if settings.replica_resources
-                                 else {})}
-
-
-def deployment_options(settings: ServeConfig) -> dict[str, Any]:
-    """Replicas (fixed or autoscaled), their CPUs, bounded queues and the overload answer, from the serve section.
-
-    Serve 2.60 versions a deployment itself: applied from a config file (`serve deploy`, a RayService), a change of
-    user_config alone (a new model version, batch size, limits) reconfigures the running replicas in place; through
-    `serve.run` (the deploy stage) it replaces them with a rolling update.
-    """
-    options: dict[str, Any] = {
-        "ray_actor_options": replica_actor_options(settings, settings.model_cpus),
-        "max_ongoing_requests": settings.max_ongoing_requests,
-        "max_queued_requests": settings.max_queued_requests,
-        "backpressure_config": {"status_code": settings.overload_status, "retry_after_s": settings.retry_after_s},
-        "logging_config": {"enable_access_log": settings.access_log},
-    }
-    if settings.autoscaling is None:
-        options["num_replicas"] = settings.num_replicas
-    else:
-        options["autoscaling_config"] = settings.autoscaling.model_dump()
-    return options
-
-
-def build_app(model_uri: str, tracking_uri: str | None, settings: ServeConfig,
-              record: str = "Record", canary: Canary | None = None,
-              log_path: str | None = None, bundle_cache: str | None = None) -> serve.Application:
-    """The application for one registered bundle, sized by the serve section of the config; `record` names the
-    request model (from the dataset's name).
-
-    An alias is resolved here, once: every replica loads that exact version (`models:/name/<n>`), so a replica
-    restarted after a promotion still serves what was deployed; a new version arrives by deploying again (in place
-    through `reconfigure` when applied from a config file, see `deployment_options`).
-    """
-    served = pinned_uri(model_uri, tracking_uri)
-    digests = api_key_digests(settings)
-    rollout = rollout_config(model_uri, served, tracking_uri, settings, record, canary, log_path, bundle_cache)
-    return ModelServer.options(user_config=rollout, **deployment_options(settings)).bind(digests)
-
-
 def _replica_id() -> str:
     try:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # noqa: BLE001 - outside a replica (a direct call in a test)
         return f"pid-{os.getpid()}"
-
-
-def api_key_digests(settings: ServeConfig) -> tuple[str, ...]:
-    """The digests of the keys in the environment variable serve.api_keys_env names and in serve.api_keys_file
-    (read where the app is built; only the digests travel to the replicas).
-
-    Raises:
-        ConfigError: a source is named but holds no keys, or the file cannot be read (an open service by mistake
-            is worse than none).
-    """
-    keys: list[str] = []
-    if settings.api_keys_env is not None:
-        found = [key.strip() for key in os.environ.get(settings.api_keys_env, "").split(",") if key.strip()]
-        if not found:
-            raise ConfigError(f"serve.api_keys_env names {settings.api_keys_env}, which holds no keys")
-        keys += found
-    if settings.api_keys_file is not None:
-        try:
-            lines = Path(settings.api_keys_file).read_text().splitlines()
-        except OSError as error:
-            raise ConfigError(f"serve.api_keys_file {settings.api_keys_file!r} cannot be read: {error}") from None
-        found = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-        if not found:
-            raise ConfigError(f"serve.api_keys_file {settings.api_keys_file!r} holds no keys")
-        keys += found
-    return tuple(dict.fromkeys(key_digest(key) for key in keys))
-
-
-def app_builder(args: dict[str, Any]) -> serve.Application:
-    """Serve application builder for config files (`serve deploy`, KubeRay RayService).
-
-    args: model_uri (default models:/flights-late-arrival@champion), tracking_uri (default $MLFLOW_TRACKING_URI),
-    dataset (the pipeline's name, which names the request model), prediction_log_path (where the prediction log
-    goes when serve.prediction_log sets no path), and any field of the config's serve section
-    (num_replicas, autoscaling, max_batch_size, model_cpus, ...), validated the same way.
-    """
-    args = dict(args)
-    model_uri = args.pop("model_uri", "models:/flights-late-arrival@champion")
-    tracking_uri = args.pop("tracking_uri", None)
-    tracking_uri = expand_env(tracking_uri) if tracking_uri else os.environ.get("MLFLOW_TRACKING_URI")
-    dataset = args.pop("dataset", "flights")
-    log_path = args.pop("prediction_log_path", None)
-    bundle_cache = args.pop("bundle_cache", None)
-    return build_app(model_uri, tracking_uri, ServeConfig.model_validate(args), record_name(dataset),
-                     log_path=log_path, bundle_cache=bundle_cache)

@@ -8,14 +8,15 @@ from typing import Any
 import yaml
 
 from mlscale.config import PipelineConfig
-from mlscale.data.schema import record_name
 from mlscale.registry.store import pinned_uri
-from mlscale.serve.app import DEPLOYMENT, rollout_config
+from mlscale.serve.app import DEPLOYMENT
+from mlscale.serve.build import rollout_config
 from mlscale.serve.deploy import bundle_cache
 from mlscale.serve.predlog import default_log_path
+from mlscale.serve.requests import record_name
 from mlscale.tracking import by_reference
 
-APP_BUILDER = "mlscale.serve.app:app_builder"
+APP_BUILDER = "mlscale.serve.build:app_builder"
 # Where the service listens is the file's http_options and the application's own name and prefix; the comparison
 # with batch scoring is the deploy stage's business, not the running service's.
 NOT_APP_ARGS = {"host", "port", "app_name", "route_prefix", "request_timeout_s", "compare_rows", "compare_rtol",

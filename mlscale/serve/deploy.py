@@ -8,11 +8,12 @@ import requests
 from ray import serve
 
 from mlscale.config import PipelineConfig
-from mlscale.data.schema import record_name
 from mlscale.errors import ConfigError
-from mlscale.serve.app import Canary, api_key_digests, build_app
+from mlscale.serve.build import api_key_digests, build_app
 from mlscale.serve.graph import build_graph
 from mlscale.serve.predlog import default_log_path
+from mlscale.serve.requests import record_name
+from mlscale.serve.rollout import Canary
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from ray.serve.handle import DeploymentHandle
 from mlscale.config import ServeConfig
 from mlscale.data.schema import ColumnSpec
 from mlscale.registry.store import load_bundle, pinned_uri, uri_version
-from mlscale.serve.app import TRANSFORM_FAILED, TransformFailed, predict_requests, replica_actor_options
+from mlscale.serve.batching import TransformFailed, predict_requests
+from mlscale.serve.build import replica_actor_options
 from mlscale.serve.requests import (
     RequestParser,
     RequestRejected,
@@ -35,6 +36,7 @@ from mlscale.serve.requests import (
     read_body,
     rejection,
     unauthorized,
+    untransformable,
 )
 
 GRAPH_INGRESS = "GraphIngress"
@@ -127,7 +129,7 @@ class GraphIngressReplica:
             answer = await (self._fallback(records) if self.mode == "fallback" else self._ensemble(records))
         except Unanswerable as error:
             log.warning("a graph model could not transform a request's records: %s", error)
-            return rejection(422, [{"loc": ["body"], "msg": TRANSFORM_FAILED}])
+            return untransformable()
         except Exception as error:  # noqa: BLE001 - every model refused or failed: retryable, never a bare 500
             log.warning("no graph model could answer: %r", error)
             return rejection(503, [{"loc": ["model"], "msg": f"no model could answer: {_why(error, self.timeout_s)}"}],

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,10 +39,24 @@ class RequestRejected(Exception):
 UnknownFields = Literal["reject", "ignore"]
 
 
+def record_name(dataset: str) -> str:
+    """The request model's name for a dataset: `flights-small` -> `FlightsSmallRecord` (shown in /docs and errors)."""
+    words = re.split(r"[^A-Za-z0-9]+", dataset)
+    return "".join(word[:1].upper() + word[1:] for word in words if word) + "Record"
+
+
 def rejection(status: int, detail: list[dict[str, Any]], headers: dict[str, str] | None = None) -> Response:
     """A 4xx/503 body `{"detail": [...]}` as ASCII JSON: renderable whatever text the detail repeats."""
     return Response(json.dumps({"detail": detail}, ensure_ascii=True, default=str).encode(), status_code=status,
                     headers=headers, media_type="application/json")
+
+
+TRANSFORM_FAILED = "the records passed validation but the model could not turn them into features"
+
+
+def untransformable() -> Response:
+    """422: valid records the model could not turn into features (the caller's data, not the model's health)."""
+    return rejection(422, [{"loc": ["body"], "msg": TRANSFORM_FAILED}])
 
 
 def unauthorized() -> Response:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mlscale.cluster import ensure_ray
+from mlscale.cluster.connect import ensure_ray
 from mlscale.config import PipelineConfig
 from mlscale.cost import metered
 from mlscale.tracking import start_tracking

@@ -20,13 +20,13 @@ from pathlib import Path
 from mlscale.config import PipelineConfig
 from mlscale.errors import ConfigError, PromotionError
 from mlscale.features.label import label_scale
-from mlscale.promotion import PromotionDecision, apply_decision, model_uri, who
+from mlscale.promotion import apply_decision, judged_elsewhere, model_uri, who
 from mlscale.registry.store import label_of, pinned_uri, uri_version
-from mlscale.serve.app import Canary
 from mlscale.serve.deploy import deploy
 from mlscale.serve.ledger import end_leases, read_live, renew_lease
 from mlscale.serve.live import LiveStats
 from mlscale.serve.release import ReleaseDecision, decide_release
+from mlscale.serve.rollout import Canary
 from mlscale.tracking import tracking_client
 
 log = logging.getLogger(__name__)
@@ -127,12 +127,11 @@ def apply_release(config: PipelineConfig, decision: ReleaseDecision, champion_se
         deploy(config, champion_served)
         serving = decision.champion_version
     elif decision.action == "promote":
-        promotion = PromotionDecision(
-            model=config.tracking.registered_model, alias=config.tracking.alias,
-            challenger_version=decision.challenger_version, champion_version=decision.champion_version,
-            promote=True, policy="canary", metric="live_error_rate", mode="min",
-            challenger_value=decision.challenger.get("error_rate"), champion_value=decision.champion.get("error_rate"),
-            delta=None, behaviour_passed=True, reason="canary: " + "; ".join(decision.reasons))
+        promotion = judged_elsewhere(
+            config.tracking.registered_model, config.tracking.alias, decision.challenger_version,
+            decision.champion_version, "canary", "canary: " + "; ".join(decision.reasons), metric="live_error_rate",
+            mode="min", challenger_value=decision.challenger.get("error_rate"),
+            champion_value=decision.champion.get("error_rate"))
         apply_decision(promotion, config.tracking_uri)  # a PromotionConflict goes to canary_stage's abandon
         deploy(config, challenger_served)
         serving = decision.challenger_version

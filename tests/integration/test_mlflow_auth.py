@@ -15,7 +15,8 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
-from mlscale.clusterdef import load_definition, mlflow_auth_ini, mlflow_server_command
+from mlscale.cluster.definition import load_definition
+from mlscale.cluster.mlflow_server import mlflow_auth_ini, mlflow_server_command
 from mlscale.registry.store import load_bundle, register_bundle, set_alias
 from mlscale.tracking import tracking_client, use_tracking
 from tests.conftest import free_port, restore_env, start_server
@@ -59,7 +60,7 @@ def auth_server(tmp_path_factory):
 def run_user_job(url: str, user: tuple[str, str]) -> str:
     """The definition's mlflow-user Job as Kubernetes runs it: its command, its environment with each secret
     reference replaced by the secret's value (and the server's address this test's). Returns what it printed."""
-    from mlscale.clusterdef import mlflow_user_job
+    from mlscale.cluster.mlflow_server import mlflow_user_job
 
     container = mlflow_user_job(load_definition(DEFINITION))["spec"]["template"]["spec"]["containers"][0]
     secrets = {"admin_username": ADMIN[0], "admin_password": ADMIN[1], "username": user[0], "password": user[1]}

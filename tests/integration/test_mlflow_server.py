@@ -288,7 +288,8 @@ def test_a_replica_starts_from_the_bundle_cache_while_the_registry_is_down(mlflo
 
     from mlscale.config import ServeConfig
     from mlscale.registry import store
-    from mlscale.serve.app import ModelServerReplica, rollout_config
+    from mlscale.serve.app import ModelServerReplica
+    from mlscale.serve.build import rollout_config
 
     url, _ = mlflow_server
     use_tracking(url, "bundle-cache")

@@ -93,7 +93,7 @@ def test_app_builder_for_config_files(pipeline_result):
     from pydantic import ValidationError
     from ray import serve
 
-    from mlscale.serve.app import app_builder
+    from mlscale.serve.build import app_builder
 
     config, result = pipeline_result
     args = {"model_uri": result.trained.model_uri, "tracking_uri": config.tracking_uri, "num_replicas": 2}
@@ -153,7 +153,7 @@ def test_two_replicas_the_record_limit_and_api_keys(pipeline_result):
 
 
 def test_openapi_and_docs_show_the_bundles_fields(service, pipeline_result):
-    from mlscale.data.schema import record_name
+    from mlscale.serve.requests import record_name
 
     config, _ = pipeline_result
     endpoint, records = service

@@ -11,8 +11,9 @@ from dataclasses import replace
 import numpy as np
 
 from mlscale.data.records import json_value
-from mlscale.serve.app import Canary, ModelServerReplica, ServedModel
+from mlscale.serve.app import ModelServerReplica, ServedModel
 from mlscale.serve.requests import RequestParser, key_digest
+from mlscale.serve.rollout import Canary
 from tests.unit.test_bundle import make_bundle
 from tests.unit.test_featureset import sample_table
 

@@ -80,14 +80,15 @@ DEFINITION = CLUSTER / "definition.yaml"
 def test_every_generated_file_is_what_the_definition_renders():
     """One source of truth: a hand edit to a generated file, or a definition change not rendered, fails here
     (`mlscale cluster render` fixes it)."""
-    from mlscale.clusterdef import load_definition, render
+    from mlscale.cluster.definition import load_definition
+    from mlscale.cluster.render import render
 
     for name, text in render(load_definition(DEFINITION)).items():
         assert (CLUSTER / name).read_text() == text, f"cluster/{name} differs from the definition: re-render it"
 
 
 def test_the_definition_names_the_installed_ray_one_image_per_kind_and_the_shared_env():
-    from mlscale.clusterdef import load_definition
+    from mlscale.cluster.definition import load_definition
 
     definition = load_definition(DEFINITION)
     assert definition.ray_version == ray.__version__
@@ -113,7 +114,7 @@ def test_the_definition_names_the_installed_ray_one_image_per_kind_and_the_share
 def test_a_bad_definition_is_refused_with_the_field_named():
     from pydantic import ValidationError
 
-    from mlscale.clusterdef import ClusterDefinition
+    from mlscale.cluster.definition import ClusterDefinition
 
     data = yaml.safe_load(DEFINITION.read_text())
     data["head"]["capacity"] = "spot"
@@ -136,7 +137,7 @@ def test_rayservice_runs_the_raycluster_spec():
     assert cluster["authOptions"]["mode"] == "token"
     serve_config = yaml.safe_load(service["serveConfigV2"])
     app = serve_config["applications"][0]
-    assert app["import_path"] == "mlscale.serve.app:app_builder"
+    assert app["import_path"] == "mlscale.serve.build:app_builder"
     assert app["args"]["tracking_uri"] == SHARED_ENV["MLFLOW_TRACKING_URI"]
 
 
@@ -206,7 +207,7 @@ def test_the_network_policy_covers_every_pod_and_opens_only_the_serve_port_to_th
 def test_drivers_land_on_on_demand_capacity_and_never_on_the_head():
     from pydantic import ValidationError
 
-    from mlscale.clusterdef import ClusterDefinition, load_definition
+    from mlscale.cluster.definition import ClusterDefinition, load_definition
 
     definition = load_definition(DEFINITION)
     job = load("kuberay/rayjob.yaml")["spec"]
@@ -226,7 +227,7 @@ def test_drivers_land_on_on_demand_capacity_and_never_on_the_head():
 
 
 def test_a_missing_or_broken_definition_names_the_file_and_the_field(tmp_path):
-    from mlscale.clusterdef import load_definition
+    from mlscale.cluster.definition import load_definition
     from mlscale.errors import ConfigError
 
     with pytest.raises(ConfigError, match="nowhere.yaml"):
@@ -239,7 +240,7 @@ def test_a_missing_or_broken_definition_names_the_file_and_the_field(tmp_path):
 
 
 def test_credentials_and_api_keys_reach_the_pods_by_reference_only():
-    from mlscale.clusterdef import load_definition
+    from mlscale.cluster.definition import load_definition
 
     definition = load_definition(DEFINITION)
     for template in _pod_templates():
@@ -259,7 +260,7 @@ def test_credentials_and_api_keys_reach_the_pods_by_reference_only():
 def test_model_replicas_ask_for_the_serve_resource_only_on_demand_groups_carry():
     from pydantic import ValidationError
 
-    from mlscale.clusterdef import ClusterDefinition
+    from mlscale.cluster.definition import ClusterDefinition
 
     app = yaml.safe_load(load("kuberay/rayservice.yaml")["spec"]["serveConfigV2"])["applications"][0]
     assert app["args"]["replica_resources"] == {"serve": 1}
@@ -280,7 +281,7 @@ def test_the_mlflow_server_requires_sign_in_and_takes_its_secrets_by_reference()
     import configparser
     from urllib.parse import urlparse
 
-    from mlscale.clusterdef import MLFLOW_SERVER_SECRET_ENV, load_definition
+    from mlscale.cluster.definition import MLFLOW_SERVER_SECRET_ENV, load_definition
 
     definition = load_definition(DEFINITION)
     objects = mlflow_objects()
@@ -307,7 +308,7 @@ def test_the_mlflow_server_requires_sign_in_and_takes_its_secrets_by_reference()
 def test_the_user_the_pods_sign_in_as_is_made_by_a_job_signed_in_as_the_admin():
     """No hand step: a Job runs mlscale.registry.users with the admin's and the user's credentials, all from the
     definition's secrets by reference (run against a real server in tests/integration/test_mlflow_auth.py)."""
-    from mlscale.clusterdef import MLFLOW_USER_ENV, load_definition
+    from mlscale.cluster.definition import MLFLOW_USER_ENV, load_definition
 
     definition = load_definition(DEFINITION)
     job = mlflow_objects()["Job"]
@@ -334,7 +335,7 @@ def test_the_user_the_pods_sign_in_as_is_made_by_a_job_signed_in_as_the_admin():
 def test_a_bad_mlflow_server_section_is_refused(change, message):
     from pydantic import ValidationError
 
-    from mlscale.clusterdef import ClusterDefinition
+    from mlscale.cluster.definition import ClusterDefinition
 
     data = yaml.safe_load(DEFINITION.read_text())
     change(data)
@@ -393,7 +394,7 @@ def test_rays_aws_provider_opens_nothing_for_the_launcher_config():
 def test_the_mlflow_user_database_is_on_a_volume_only_the_server_mounts():
     """Users, passwords and permissions live on the server's own claim: the Ray pods (which all write the shared
     volume as one user) cannot reach the file that says who is admin."""
-    from mlscale.clusterdef import MLFLOW_AUTH_DIR
+    from mlscale.cluster.mlflow_server import MLFLOW_AUTH_DIR
 
     items = load("kuberay/mlflow-server.yaml")["items"]
     config = next(item for item in items if item["kind"] == "ConfigMap")

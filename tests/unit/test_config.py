@@ -211,7 +211,7 @@ def test_serve_autoscaling_bounds_are_checked_with_a_readable_message():
 
 def test_deployment_options_follow_the_serve_section():
     from mlscale.config import ServeConfig
-    from mlscale.serve.app import deployment_options
+    from mlscale.serve.build import deployment_options
 
     fixed = deployment_options(ServeConfig(num_replicas=3, max_queued_requests=10, retry_after_s=4))
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
@@ -234,7 +234,7 @@ def test_credentials_leave_the_process_only_as_references_on_every_path(monkeypa
     from mlscale.config import load_config, parse_overrides
     from mlscale.errors import ConfigError
     from mlscale.monitor.jobs import retrain_entrypoint
-    from mlscale.serve.app import rollout_config
+    from mlscale.serve.build import rollout_config
 
     monkeypatch.setenv("MLSCALE_TEST_MLFLOW_PASSWORD", "s3cr3t-pw")
     monkeypatch.setenv("MLSCALE_TEST_JOBS", "http://jobs:t0ken-xyz@127.0.0.1:8265")

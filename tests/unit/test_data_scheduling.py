@@ -1,4 +1,4 @@
-"""mlscale shortens two intervals of Ray Data's streaming executor (mlscale/cluster.py); their effect is measured in
+"""mlscale shortens two intervals of Ray Data's streaming executor (mlscale/cluster/connect.py); their effect is measured in
 benchmarks/data_pipeline.py. These tests guard that the names still exist and are still read when the executor runs,
 so a Ray upgrade that moves them fails here instead of silently bringing the idle cores back."""
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 from ray.data._internal.execution import resource_manager, streaming_executor_state
 
-from mlscale.cluster import tighten_data_scheduling
+from mlscale.cluster.connect import tighten_data_scheduling
 from mlscale.config import RayConfig
 
 
@@ -41,7 +41,7 @@ def test_the_defaults_are_shorter_than_rays_and_configurable():
 
 def test_a_ray_without_the_names_keeps_its_own_behaviour_and_says_so(restored, caplog):
     restored.delattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S")
-    with caplog.at_level(logging.WARNING, logger="mlscale.cluster"):
+    with caplog.at_level(logging.WARNING, logger="mlscale.cluster.connect"):
         tighten_data_scheduling(0.03, 0.2)
     assert "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S" in caplog.text
     assert resource_manager.ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.2

@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, int]] = [
     ("mlscale.version", 0), ("mlscale.errors", 0), ("mlscale.direction", 0), ("mlscale.config", 0),
     ("mlscale.data.schema", 0),
     ("mlscale.caching", 0), ("mlscale.hashing", 0), ("mlscale.cluster", 0), ("mlscale.tracking", 0),
-    ("mlscale.plots", 0), ("mlscale.logs", 0), ("mlscale.cost", 0), ("mlscale.clusterdef", 0), ("mlscale.submit", 0),
+    ("mlscale.plots", 0), ("mlscale.logs", 0), ("mlscale.cost", 0), ("mlscale.submit", 0),
     # the domain, in the order data flows
     ("mlscale.data", 1), ("mlscale.features", 2), ("mlscale.models", 3), ("mlscale.train", 4), ("mlscale.tune", 5),
     ("mlscale.registry", 6), ("mlscale.evaluate", 7), ("mlscale.behaviour", 7), ("mlscale.promotion", 7),

@@ -3,7 +3,7 @@
 import pytest
 
 from mlscale.errors import PromotionError
-from mlscale.promotion import Measurement, decide
+from mlscale.promotion import Measurement, decide, judged_elsewhere
 
 CHALLENGER = Measurement("7", {"test_auc": 0.860, "test_ece": 0.04})
 CHAMPION = Measurement("5", {"test_auc": 0.850, "test_ece": 0.02})
@@ -66,3 +66,17 @@ def test_unknown_policy_and_missing_metric_are_errors():
         judge(policy="sometimes")
     with pytest.raises(PromotionError, match="has no test_rmse"):
         judge(metric="test_rmse")
+
+
+def test_a_decision_judged_elsewhere_is_the_same_record_as_one_decide_makes():
+    """A person's promotion and a canary's carry every field `decide` fills, so applying and reading them back is
+    one path; they promote the exact versions named and say who judged."""
+    judged = judge()
+    canary = judged_elsewhere("model", "champion", "7", "5", "canary", "canary: 65 requests within every threshold",
+                              metric="live_error_rate", mode="min", challenger_value=0.0, champion_value=0.01)
+    manual = judged_elsewhere("model", "champion", "9", None, "manual", "manual: `mlscale registry promote`")
+    for decision in (canary, manual):
+        assert decision.to_dict().keys() == judged.to_dict().keys()
+        assert decision.promote and decision.qualified and decision.delta is None
+    assert (canary.challenger_version, canary.champion_version, canary.policy) == ("7", "5", "canary")
+    assert (manual.challenger_version, manual.champion_version, manual.metric) == ("9", None, "manual_promotion")

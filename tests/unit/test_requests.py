@@ -116,7 +116,7 @@ def test_one_poisoned_record_fails_only_its_own_request(tmp_path):
     import numpy as np
 
     from mlscale.registry.store import load_bundle
-    from mlscale.serve.app import TransformFailed, predict_requests
+    from mlscale.serve.batching import TransformFailed, predict_requests
     from tests.unit.test_bundle import make_bundle
     from tests.unit.test_featureset import sample_table
 
@@ -142,7 +142,7 @@ def test_one_poisoned_record_fails_only_its_own_request(tmp_path):
 def test_api_keys_are_kept_as_digests_and_compared_whole(monkeypatch):
     from mlscale.config import ServeConfig
     from mlscale.errors import ConfigError
-    from mlscale.serve.app import api_key_digests
+    from mlscale.serve.build import api_key_digests
     from mlscale.serve.requests import authorized, key_digest
 
     assert authorized(None, ()) and authorized("anything", ())  # no keys configured: open
@@ -160,7 +160,7 @@ def test_api_keys_are_kept_as_digests_and_compared_whole(monkeypatch):
 def test_api_keys_from_a_file_join_those_from_the_environment(monkeypatch, tmp_path):
     from mlscale.config import ServeConfig
     from mlscale.errors import ConfigError
-    from mlscale.serve.app import api_key_digests
+    from mlscale.serve.build import api_key_digests
     from mlscale.serve.requests import key_digest
 
     keys = tmp_path / "keys"
@@ -280,7 +280,9 @@ def test_a_record_the_model_cannot_transform_gets_no_internal_text(tmp_path):
     """The 422 for a transform failure says what happened, not the exception (the log has that)."""
     import asyncio
 
-    from mlscale.serve.app import TRANSFORM_FAILED, ModelServerReplica, ServedModel, TransformFailed
+    from mlscale.serve.app import ModelServerReplica, ServedModel
+    from mlscale.serve.batching import TransformFailed
+    from mlscale.serve.requests import TRANSFORM_FAILED
 
     class Request:
         headers = {"content-type": "application/json"}
