@@ -121,6 +121,7 @@ class ModelServerReplica:
         self.prediction_log: PredictionLog | None = None
         self.log_writer: asyncio.Task | None = None
         self.lease_until = 0.0  # time.monotonic() until which the challenger may answer (the canary's lease)
+        self.answered = 0  # predictions this replica answered (in /health: which replicas take traffic)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's update path: load the versions the rollout names (kept when unchanged) and apply its limits."""
@@ -245,6 +246,7 @@ class ModelServerReplica:
             if self.canary is not None and outcome != CALLER:
                 self._live(served.version).request(elapsed, outcome == FAILED)
         self.metrics.request(answered_by.version, response.status_code, elapsed)
+        self.answered += outcome == ANSWERED
         return response
 
     def _live(self, version: str) -> LiveStats:
@@ -340,7 +342,8 @@ class ModelServerReplica:
     async def health(self) -> dict[str, Any]:
         """Liveness, the versions this replica serves, and its prediction cache's counts."""
         served, challenger = self.served, self.challenger
-        answer: dict[str, Any] = {"status": "ok" if served is not None else "loading"}
+        answer: dict[str, Any] = {"status": "ok" if served is not None else "loading", "replica": _replica_id(),
+                                  "answered": self.answered}
         if served is not None:
             answer["version"] = served.version
             if challenger is not None and self.canary is not None:

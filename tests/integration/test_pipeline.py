@@ -219,6 +219,7 @@ def test_behavioural_checks_pass_on_the_trained_bundle(pipeline_result):
 def test_evaluation_has_calibration_and_slices(pipeline_result, tmp_path):
     config, result = pipeline_result
     metrics = result.trained.test_metrics
+    print(f"main model: test AUC {metrics['test_auc']:.4f}, ECE {metrics['test_ece']:.4f}")
     assert 0 <= metrics["test_ece"] < 0.15 and metrics["test_log_loss"] > 0
     carriers = result.trained.slices["carrier"]
     scored = {name: values for name, values in carriers.items() if "test_auc" in values}

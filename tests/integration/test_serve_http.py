@@ -82,9 +82,10 @@ def test_bodies_that_are_not_records_are_4xx(service, body):
 def test_schema_and_health(service, pipeline_result):
     endpoint, _ = service
     base = endpoint.rsplit("/", 1)[0]
-    # no cache, no canary, no prediction log configured: only the status and the version served
-    assert requests.get(f"{base}/health", timeout=30).json() == {"status": "ok",
-                                                                 "version": pipeline_result[1].trained.version}
+    # no cache, no canary, no prediction log configured: the status, the version served, and which replica says so
+    health = requests.get(f"{base}/health", timeout=30).json()
+    assert health.keys() == {"status", "version", "replica", "answered"} and health["answered"] >= 0
+    assert (health["status"], health["version"]) == ("ok", pipeline_result[1].trained.version)
     names = {spec["name"] for spec in requests.get(f"{base}/schema", timeout=30).json()["input_schema"]}
     assert {"dep_delay", "carrier", "origin", "dest", "sched_dep_time"} <= names
 
@@ -142,6 +143,12 @@ def test_two_replicas_the_record_limit_and_api_keys(pipeline_result):
             assert answer.json()["predictions"] == pytest.approx(first, abs=1e-6)
         model = serve.status().applications["two-replicas"].deployments["ModelServer"]
         assert model.replica_states.get("RUNNING") == 2
+        answered: dict[str, int] = {}  # each replica's own count, as its /health reports it
+        for _ in range(40):
+            health = requests.get(f"{base}/health", timeout=30).json()
+            answered[health["replica"]] = health["answered"]
+        assert len(answered) == 2 and all(answered.values()), answered  # both replicas served predictions
+        assert sum(answered.values()) >= len(answers)
         from mlscale.errors import ConfigError
 
         open_config = config.model_copy(update={"serve": config.serve.model_copy(update={"api_keys_env": None})})

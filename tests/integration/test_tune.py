@@ -93,6 +93,7 @@ def test_the_winner_is_registered_as_challenger_with_its_architecture(tuned):
     assert version.tags["tune_sweep"] == "pytest-sweep"
     bundle = load_bundle(result.trained.version_uri, config.tracking_uri)
     assert bundle.network_spec["family"] == architecture["family"]
+    print(f"tuned winner: test AUC {result.trained.test_metrics['test_auc']:.4f}")
     assert result.trained.test_metrics["test_auc"] > 0.75
 
 

@@ -243,16 +243,23 @@ def test_credentials_and_api_keys_reach_the_pods_by_reference_only():
     from mlscale.cluster.definition import load_definition
 
     definition = load_definition(DEFINITION)
-    for template in _pod_templates():
+    variables = {"mlflow_username": "MLFLOW_TRACKING_USERNAME", "mlflow_password": "MLFLOW_TRACKING_PASSWORD",
+                 "serve_api_keys": "MLSCALE_SERVE_API_KEYS"}
+    ray_pods = [spec[part]["template"] if part == "headGroupSpec" else group["template"]
+                for spec in (load("kuberay/raycluster.yaml")["spec"],
+                             load("kuberay/rayservice.yaml")["spec"]["rayClusterConfig"])
+                for part in ("headGroupSpec", "workerGroupSpecs")
+                for group in (spec[part] if part == "workerGroupSpecs" else [None])]
+    assert len(ray_pods) == 2 * (1 + len(definition.worker_groups))  # every Ray pod, each checked below
+    for template in ray_pods:  # every Ray pod runs jobs and replicas: each carries all three, by reference
         env = {item["name"]: item for item in template["spec"]["containers"][0]["env"]}
-        if "MLFLOW_TRACKING_USERNAME" not in env or "MLSCALE_MLFLOW_USER" in env:  # the monitor's pod only
-            continue  # submits a job; the user-making Job signs in as the admin (its own test)
-        for key, variable in {"mlflow_username": "MLFLOW_TRACKING_USERNAME",
-                              "mlflow_password": "MLFLOW_TRACKING_PASSWORD",
-                              "serve_api_keys": "MLSCALE_SERVE_API_KEYS"}.items():
-            assert "value" not in env[variable]
+        for key, variable in variables.items():
+            assert "value" not in env[variable], (variable, env[variable])
             reference = env[variable]["valueFrom"]["secretKeyRef"]
             assert reference == {"name": definition.secrets[key].secret, "key": definition.secrets[key].key}
+    for template in _pod_templates():  # no other pod holds one as a literal either
+        for item in template["spec"]["containers"][0].get("env", []):
+            assert item["name"] not in variables.values() or "value" not in item, item
     app = yaml.safe_load(load("kuberay/rayservice.yaml")["spec"]["serveConfigV2"])["applications"][0]
     assert app["args"]["api_keys_env"] == "MLSCALE_SERVE_API_KEYS"  # /predict needs a key from that secret
 

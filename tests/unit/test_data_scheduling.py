@@ -1,6 +1,6 @@
-"""mlscale shortens two intervals of Ray Data's streaming executor (mlscale/cluster/connect.py); their effect is measured in
-benchmarks/data_pipeline.py. These tests guard that the names still exist and are still read when the executor runs,
-so a Ray upgrade that moves them fails here instead of silently bringing the idle cores back."""
+"""mlscale shortens two intervals of Ray Data's streaming executor (mlscale/cluster/connect.py); their effect is
+measured in benchmarks/data_pipeline.py. These tests guard that the names still exist and are still read when the
+executor runs, so a Ray upgrade that moves them fails here instead of silently bringing the idle cores back."""
 
 import inspect
 import logging

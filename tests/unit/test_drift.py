@@ -6,9 +6,14 @@ import pytest
 
 from mlscale.monitor.drift import categorical_drift, has_moved, numeric_drift, overall_drift, profile_drift, psi
 
-RNG = np.random.default_rng(0)
-TRAINING = RNG.normal(10.0, 2.0, 200_000)
+TRAINING = np.random.default_rng(0).normal(10.0, 2.0, 200_000)
 QUANTILES = np.quantile(TRAINING, np.linspace(0, 1, 101)).tolist()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """Each test its own generator: what one draws never depends on which tests ran before it."""
+    return np.random.default_rng(12)
 
 
 def test_psi_is_zero_for_equal_distributions_and_grows_with_the_difference():
@@ -18,25 +23,25 @@ def test_psi_is_zero_for_equal_distributions_and_grows_with_the_difference():
                                                                                             np.full(5, 0.02)])
 
 
-def test_a_sample_of_the_training_distribution_does_not_drift():
-    drift = numeric_drift("x", {"quantiles": QUANTILES}, RNG.normal(10.0, 2.0, 5_000))
+def test_a_sample_of_the_training_distribution_does_not_drift(rng):
+    drift = numeric_drift("x", {"quantiles": QUANTILES}, rng.normal(10.0, 2.0, 5_000))
     assert drift.psi < 0.02 and drift.p_value > 0.01 and drift.test == "kstest"
 
 
-def test_a_shifted_distribution_drifts_by_psi_and_by_the_ks_test():
-    drift = numeric_drift("x", {"quantiles": QUANTILES}, RNG.normal(11.0, 2.0, 5_000))  # half a standard deviation
+def test_a_shifted_distribution_drifts_by_psi_and_by_the_ks_test(rng):
+    drift = numeric_drift("x", {"quantiles": QUANTILES}, rng.normal(11.0, 2.0, 5_000))  # half a standard deviation
     assert drift.psi > 0.2 and drift.p_value < 1e-6
 
 
-def test_missing_values_are_counted_apart_and_ties_merge_their_bins():
-    mostly_zero = np.quantile(np.r_[np.zeros(900), RNG.exponential(1.0, 100)], np.linspace(0, 1, 11),
+def test_missing_values_are_counted_apart_and_ties_merge_their_bins(rng):
+    mostly_zero = np.quantile(np.r_[np.zeros(900), rng.exponential(1.0, 100)], np.linspace(0, 1, 11),
                               method="inverted_cdf").tolist()  # stored values, as the KLL sketch returns
-    live = np.r_[np.zeros(90), RNG.exponential(1.0, 10), np.full(25, np.nan)]
+    live = np.r_[np.zeros(90), rng.exponential(1.0, 10), np.full(25, np.nan)]
     drift = numeric_drift("precip", {"quantiles": mostly_zero}, live)
     assert drift.live_null_fraction == pytest.approx(0.2) and drift.psi < 0.1
 
 
-def test_a_column_of_repeated_values_does_not_drift_against_itself():
+def test_a_column_of_repeated_values_does_not_drift_against_itself(rng):
     """Wind speed is reported in whole knots: ~20 distinct values, each held by many rows. Bins read from the
     sketch's CDF give each value its whole training mass (the ranks alone gave a value spanning 0.25-0.42 only up to
     0.4 and pushed the rest into the next bin: PSI 0.3 on a sample of the training data itself); KS, which assumes no
@@ -46,12 +51,12 @@ def test_a_column_of_repeated_values_does_not_drift_against_itself():
     knots = np.arange(20) * 1.15078
     weights = np.exp(-((np.arange(20) - 6) ** 2) / 18.0)
     weights /= weights.sum()
-    training = Distribution.of(RNG.choice(knots, 300_000, p=weights))
+    training = Distribution.of(rng.choice(knots, 300_000, p=weights))
     profile = {"quantiles": training.quantiles(), "bins": training.bins()}
     assert sum(profile["bins"]["mass"]) == pytest.approx(1.0)
-    calm = numeric_drift("wind_speed", profile, RNG.choice(knots, 400, p=weights))
+    calm = numeric_drift("wind_speed", profile, rng.choice(knots, 400, p=weights))
     assert calm.psi < 0.1 and calm.test == "chisquare" and calm.p_value > 1e-3
-    windier = numeric_drift("wind_speed", profile, RNG.choice(knots, 400, p=np.roll(weights, 3)))
+    windier = numeric_drift("wind_speed", profile, rng.choice(knots, 400, p=np.roll(weights, 3)))
     assert windier.psi > 0.25 and windier.p_value < 1e-6
 
 
