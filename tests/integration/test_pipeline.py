@@ -220,7 +220,7 @@ def test_evaluation_has_calibration_and_slices(pipeline_result, tmp_path):
     config, result = pipeline_result
     metrics = result.trained.test_metrics
     print(f"main model: test AUC {metrics['test_auc']:.4f}, ECE {metrics['test_ece']:.4f}")
-    assert 0 <= metrics["test_ece"] < 0.15 and metrics["test_log_loss"] > 0
+    assert 0 <= metrics["test_ece"] < 0.10 and metrics["test_log_loss"] > 0  # measured 0.046 (2026-12-03)
     carriers = result.trained.slices["carrier"]
     scored = {name: values for name, values in carriers.items() if "test_auc" in values}
     assert len(scored) >= 5 and sum(v["test_rows"] for v in carriers.values()) == metrics["test_rows"]

@@ -94,7 +94,7 @@ def test_the_winner_is_registered_as_challenger_with_its_architecture(tuned):
     bundle = load_bundle(result.trained.version_uri, config.tracking_uri)
     assert bundle.network_spec["family"] == architecture["family"]
     print(f"tuned winner: test AUC {result.trained.test_metrics['test_auc']:.4f}")
-    assert result.trained.test_metrics["test_auc"] > 0.75
+    assert result.trained.test_metrics["test_auc"] > 0.85  # measured 0.888 (2026-12-03)
 
 
 def test_in_process_trials_get_the_splits_read_once_when_they_fit(tuned):
