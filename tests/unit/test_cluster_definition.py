@@ -173,14 +173,19 @@ def test_the_monitor_runs_on_a_schedule_against_the_defined_cluster():
     assert {name: env[name]["value"] for name in SHARED_ENV} == SHARED_ENV
 
 
-def _pod_templates():
-    """Every pod the definition makes: RayCluster head and workers, the RayService's, the monitor's, the MLflow
-    server's and the Job that makes its user."""
+def _ray_pod_templates():
+    """The Ray pods: the RayCluster's head and workers, and the RayService's."""
     cluster = load("kuberay/raycluster.yaml")["spec"]
     service = load("kuberay/rayservice.yaml")["spec"]["rayClusterConfig"]
     for spec in (cluster, service):
         yield spec["headGroupSpec"]["template"]
         yield from (group["template"] for group in spec["workerGroupSpecs"])
+
+
+def _pod_templates():
+    """Every pod the definition makes: the Ray pods, the monitor's, the MLflow server's and the Job that makes its
+    user."""
+    yield from _ray_pod_templates()
     yield load("kuberay/monitor-cronjob.yaml")["spec"]["jobTemplate"]["spec"]["template"]
     yield mlflow_objects()["Deployment"]["spec"]["template"]
     yield mlflow_objects()["Job"]["spec"]["template"]
@@ -245,11 +250,7 @@ def test_credentials_and_api_keys_reach_the_pods_by_reference_only():
     definition = load_definition(DEFINITION)
     variables = {"mlflow_username": "MLFLOW_TRACKING_USERNAME", "mlflow_password": "MLFLOW_TRACKING_PASSWORD",
                  "serve_api_keys": "MLSCALE_SERVE_API_KEYS"}
-    ray_pods = [spec[part]["template"] if part == "headGroupSpec" else group["template"]
-                for spec in (load("kuberay/raycluster.yaml")["spec"],
-                             load("kuberay/rayservice.yaml")["spec"]["rayClusterConfig"])
-                for part in ("headGroupSpec", "workerGroupSpecs")
-                for group in (spec[part] if part == "workerGroupSpecs" else [None])]
+    ray_pods = list(_ray_pod_templates())
     assert len(ray_pods) == 2 * (1 + len(definition.worker_groups))  # every Ray pod, each checked below
     for template in ray_pods:  # every Ray pod runs jobs and replicas: each carries all three, by reference
         env = {item["name"]: item for item in template["spec"]["containers"][0]["env"]}
