@@ -31,33 +31,12 @@ from mlscale.stages.train import train_stage
 
 def prepare_summary(config: PipelineConfig) -> dict[str, Any]:
     start(config)
-    prepared = prepare_stage(config)
-    return {
-        "cached": prepared.cached,
-        "rows_read": prepared.rows_read,
-        **{f"{name}_rows": count for name, count in prepared.counts.items()},
-        "prepared_path": prepared.path,
-        "quarantine_reasons": prepared.quarantine_reasons,
-        "validation_report": str(prepared.report_path),
-    }
+    return prepare_stage(config).summary()
 
 
 def train_summary(config: PipelineConfig) -> dict[str, Any]:
     start(config)
-    trained = train_stage(config, run_name=config.train.run_name)
-    return {
-        "model_uri": trained.model_uri,
-        "model_version": trained.version,
-        "version_uri": trained.version_uri,
-        "promoted": trained.promoted,
-        "promotion": trained.decision.get("reason", ""),
-        "behaviour_passed": trained.behaviour_passed,
-        "mlflow_run_id": trained.run_id,
-        "train_attempts": trained.attempts,
-        "train_repeated_steps": trained.repeated_steps,
-        **{k: v for k, v in trained.best_val_metrics.items() if k.startswith("val_")},
-        **trained.test_metrics,
-    }
+    return train_stage(config, run_name=config.train.run_name).summary()
 
 
 def tune_summary(config: PipelineConfig) -> dict[str, Any]:
@@ -83,11 +62,7 @@ def score_summary(config: PipelineConfig, model_uri: str | None = None, force: b
     from mlscale.stages.score import score_stage
 
     start(config)
-    scored = score_stage(config, model_uri, force)
-    return {"cached": scored.cached, "model_uri": scored.model_uri, "model_version": scored.model_version,
-            "variant": scored.variant, "rows_read": scored.rows_read,
-            **{f"{part}_rows": count for part, count in scored.counts.items()}, "scores_path": scored.path,
-            "quarantine_reasons": scored.quarantine_reasons}
+    return score_stage(config, model_uri, force).summary()
 
 
 def canary_summary(config: PipelineConfig, challenger: str = "challenger") -> dict[str, Any]:

@@ -41,12 +41,7 @@ class PipelineResult:
             "train_rows": counts["train"],
             "val_rows": counts["val"],
             "test_rows": counts["test"],
-            **{k: v for k, v in self.trained.test_metrics.items() if k in ("test_auc", "test_ece", "test_rmse")},
-            "promoted": self.trained.promoted,
-            "promotion": self.trained.decision.get("reason", ""),
-            "behaviour_passed": self.trained.behaviour_passed,
-            "model_uri": self.trained.model_uri,
-            "model_version": self.trained.version,
+            **self.trained.summary(),
             "endpoint": self.endpoint,
             "served_vs_batch_rows": self.check.rows,
             "served_vs_batch_max_abs_diff": self.check.max_abs_diff,
@@ -60,7 +55,7 @@ class PipelineResult:
                            "history": self.trained.history,
                            "quarantine_reasons": self.prepared.quarantine_reasons,
                            "test_metrics": self.trained.test_metrics, "slices": self.trained.slices,
-                           "promotion": self.trained.decision, "counts": asdict(self.prepared)["counts"]},
+                           "promotion": self.trained.decision.to_dict(), "counts": asdict(self.prepared)["counts"]},
                           indent=2, default=str)
 
 
@@ -88,7 +83,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         with timed("train", seconds, costs):
             trained = train_stage(config, prepared)
         mlflow.log_metrics({f"{k}_seconds": v for k, v in seconds.items()})
-    require_served_version(config, trained.version, trained.decision.get("reason", ""))
+    require_served_version(config, trained.version, trained.decision.reason)
     with timed("deploy", seconds, costs):
         endpoint = deploy_stage(config, trained.model_uri)
     with timed("served vs batch", seconds, costs):

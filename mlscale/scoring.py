@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,13 +27,13 @@ from mlscale.caching import cache_key, code_hash
 from mlscale.config import PipelineConfig, ValidationConfig
 from mlscale.data.expressions import columns_of
 from mlscale.data.prepare import REPORT_FILE, count_rows, judge_output, schema_for, source_rules
-from mlscale.data.schema import ColumnSpec
 from mlscale.data.sources import read_source
 from mlscale.data.storage import atomic_directory, refuse_foreign, set_aside
 from mlscale.data.validation import REASON_COLUMN, RULES_COLUMN, build_rules, validate_batch
 from mlscale.errors import ConfigError, ValidationFailed
 from mlscale.registry.bundle import Bundle
 from mlscale.registry.store import load_bundle, pinned_uri, uri_version
+from mlscale.schema import ColumnSpec
 
 PREDICTION_COLUMN = "prediction"
 VERSION_COLUMN = "model_version"
@@ -62,6 +63,13 @@ class ScoredData:
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "cached"}, indent=2)
+
+    def summary(self) -> dict[str, Any]:
+        """What `mlscale score` and the score job print: reconciled counts, the model that scored, where."""
+        return {"cached": self.cached, "model_uri": self.model_uri, "model_version": self.model_version,
+                "variant": self.variant, "rows_read": self.rows_read,
+                **{f"{part}_rows": count for part, count in self.counts.items()}, "scores_path": self.path,
+                "quarantine_reasons": self.quarantine_reasons}
 
 
 def scoring_specs(config: PipelineConfig, bundle: Bundle, columns: list[str]) -> list[ColumnSpec]:
@@ -164,7 +172,7 @@ def score_source(config: PipelineConfig, model_uri: str, variant: str = "fp32", 
     key = cache_key(source.fingerprint, {"model": served_uri, "variant": variant, "kept": kept,
                                          "specs": [spec.model_dump() for spec in specs],
                                          "validation": settings.model_dump(mode="json")},
-                    code_hash("data", "scoring.py", "registry", "features", "models"))
+                    code_hash("data", "schema.py", "scoring.py", "registry", "features", "models"))
     target = scores_dir(config)
     refuse_foreign(target, MANIFEST_FILE, "score.output")
     if not force and (hit := _committed(target, key)) is not None:

@@ -7,7 +7,7 @@ import re
 import pandas as pd
 
 from mlscale.config import ValidationConfig
-from mlscale.data.schema import ColumnSpec
+from mlscale.schema import ColumnSpec
 
 
 def expected_rule_counts(frame: pd.DataFrame, specs: list[ColumnSpec], config: ValidationConfig) -> dict[str, int]:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from mlscale.config.base import _Section
-from mlscale.data.schema import ColumnSpec
+from mlscale.schema import ColumnSpec
 
 
 class ObjectStoreConfig(_Section):

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import ray.data
 
-from mlscale.data.schema import ColumnSpec
 from mlscale.data.storage import atomic_directory
 from mlscale.errors import SourceError
+from mlscale.schema import ColumnSpec
 
 JOIN_KEYS = ["origin", "year", "month", "day", "hour"]
 WEATHER_COLUMNS = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"]

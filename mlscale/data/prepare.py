@@ -35,7 +35,6 @@ import ray.data
 from mlscale.caching import cache_key, code_hash
 from mlscale.config import ObjectStoreConfig, PipelineConfig, SplitConfig, ValidationConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
-from mlscale.data.schema import ColumnSpec
 from mlscale.data.sink import SummarizingParquetSink, TrainSummary
 from mlscale.data.sources import Source, infer_schema, read_source, resolve
 from mlscale.data.split import assign_splits, split_column
@@ -53,6 +52,7 @@ from mlscale.data.validation import (
     validate_batch,
 )
 from mlscale.errors import ConfigError, PreparedDataMissing, ValidationFailed
+from mlscale.schema import ColumnSpec
 
 SPLIT_COLUMN = "split"
 SPLIT_ROW_COLUMNS = (SPLIT_COLUMN, RULES_COLUMN, REASON_COLUMN)  # what a row read back from a split carries beside
@@ -76,6 +76,12 @@ class PreparedData:
     cached: bool = False
     schema: list[dict[str, Any]] = field(default_factory=list)  # the columns validated (empty: older manifests)
     object_store: dict[str, Any] = field(default_factory=dict)  # how to reach an s3:// path (env names, no keys)
+
+    def summary(self) -> dict[str, Any]:
+        """What `mlscale prepare` and the prepare job print: counts per split, where, and why rows were kept out."""
+        return {"cached": self.cached, "rows_read": self.rows_read,
+                **{f"{name}_rows": count for name, count in self.counts.items()}, "prepared_path": self.path,
+                "quarantine_reasons": self.quarantine_reasons, "validation_report": str(self.report_path)}
 
     def column_specs(self) -> list[ColumnSpec]:
         """The schema the data was validated against: what requests to a model trained on it must satisfy."""
@@ -238,7 +244,7 @@ def judge_output(folder: Path | str, quarantine: Path | str, rows_read: int, cou
 
 def prepare_key(config: PipelineConfig, source_fingerprint: str) -> str:
     settings = config.model_dump(mode="json", include={"data", "split", "validation"})
-    return cache_key(source_fingerprint, settings, code_hash("data", "config"))
+    return cache_key(source_fingerprint, settings, code_hash("data", "schema.py", "config"))
 
 
 def prepared_store(config: PipelineConfig) -> tuple[pafs.FileSystem, str]:

@@ -23,9 +23,9 @@ import ray.data
 
 from mlscale.config import DataConfig, ObjectStoreConfig
 from mlscale.data.flights import NULL_VALUES, read_flights, source_fingerprint
-from mlscale.data.schema import ColumnSpec, DType
 from mlscale.data.synthetic import read_synthetic, synthetic_fingerprint
 from mlscale.errors import SchemaError, SourceError
+from mlscale.schema import ColumnSpec, DType
 
 SUFFIXES = {"parquet": (".parquet", ".parq"), "csv": (".csv", ".csv.gz")}
 

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 
 from mlscale.config import ValidationConfig
 from mlscale.data.expressions import columns_of, evaluate
-from mlscale.data.schema import ColumnSpec, arrow_schema
 from mlscale.errors import ExpressionError, SchemaError
+from mlscale.schema import ColumnSpec, arrow_schema
 
 REASON_COLUMN = "quarantine_reason"
 RULES_COLUMN = "quarantine_rules"

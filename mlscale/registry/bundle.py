@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlscale.data.schema import ColumnSpec
 from mlscale.features.featureset import ColumnLike, FittedFeatures
 from mlscale.models.networks import build_network
+from mlscale.schema import ColumnSpec
 
 BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"

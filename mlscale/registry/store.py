@@ -238,6 +238,14 @@ def label_of(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     return load_bundle(model_uri, tracking_uri).label
 
 
+def set_version_tag(model_uri: str, key: str, value: str, tracking_uri: str | None = None) -> None:
+    """Tag the version a pinned URI (models:/name/3) names; an alias or a URI outside the registry is refused."""
+    parsed = _parse_models_uri(model_uri)
+    if not parsed or not parsed[1].isdigit():
+        raise ValueError(f"not a pinned registry version: {model_uri!r} (expected models:/<name>/<version>)")
+    _client(tracking_uri).set_model_version_tag(parsed[0], parsed[1], key, value)
+
+
 def uri_version(model_uri: str) -> str:
     """The version a pinned URI names: models:/name/3 -> "3"; "" for an alias or a URI outside the registry."""
     parsed = _parse_models_uri(model_uri)

@@ -24,8 +24,8 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from mlscale.config import ServeConfig
-from mlscale.data.schema import ColumnSpec
 from mlscale.registry.store import load_bundle, pinned_uri, uri_version
+from mlscale.schema import ColumnSpec
 from mlscale.serve.batching import TransformFailed, predict_requests
 from mlscale.serve.build import replica_actor_options
 from mlscale.serve.requests import (

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mlscale.data.schema import ColumnSpec, arrow_schema
+from mlscale.schema import ColumnSpec, arrow_schema
 
 log = logging.getLogger(__name__)
 META_FIELDS = [pa.field("request_id", pa.string()), pa.field("record_index", pa.int32()),

@@ -11,6 +11,9 @@ from mlscale.config import CanaryConfig
 from mlscale.serve.live import LiveStats
 
 Action = Literal["promote", "rollback", "wait", "hold", "abort"]  # abort: the canary did not reach an end
+# A p99 of fewer answered requests is the slowest single request (one GC pause, one cold first call): latency is
+# compared only once both versions have this many, and a promotion waits for it.
+P99_MIN_REQUESTS = 100
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,10 @@ def decide_release(policy: CanaryConfig, champion_version: str, challenger_versi
 
     Returns:
         rollback when a threshold is broken (each broken one is a reason), promote when the challenger has answered
-        min_requests requests and its prediction shift was measured on min_paired_records records, all within every
-        threshold (hold instead when auto_promote is off), else wait; past timeout_s without that evidence,
-        rollback. Only requests a version answered count (the replica leaves out what the caller got wrong).
+        min_requests requests, its prediction shift was measured on min_paired_records records and both versions'
+        p99 on P99_MIN_REQUESTS requests each, all within every threshold (hold instead when auto_promote is off),
+        else wait; past timeout_s without that evidence, rollback. Only requests a version answered count
+        (the replica leaves out what the caller got wrong).
     """
     def verdict(action: Action, reasons: list[str]) -> ReleaseDecision:
         return ReleaseDecision(action, champion_version, challenger_version, reasons, champion.summary(),
@@ -62,7 +66,8 @@ def decide_release(policy: CanaryConfig, champion_version: str, challenger_versi
         broken.append(f"error rate {challenger.error_rate:.4f} > {policy.max_error_rate:g} "
                       f"({challenger.errors} of {challenger.requests}; champion {champion.error_rate:.4f})")
     mine, theirs = challenger.latency_quantile_ms(0.99), champion.latency_quantile_ms(0.99)
-    if champion.requests and mine > theirs * policy.max_p99_ratio and mine - theirs > policy.p99_floor_ms:
+    latency_known = min(challenger.requests, champion.requests) >= P99_MIN_REQUESTS
+    if latency_known and mine > theirs * policy.max_p99_ratio and mine - theirs > policy.p99_floor_ms:
         broken.append(f"p99 latency {mine:g} ms > {policy.max_p99_ratio:g} x the champion's {theirs:g} ms")
     shift = challenger.mean_abs_shift if challenger.paired >= policy.min_paired_records else None
     if shift is not None and shift / label_scale > policy.max_prediction_shift:
@@ -73,9 +78,13 @@ def decide_release(policy: CanaryConfig, champion_version: str, challenger_versi
     if shift is None:  # too few paired records: nothing is known yet of how far its answers are from the champion's
         unmeasured = (f"prediction shift measured on {challenger.paired} of the {policy.min_paired_records} paired "
                       "records needed")
-        if elapsed_s >= policy.timeout_s:
-            return verdict("rollback", [f"timeout: {unmeasured} in {elapsed_s:.0f} s"])
-        return verdict("wait", [unmeasured])
-    within = (f"{challenger.requests} requests within every threshold (error rate {challenger.error_rate:.4f}, "
-              f"p99 {mine:g} ms vs {theirs:g} ms, shift {shift / label_scale:.4f} on {challenger.paired} records)")
-    return verdict("promote" if policy.auto_promote else "hold", [within])
+    elif not latency_known:
+        unmeasured = (f"p99 latency compared on {min(challenger.requests, champion.requests)} of the "
+                      f"{P99_MIN_REQUESTS} requests per version needed")
+    else:
+        within = (f"{challenger.requests} requests within every threshold (error rate {challenger.error_rate:.4f}, "
+                  f"p99 {mine:g} ms vs {theirs:g} ms, shift {shift / label_scale:.4f} on {challenger.paired} records)")
+        return verdict("promote" if policy.auto_promote else "hold", [within])
+    if elapsed_s >= policy.timeout_s:
+        return verdict("rollback", [f"timeout: {unmeasured} in {elapsed_s:.0f} s"])
+    return verdict("wait", [unmeasured])

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import Response
 
-from mlscale.data.schema import ColumnSpec, request_model
+from mlscale.schema import ColumnSpec, request_model
 
 MAX_ERRORS = 20  # validation errors listed in one response: a large invalid body gets a small answer
 MAX_ECHO_CHARS = 80  # how much of an offending value a response repeats

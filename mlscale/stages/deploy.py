@@ -19,9 +19,8 @@ from mlscale.errors import ServingError
 from mlscale.evaluate import PREDICTION_COLUMN, score
 from mlscale.features.label import label_scale
 from mlscale.promotion import evaluate_model
-from mlscale.registry.store import label_of, pinned_uri
+from mlscale.registry.store import label_of, pinned_uri, set_version_tag
 from mlscale.serve.deploy import deploy
-from mlscale.tracking import tracking_client
 
 log = logging.getLogger(__name__)
 REQUEST_SIZES = 50  # rows per request: several requests of different sizes exercise batching
@@ -60,9 +59,41 @@ def deploy_stage(config: PipelineConfig, model_uri: str | None = None) -> str:
     return deploy(config, uri)
 
 
+@dataclass(frozen=True)
+class VariantVerdict:
+    """A serving variant (int8) against fp32 on the same test rows: accepted when it loses at most `tolerance` of
+    the metric (in the metric's own direction)."""
+
+    variant: str
+    metric: str
+    fp32: float
+    value: float
+    drop: float
+    tolerance: float
+
+    @property
+    def accepted(self) -> bool:
+        return self.drop <= self.tolerance
+
+    def record(self) -> dict[str, Any]:
+        """What is tagged on the version (`mlscale.variant.<variant>`)."""
+        return {"variant": self.variant, "metric": self.metric, "fp32": self.fp32, self.variant: self.value,
+                "drop": self.drop, "tolerance": self.tolerance, "accepted": self.accepted}
+
+
+def judge_variant(variant: str, metric: str, fp32: float, value: float, mode: str,
+                  tolerance: float) -> VariantVerdict:
+    """The pure decision: how much of the metric the variant loses (higher-is-better or lower-is-better alike)."""
+    return VariantVerdict(variant, metric, fp32, value, gain(fp32, value, mode), tolerance)
+
+
 def check_variant(config: PipelineConfig, served_uri: str) -> dict[str, Any]:
-    """Measure the configured variant against fp32 on the test split; record it on the version; refuse it beyond
-    the tolerance. Returns the record (metric, both values, the drop, the tolerance)."""
+    """Measure the configured variant against fp32 on the test split, judge it, record the verdict on the version,
+    and refuse the variant beyond the tolerance. Returns the record (metric, both values, the drop, the tolerance).
+
+    Raises:
+        ServingError: the variant loses more than serve.int8_max_metric_drop (recorded on the version first).
+    """
     _, mode = config.metric
     metric = f"test_{config.metric_stem}"
     test = load_prepared(config).read("test")
@@ -70,20 +101,17 @@ def check_variant(config: PipelineConfig, served_uri: str) -> dict[str, Any]:
     values = {variant: evaluate_model(config.evaluate, test, served_uri, config.tracking_uri, label=label,
                                       variant=variant).metrics[metric]
               for variant in ("fp32", config.serve.variant)}
-    fp32, variant = values["fp32"], values[config.serve.variant]
-    drop = gain(fp32, variant, mode)
-    tolerance = config.serve.int8_max_metric_drop
-    record = {"variant": config.serve.variant, "metric": metric, "fp32": fp32, config.serve.variant: variant,
-              "drop": drop, "tolerance": tolerance, "accepted": drop <= tolerance}
-    model, version = served_uri.removeprefix("models:/").rsplit("/", 1)
-    tracking_client(config.tracking_uri).set_model_version_tag(model, version, f"mlscale.variant.{record['variant']}",
-                                                               json.dumps(record))
-    log.info("variant %s of %s: %s %.5f vs fp32 %.5f (drop %.5f, allowed %.5f)", record["variant"], served_uri,
-             metric, variant, fp32, drop, tolerance)
-    if drop > tolerance:
-        raise ServingError(f"{record['variant']} variant of {served_uri} refused: {metric} {variant:.5f} vs fp32 "
-                           f"{fp32:.5f}, a drop of {drop:.5f} > serve.int8_max_metric_drop {tolerance:g}")
-    return record
+    verdict = judge_variant(config.serve.variant, metric, values["fp32"], values[config.serve.variant], mode,
+                            config.serve.int8_max_metric_drop)
+    set_version_tag(served_uri, f"mlscale.variant.{verdict.variant}", json.dumps(verdict.record()),
+                    config.tracking_uri)
+    log.info("variant %s of %s: %s %.5f vs fp32 %.5f (drop %.5f, allowed %.5f)", verdict.variant, served_uri,
+             metric, verdict.value, verdict.fp32, verdict.drop, verdict.tolerance)
+    if not verdict.accepted:
+        raise ServingError(f"{verdict.variant} variant of {served_uri} refused: {metric} {verdict.value:.5f} vs fp32 "
+                           f"{verdict.fp32:.5f}, a drop of {verdict.drop:.5f} > serve.int8_max_metric_drop "
+                           f"{verdict.tolerance:g}")
+    return verdict.record()
 
 
 def within_tolerance(served: np.ndarray, batch: np.ndarray, rtol: float, atol: float) -> np.ndarray:

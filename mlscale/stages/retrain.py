@@ -57,12 +57,11 @@ def retrain_stage(config: PipelineConfig) -> RetrainResult:
         trained = tune_stage(config, prepared).trained
     else:
         trained = train_stage(config, prepared)
-    qualified = bool(trained.decision.get("qualified")) or trained.promoted
+    qualified = bool(trained.decision.qualified) or trained.promoted
     release = None
     if qualified and not trained.promoted:  # promoted: there was no champion to canary against
         release = canary_stage(config, trained.version).summary()
-    result = RetrainResult(trained.version, trained.decision.get("reason", ""), qualified,
-                           trained.decision.get("delta"),
+    result = RetrainResult(trained.version, trained.decision.reason, qualified, trained.decision.delta,
                            {k: v for k, v in trained.test_metrics.items() if k.startswith("test_")}, release)
     decision_log(config).append({"event": "retrain", "time": datetime.now(UTC).isoformat(),
                                  "version": result.version, "judged": result.judged,

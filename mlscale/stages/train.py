@@ -18,6 +18,7 @@ from mlscale.features.featureset import FittedFeatures
 from mlscale.features.label import label_spec, target_stats
 from mlscale.models.networks import spec_for_features
 from mlscale.plots import training_curve
+from mlscale.promotion import PromotionDecision
 from mlscale.registry.lineage import code_version
 from mlscale.stages.judge import Judged, register_and_judge
 from mlscale.tracking import flat_params, stage_run
@@ -35,14 +36,24 @@ class TrainedModel:
     run_id: str
     test_metrics: dict[str, float]
     best_val_metrics: dict[str, float]
+    decision: PromotionDecision
     history: list[dict[str, float]] = field(default_factory=list)
     version_uri: str = ""
     promoted: bool = False
-    decision: dict[str, Any] = field(default_factory=dict)
     behaviour_passed: bool = True
     attempts: int = 1
     repeated_steps: int = 0
     slices: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What `mlscale train` and the train job print (the pipeline's and a sweep's summaries include it)."""
+        return {
+            "model_uri": self.model_uri, "model_version": self.version, "version_uri": self.version_uri,
+            "promoted": self.promoted, "promotion": self.decision.reason, "behaviour_passed": self.behaviour_passed,
+            "mlflow_run_id": self.run_id, "train_attempts": self.attempts, "train_repeated_steps": self.repeated_steps,
+            **{k: v for k, v in self.best_val_metrics.items() if k.startswith("val_")},
+            **self.test_metrics,
+        }
 
 
 def data_lineage(config: PipelineConfig, prepared: PreparedData, features: FittedFeatures) -> dict[str, str]:
@@ -92,7 +103,7 @@ def trained_model(config: PipelineConfig, judged: Judged, run_id: str, best_metr
     return TrainedModel(
         model_uri=registered.alias_uri(config.tracking.alias), version=registered.version, run_id=run_id,
         test_metrics=judged.evaluation.metrics, best_val_metrics=best_metrics, history=history,
-        version_uri=registered.version_uri, promoted=decision.promote, decision=decision.to_dict(),
+        version_uri=registered.version_uri, promoted=decision.promote, decision=decision,
         behaviour_passed=judged.behaviour.passed, attempts=attempts, repeated_steps=repeated_steps,
         slices=judged.evaluation.slices,
     )

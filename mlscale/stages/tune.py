@@ -53,9 +53,7 @@ class TunedModel:
             "max_concurrent_trials": sweep.plan.max_concurrent,
             f"best_{sweep.metric}": best.value, "best_trial": best.trial_id, "architecture": self.architecture,
             "pareto_front": [{"trial": r.trial_id, sweep.metric: r.value, **r.cost} for r in sweep.pareto],
-            "model_uri": self.trained.model_uri, "model_version": self.trained.version,
-            "promoted": self.trained.promoted, "promotion": self.trained.decision.get("reason", ""),
-            **self.trained.test_metrics,
+            **self.trained.summary(),
         }
 
 

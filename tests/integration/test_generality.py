@@ -100,7 +100,7 @@ def test_large_labels_train_and_serve_equal_to_batch_within_a_relative_tolerance
     # predicting the training mean scores 0. The floor is the noise-limited value minus a wide margin.
     assert result.trained.test_metrics["test_r2"] > 0.9
     assert result.trained.test_metrics["test_rmse"] < 1000
-    assert result.trained.promoted and result.trained.decision["champion_version"] is None
+    assert result.trained.promoted and result.trained.decision.champion_version is None
 
 
 def test_the_inferred_request_schema_and_names_come_from_the_dataset(prices_run):

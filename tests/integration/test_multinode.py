@@ -245,12 +245,12 @@ def test_training_finishes_after_its_spot_node_is_lost(multinode):
     from mlscale.train.trainer import checkpoint_storage
 
     run_name = f"multinode-{uuid.uuid4().hex[:6]}"
-    overrides = {"train.run_name": run_name, "train.epochs": 2, "train.placement_strategy": "SPREAD",
+    # one epoch (~96 steps): checkpoints and steps on both sides of the kill at step 25 are what recovery needs.
+    # Such a short run is no quality claim (its behavioural checks may fail): promoted regardless, since the
+    # serving and scoring tests after it serve this champion
+    overrides = {"train.run_name": run_name, "train.epochs": 1, "train.placement_strategy": "SPREAD",
                  "train.storage_uri": "s3://lake/checkpoints", "train.checkpoint.every_n_steps": 10,
-                 "data.object_store.endpoint_url": multinode.s3_endpoint,
-                 # a 5% sample trained around a lost node: its hand-written extreme case (three hours late is late)
-                 # is a model-quality check that run failed once at 0.87; recovery is what is tested here
-                 "evaluate.behaviour.minimum": []}
+                 "data.object_store.endpoint_url": multinode.s3_endpoint, "tracking.promotion": "always"}
     config = load_config(REPO / "jobs" / "configs" / "flights-small.yaml",
                          {**multinode.common, **overrides})
     filesystem, root = checkpoint_storage(config)

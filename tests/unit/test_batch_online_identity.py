@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlscale.data.flights import FLIGHTS_SCHEMA
-from mlscale.data.schema import arrow_schema
 from mlscale.features.featureset import transform_batch
+from mlscale.schema import arrow_schema
 from tests.unit.test_featureset import RICH, fitted, sample_table
 
 SCHEMA = [spec for spec in FLIGHTS_SCHEMA if spec.name in RICH.raw_columns or spec.name == "tailnum"]

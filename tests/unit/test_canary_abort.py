@@ -9,9 +9,10 @@ import pytest
 from mlscale.config import load_config
 from mlscale.errors import PromotionConflict
 from mlscale.serve.live import LiveStats
+from mlscale.serve.release import P99_MIN_REQUESTS
 
 
-def healthy(requests: int = 5) -> LiveStats:
+def healthy(requests: int = P99_MIN_REQUESTS) -> LiveStats:
     stats = LiveStats()
     for _ in range(requests):
         stats.request(0.004, failed=False)

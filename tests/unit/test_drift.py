@@ -115,9 +115,9 @@ def test_windows_of_the_prediction_log_drift_only_where_the_traffic_moved(tmp_pa
     from unittest import mock
 
     from mlscale.config import MonitorConfig
-    from mlscale.data.schema import ColumnSpec
     from mlscale.features.featureset import FeatureSet, batch_stats
     from mlscale.monitor.windows import judge_windows, read_log
+    from mlscale.schema import ColumnSpec
     from mlscale.serve.predlog import LogSettings, PredictionLog
     from tests.unit.test_featureset import RICH, sample_table
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mlscale"
 LAYERS: list[tuple[str, int]] = [
     # shared foundations: declarations and plumbing every layer may use
     ("mlscale.version", 0), ("mlscale.errors", 0), ("mlscale.direction", 0), ("mlscale.config", 0),
-    ("mlscale.data.schema", 0),
+    ("mlscale.schema", 0),
     ("mlscale.caching", 0), ("mlscale.hashing", 0), ("mlscale.cluster", 0), ("mlscale.tracking", 0),
     ("mlscale.plots", 0), ("mlscale.logs", 0), ("mlscale.cost", 0), ("mlscale.submit", 0),
     # the domain, in the order data flows
@@ -27,7 +27,7 @@ PUBLIC_API = "mlscale"  # the package's __init__: the facade over everything (la
 
 
 def layer_of(module: str) -> int:
-    """The layer of a module: the longest matching prefix wins (mlscale.data.schema before mlscale.data)."""
+    """The layer of a module: that of the longest matching prefix."""
     matches = [(len(prefix), layer) for prefix, layer in LAYERS if module == prefix or module.startswith(prefix + ".")]
     if not matches:
         raise AssertionError(f"{module} has no layer: add it to LAYERS (and to ARCHITECTURE.md)")
@@ -84,7 +84,7 @@ def test_the_check_catches_an_upward_import(tmp_path):
                       "    from mlscale.train import loop\n")
     assert imported_modules(module) == [(4, "mlscale.stages.train"), (5, "mlscale.train.loop")]
     assert layer_of("mlscale.stages.train") > layer_of("mlscale.tune.sweep") > layer_of("mlscale.train.loop")
-    assert layer_of("mlscale.data.schema") < layer_of("mlscale.data.prepare")
+    assert layer_of("mlscale.schema") < layer_of("mlscale.data.prepare")
     with pytest.raises(AssertionError, match="has no layer"):
         layer_of("mlscale.unknown_module")
 

@@ -5,7 +5,7 @@ import asyncio
 import pyarrow.parquet as pq
 import pytest
 
-from mlscale.data.schema import ColumnSpec
+from mlscale.schema import ColumnSpec
 from mlscale.serve.predlog import LogSettings, PredictionLog
 
 SCHEMA = [ColumnSpec(name="distance", dtype="float"), ColumnSpec(name="carrier", dtype="str")]

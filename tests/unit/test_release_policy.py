@@ -4,7 +4,7 @@ import pytest
 
 from mlscale.config import CanaryConfig
 from mlscale.serve.live import LiveStats
-from mlscale.serve.release import decide_release
+from mlscale.serve.release import P99_MIN_REQUESTS, decide_release
 
 POLICY = CanaryConfig(min_requests=100, max_error_rate=0.02, max_p99_ratio=1.5, p99_floor_ms=10,
                       max_prediction_shift=0.05, timeout_s=600)
@@ -90,3 +90,16 @@ def test_no_promotion_without_a_measured_shift_on_enough_paired_records():
     assert late.action == "rollback" and "timeout" in late.reasons[0]
     unpaired.compared([0.9] * 30, [0.3] * 30)
     assert decide(traffic(900), unpaired, min_paired_records=50).action == "rollback"  # now measured: 0.6 > 0.05
+
+
+def test_latency_is_judged_on_enough_requests_and_a_promotion_waits_for_it():
+    """60 requests' p99 is their slowest one: a single slow first call must not roll a healthy canary back (seen:
+    one 75 ms request among 63), and nothing is promoted before latency is compared; at 100 each it counts."""
+    one_slow = traffic(59)
+    one_slow.request(0.075, failed=False)
+    waiting = decide(traffic(900), one_slow, min_requests=60, min_paired_records=50)
+    assert waiting.action == "wait" and "60 of the 100 requests per version" in waiting.reasons[0]
+    assert decide(traffic(900), one_slow, elapsed=601, min_requests=60, min_paired_records=50).action == "rollback"
+    slow = traffic(P99_MIN_REQUESTS, milliseconds=75.0)
+    assert decide(traffic(900), slow, min_requests=60, min_paired_records=50).action == "rollback"
+    assert decide(traffic(900), traffic(P99_MIN_REQUESTS), min_requests=60, min_paired_records=50).action == "promote"

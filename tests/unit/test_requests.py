@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlscale.data.schema import ColumnSpec
+from mlscale.schema import ColumnSpec
 from mlscale.serve.requests import MAX_ERRORS, RequestParser, RequestRejected
 
 SCHEMA = [

@@ -6,7 +6,6 @@ from pydantic import ValidationError
 
 from mlscale.config import ValidationConfig
 from mlscale.data.expressions import columns_of, evaluate
-from mlscale.data.schema import ColumnSpec, request_model
 from mlscale.data.validation import (
     REASON_COLUMN,
     RULES_COLUMN,
@@ -17,6 +16,7 @@ from mlscale.data.validation import (
     validate_batch,
 )
 from mlscale.errors import ExpressionError, SchemaError
+from mlscale.schema import ColumnSpec, request_model
 
 SPECS = [
     ColumnSpec(name="month", dtype="int", nullable=False, min=1, max=12),
@@ -140,7 +140,7 @@ def test_a_boolean_is_no_number_and_a_lone_surrogate_is_no_text():
 
 
 def test_text_is_bounded_by_max_length_or_the_default_in_requests_and_in_validation():
-    from mlscale.data.schema import DEFAULT_MAX_TEXT_LENGTH
+    from mlscale.schema import DEFAULT_MAX_TEXT_LENGTH
 
     specs = [ColumnSpec(name="note", dtype="str"), ColumnSpec(name="code", dtype="str", max_length=4)]
     record = request_model(specs)
