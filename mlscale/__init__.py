@@ -38,13 +38,13 @@ _EXPORTS: dict[str, str] = {
     "score_stage": "mlscale.stages.score",
     "canary_stage": "mlscale.stages.release",
     "monitor_stage": "mlscale.stages.monitor",
-    "retrain_stage": "mlscale.stages.retrain",
-    "replay_stage": "mlscale.stages.replay",
+    "retrain_stage": "mlscale.retrain",
+    "replay_stage": "mlscale.replay",
     "decide_retrain": "mlscale.monitor.retrain",
     "decision_log": "mlscale.monitor.retrain",
     "run_pipeline": "mlscale.pipeline",
     "PipelineResult": "mlscale.pipeline",
-    "TrainedModel": "mlscale.stages.train",
+    "TrainedModel": "mlscale.stages.judge",
     # prepared data and records
     "PreparedData": "mlscale.data.prepare",
     "load_prepared": "mlscale.data.prepare",
@@ -142,14 +142,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         set_alias,
         version_of,
     )
+    from mlscale.replay import replay_stage
+    from mlscale.retrain import retrain_stage
     from mlscale.serve.release import ReleaseDecision, decide_release
     from mlscale.stages.common import start
     from mlscale.stages.deploy import deploy_stage, served_vs_batch
+    from mlscale.stages.judge import TrainedModel
     from mlscale.stages.monitor import monitor_stage
     from mlscale.stages.prepare import prepare_stage
     from mlscale.stages.release import canary_stage
-    from mlscale.stages.replay import replay_stage
-    from mlscale.stages.retrain import retrain_stage
     from mlscale.stages.score import score_stage
-    from mlscale.stages.train import TrainedModel, train_stage
+    from mlscale.stages.train import train_stage
     from mlscale.stages.tune import tune_stage

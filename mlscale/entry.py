@@ -80,13 +80,13 @@ def monitor_summary(config: PipelineConfig, model_uri: str | None = None) -> dic
 
 
 def retrain_summary(config: PipelineConfig) -> dict[str, Any]:
-    from mlscale.stages.retrain import retrain_stage
+    from mlscale.retrain import retrain_stage
 
     return retrain_stage(config).summary()
 
 
 def replay_summary(config: PipelineConfig) -> dict[str, Any]:
-    from mlscale.stages.replay import replay_stage
+    from mlscale.replay import replay_stage
 
     return replay_stage(config).summary()
 

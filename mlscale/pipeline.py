@@ -17,8 +17,9 @@ from mlscale.data.prepare import PreparedData
 from mlscale.promotion import require_served_version
 from mlscale.stages.common import start, timed
 from mlscale.stages.deploy import ServingCheck, deploy_stage, served_vs_batch
+from mlscale.stages.judge import TrainedModel
 from mlscale.stages.prepare import prepare_stage
-from mlscale.stages.train import TrainedModel, train_stage
+from mlscale.stages.train import train_stage
 from mlscale.tracking import stage_run
 
 

@@ -1,10 +1,11 @@
-"""The judge stage: register a trained bundle as challenger, evaluate it on test, run its behavioural tests, decide
-its promotion against the champion it was measured with, and apply that decision (compare-and-set)."""
+"""Judging a trained model, shared by the stages that train (train, tune): register the bundle as challenger,
+evaluate it on test, run its behavioural tests, decide its promotion against the champion it was measured with, and
+apply that decision (compare-and-set); the TrainedModel they hand on."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,44 @@ def _log_evaluation(config: PipelineConfig, evaluation: Evaluation, directory: P
         mlflow.log_artifact(str(reliability_diagram(evaluation.reliability, directory / "reliability.png",
                                                     evaluation.metrics["test_ece"],
                                                     f"{config.name}: reliability on test")), "plots")
+
+
+@dataclass
+class TrainedModel:
+    """What the train stage hands on: where the model is, how good it is, and what was decided about it."""
+
+    model_uri: str
+    version: str
+    run_id: str
+    test_metrics: dict[str, float]
+    best_val_metrics: dict[str, float]
+    decision: PromotionDecision
+    history: list[dict[str, float]] = field(default_factory=list)
+    version_uri: str = ""
+    promoted: bool = False
+    behaviour_passed: bool = True
+    attempts: int = 1
+    repeated_steps: int = 0
+    slices: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What `mlscale train` and the train job print (the pipeline's and a sweep's summaries include it)."""
+        return {
+            "model_uri": self.model_uri, "model_version": self.version, "version_uri": self.version_uri,
+            "promoted": self.promoted, "promotion": self.decision.reason, "behaviour_passed": self.behaviour_passed,
+            "mlflow_run_id": self.run_id, "train_attempts": self.attempts, "train_repeated_steps": self.repeated_steps,
+            **{k: v for k, v in self.best_val_metrics.items() if k.startswith("val_")},
+            **self.test_metrics,
+        }
+
+
+def trained_model(config: PipelineConfig, judged: Judged, run_id: str, best_metrics: dict[str, float],
+                  history: list[dict[str, float]], attempts: int = 1, repeated_steps: int = 0) -> TrainedModel:
+    registered, decision = judged.registered, judged.decision
+    return TrainedModel(
+        model_uri=registered.alias_uri(config.tracking.alias), version=registered.version, run_id=run_id,
+        test_metrics=judged.evaluation.metrics, best_val_metrics=best_metrics, history=history,
+        version_uri=registered.version_uri, promoted=decision.promote, decision=decision,
+        behaviour_passed=judged.behaviour.passed, attempts=attempts, repeated_steps=repeated_steps,
+        slices=judged.evaluation.slices,
+    )

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
-
-import mlflow
 
 from mlscale.config import PipelineConfig
-from mlscale.data.prepare import REPORT_FILE, PreparedData, prepare
-from mlscale.data.validation import ValidationReport
+from mlscale.data.prepare import PreparedData, prepare
 from mlscale.errors import ValidationFailed
 from mlscale.features.featureset import FitStatistics
-from mlscale.tracking import stage_run, tracking_client
+from mlscale.stages.run_records import log_validation
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +39,3 @@ def prepare_stage(config: PipelineConfig) -> PreparedData:
     if not prepared.cached:
         log_validation(config, report, "FINISHED")
     return prepared
-
-
-def log_validation(config: PipelineConfig, report: ValidationReport, status: str,
-                   stage: str = "prepare", tags: dict[str, str] | None = None) -> None:
-    """A validating stage's MLflow run: the ValidationReport as an artifact and its counts as metrics."""
-    with stage_run(f"{config.name}-{stage}") as run:
-        mlflow.set_tags({"mlscale.stage": stage, "mlscale.config_hash": config.fingerprint(),
-                         "mlscale.validation_passed": str(report.passed).lower(), **(tags or {})})
-        mlflow.log_metrics({"rows_read": float(report.rows_read), "rows_quarantined": float(report.rows_quarantined),
-                            "quarantine_fraction": report.quarantine_fraction,
-                            **{f"rule_failed.{rule}": float(n) for rule, n in _metric_safe(report).items()}})
-        mlflow.log_dict(report.to_dict(), f"data/{REPORT_FILE}")
-    if status != "FINISHED":
-        tracking_client(config.tracking_uri).set_terminated(run.info.run_id, status)
-
-
-def _metric_safe(report: ValidationReport) -> dict[str, int]:
-    """MLflow metric names allow letters, digits, _ - . / and space: rule ids like unique(a,b) are rewritten."""
-    return {re.sub(r"[^A-Za-z0-9_\-./ ]", "_", rule): n for rule, n in report.counts_by_rule().items()}

@@ -11,7 +11,7 @@ from mlscale.data.prepare import REPORT_FILE
 from mlscale.data.validation import ValidationReport
 from mlscale.errors import ValidationFailed
 from mlscale.scoring import ScoredData, score_source
-from mlscale.stages.prepare import log_validation
+from mlscale.stages.run_records import log_validation
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from mlscale.errors import NoWinner
 from mlscale.features.label import label_spec, target_stats
 from mlscale.models.networks import spec_for_features
 from mlscale.plots import bar_chart, optimization_history, pareto_plot
-from mlscale.stages.judge import register_and_judge
-from mlscale.stages.train import TrainedModel, data_lineage, log_history, log_training_inputs, trained_model
+from mlscale.stages.judge import TrainedModel, register_and_judge, trained_model
+from mlscale.stages.run_records import data_lineage, log_history, log_training_inputs
 from mlscale.tracking import child_run, experiment_id, flat_params, tracking_client
 from mlscale.train.inputs import training_data
 from mlscale.tune.analysis import TrialRecord

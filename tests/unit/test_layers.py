@@ -21,7 +21,8 @@ LAYERS: list[tuple[str, int]] = [
     ("mlscale.scoring", 7),
     ("mlscale.serve", 8), ("mlscale.monitor", 9),
     # orchestration
-    ("mlscale.stages", 10), ("mlscale.pipeline", 11), ("mlscale.entry", 12), ("mlscale.cli", 12),
+    ("mlscale.stages", 10), ("mlscale.pipeline", 11), ("mlscale.retrain", 11), ("mlscale.replay", 11),
+    ("mlscale.entry", 12), ("mlscale.cli", 12),
 ]
 PUBLIC_API = "mlscale"  # the package's __init__: the facade over everything (lazy), imported by nothing inside
 
@@ -131,6 +132,19 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_module_imports_itself_through_others():
     """Beside the layers: no loop even within one layer (two stages importing each other inside functions)."""
     assert import_cycles(import_graph()) == []
+
+
+SHARED_BY_STAGES = {"mlscale.stages.common", "mlscale.stages.judge", "mlscale.stages.run_records"}
+
+
+def test_stages_do_not_use_each_other_as_libraries():
+    """A stage imports only what the stages share (start, judging a trained model, what runs record); composing
+    stages (pipeline, retrain, replay) happens at the orchestration level above them."""
+    graph = import_graph()
+    stages = {module for module in graph if module.startswith("mlscale.stages.") and module not in SHARED_BY_STAGES}
+    assert stages >= {"mlscale.stages.train", "mlscale.stages.tune", "mlscale.stages.monitor"}
+    found = {module: sorted(graph[module] & stages) for module in sorted(stages) if graph[module] & stages}
+    assert found == {}, found
 
 
 def test_the_cycle_check_finds_a_loop():

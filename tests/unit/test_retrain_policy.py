@@ -158,7 +158,7 @@ def test_the_retrain_job_command_reproduces_the_config_exactly():
 
 
 def test_a_replay_never_writes_into_the_production_log_or_labels(tmp_path):
-    from mlscale.stages.replay import replay_config
+    from mlscale.replay import replay_config
 
     config = load_config("flights-replay", {
         "storage.root": str(tmp_path), "serve.prediction_log": {"path": "s3://prod/log", "sample_rate": 0.5},
