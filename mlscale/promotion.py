@@ -36,6 +36,7 @@ from mlscale.errors import NothingToServe, PromotionConflict, PromotionError
 from mlscale.evaluate import Evaluation, evaluate, score
 from mlscale.registry.store import label_of, set_alias, version_of
 from mlscale.tracking import tracking_client
+from mlscale.uris import model_uri
 
 Policy = PromotionPolicy
 DECISION_TAG = "mlscale.promotion"
@@ -223,6 +224,12 @@ def who() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}" + (f" run {run.info.run_id}" if run else "")
 
 
+def stamp() -> dict[str, str]:
+    """Who made a recorded decision (user@host, and the MLflow run if one is active) and when: every record of a
+    promotion or a release carries it."""
+    return {"by": who(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 def apply_decision(decision: PromotionDecision, tracking_uri: str) -> bool:
     """Carry out a decision: move the alias to decision.challenger_version if, and only if, the alias still points
     at decision.champion_version; the old version stays reachable as previous_<alias>. The decision (who, what,
@@ -239,7 +246,7 @@ def apply_decision(decision: PromotionDecision, tracking_uri: str) -> bool:
         PromotionConflict: the alias moved since the decision was made (the decision is stale: judge again).
     """
     client = tracking_client(tracking_uri)
-    record = {**decision.to_dict(), "by": who(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {**decision.to_dict(), **stamp()}
     if decision.promote:
         with registry_lock(tracking_uri):
             current = version_of(decision.model, decision.alias, tracking_uri)
@@ -261,13 +268,6 @@ def apply_decision(decision: PromotionDecision, tracking_uri: str) -> bool:
                                  str(decision.promote).lower())
     client.set_registered_model_tag(decision.model, f"{DECISION_TAG}.last", text)
     return decision.promote
-
-
-def model_uri(model: str, reference: str) -> str:
-    """models:/name/<version> for a number, models:/name@<alias> otherwise; a full URI is kept."""
-    if reference.startswith(("models:/", "runs:/")):
-        return reference
-    return f"models:/{model}/{reference}" if reference.isdigit() else f"models:/{model}@{reference}"
 
 
 def evaluate_model(settings: EvaluateConfig, dataset: ray.data.Dataset, uri: str, tracking_uri: str,

@@ -33,6 +33,7 @@ from mlscale.stages.deploy import deploy_stage
 from mlscale.stages.monitor import label_column_of, log_path_of, monitor_stage
 from mlscale.stages.prepare import prepare_stage
 from mlscale.tracking import child_run
+from mlscale.uris import version_uri
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def replay_stage(config: PipelineConfig) -> ReplayReport:
     arrived: list[dict[str, Any]] = []
     logged = 0
     sent: dict[Any, list[dict[str, Any]]] = {}
-    inputs = load_bundle(f"models:/{model}/{stale}", config.tracking_uri).input_columns
+    inputs = load_bundle(version_uri(model, stale), config.tracking_uri).input_columns
     for index, window in enumerate(settings.windows):
         records = [{name: row.get(name) for name in inputs} for row in rows[window]]
         answers, failed = send(endpoint, records, settings.clients, settings.records_per_request)
@@ -258,7 +259,7 @@ def compare_after_release(config: PipelineConfig, report: ReplayReport, rows: di
     if final == report.stale_version or not released:
         return {}
     model = config.tracking.registered_model
-    bundles = {name: load_bundle(f"models:/{model}/{version}", config.tracking_uri)
+    bundles = {name: load_bundle(version_uri(model, version), config.tracking_uri)
                for name, version in (("stale", report.stale_version), ("serving", final))}
     later = report.windows[[w.window for w in report.windows].index(released[0]) + 1:]
     compared = {}

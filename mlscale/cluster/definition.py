@@ -10,8 +10,9 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from mlscale.config.base import StrictModel
 from mlscale.errors import ConfigError, describe_fields
 
 GENERATED = "# Generated from cluster/definition.yaml by `mlscale cluster render`: edit the definition instead.\n"
@@ -34,16 +35,12 @@ MLFLOW_AUTH_CONFIG = "/etc/mlflow/basic_auth.ini"
 MLFLOW_USER_ENV = {"mlflow_username": "MLSCALE_MLFLOW_USER", "mlflow_password": "MLSCALE_MLFLOW_USER_PASSWORD"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SecretRef(_Strict):
+class SecretRef(StrictModel):
     secret: str
     key: str
 
 
-class NodeGroup(_Strict):
+class NodeGroup(StrictModel):
     cpu: int = Field(..., ge=0)
     memory_gib: int = Field(..., ge=1)
     gpu: int = Field(0, ge=0)
@@ -67,12 +64,12 @@ class WorkerGroup(NodeGroup):
         return self
 
 
-class Autoscaling(_Strict):
+class Autoscaling(StrictModel):
     idle_timeout_minutes: int = Field(10, ge=1)
     upscaling_speed: float = Field(1.0, gt=0)
 
 
-class Aws(_Strict):
+class Aws(StrictModel):
     region: str
     ami: str
     security_group_id: str = Field(
@@ -83,13 +80,13 @@ class Aws(_Strict):
     shared_filesystem: str
 
 
-class Kubernetes(_Strict):
+class Kubernetes(StrictModel):
     shared_volume_claim: str
     ingress_namespace: str = Field("ingress-nginx", description="The only namespace that may reach the serve port.")
     capacity_labels: dict[Literal["spot", "on-demand"], dict[str, str]]
 
 
-class MlflowServer(_Strict):
+class MlflowServer(StrictModel):
     """The tracking server and registry every stage writes to, with MLflow's basic auth: every request signs in;
     a user writes only what they created or were granted, and reads the rest per default_permission (never EDIT or
     MANAGE: that would let any signed-in user move any model's aliases)."""
@@ -108,14 +105,14 @@ class MlflowServer(_Strict):
                                                         "reaches other workers after at most this long. 0: off.")
 
 
-class Jobs(_Strict):
+class Jobs(StrictModel):
     """What every stage's driver asks for: a CPU and the `driver` resource, which only on-demand groups carry, so
     a reclaimed spot node never takes a driver (and the run it coordinates) with it, and the head only schedules."""
     entrypoint_num_cpus: float = Field(1, ge=0)
     entrypoint_resources: dict[str, float] = Field(default_factory=lambda: {"driver": 1.0})
 
 
-class ClusterDefinition(_Strict):
+class ClusterDefinition(StrictModel):
     name: str = Field(..., pattern=r"^[a-z][a-z0-9-]*$")
     ray_version: str
     python: str

@@ -6,11 +6,11 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 from mlscale.schema import ColumnSpec
 
 
-class ObjectStoreConfig(_Section):
+class ObjectStoreConfig(StrictModel):
     """S3-compatible object storage. Credentials are read from environment variables, never from the config
     (configs are logged to MLflow as run parameters)."""
 
@@ -21,7 +21,7 @@ class ObjectStoreConfig(_Section):
     anonymous: bool = False
 
 
-class SyntheticConfig(_Section):
+class SyntheticConfig(StrictModel):
     """The deterministic synthetic flights source: any number of rows, generated lazily in parallel."""
 
     rows: int = Field(1_000_000, ge=1)
@@ -30,7 +30,7 @@ class SyntheticConfig(_Section):
     bad_fraction: float = Field(0.01, ge=0.0, le=1.0, description="Rows given one injected defect each.")
 
 
-class DataConfig(_Section):
+class DataConfig(StrictModel):
     source: Literal["flights", "parquet", "csv", "synthetic"] = "flights"
     path: str | None = Field(None, description="Folder or file for parquet/csv: a local path or s3://bucket/prefix.")
     object_store: ObjectStoreConfig = Field(default_factory=ObjectStoreConfig)
@@ -54,14 +54,14 @@ class DataConfig(_Section):
         return self
 
 
-class CheckRule(_Section):
+class CheckRule(StrictModel):
     """A cross-column rule: a boolean expression over columns, e.g. `distance / air_time * 60 <= 700`."""
 
     name: str = Field(..., pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     expr: str
 
 
-class ValidationConfig(_Section):
+class ValidationConfig(StrictModel):
     """Expectations on the whole dataset, on top of the per-column rules in the schema."""
 
     unique: list[str] | None = Field(None, description="Columns forming a key no two rows may share.")
@@ -81,7 +81,7 @@ class ValidationConfig(_Section):
         return self
 
 
-class TimeRange(_Section):
+class TimeRange(StrictModel):
     """Rows whose time value is in [start, end): numbers, or ISO dates/timestamps ("2013-10-01") for a string or
     temporal column (ISO strings sort in time order)."""
 
@@ -107,7 +107,7 @@ _DEFAULT_TIME_SPLIT: dict[str, list[int | float | str]] = {
     "train": list(range(1, 10)), "val": [10, 11], "test": [12]}  # the flights example's months
 
 
-class SplitConfig(_Section):
+class SplitConfig(StrictModel):
     """How each valid row is assigned to train, val or test; reproducible on every rerun.
 
     - `time`: by the value of a time column (`column`, default `data.time_column`): each split is a list of values

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 
 
-class InvarianceCheck(_Section):
+class InvarianceCheck(StrictModel):
     """Changing this field to each of these values moves predictions by at most max_mean_shift on average."""
 
     column: str
@@ -17,7 +17,7 @@ class InvarianceCheck(_Section):
     max_mean_shift: float = Field(0.02, gt=0)
 
 
-class DirectionalCheck(_Section):
+class DirectionalCheck(StrictModel):
     """Adding delta to this numeric field moves the average prediction the expected way (never the other)."""
 
     column: str
@@ -25,7 +25,7 @@ class DirectionalCheck(_Section):
     direction: Literal["up", "down"]
 
 
-class MinimumCase(_Section):
+class MinimumCase(StrictModel):
     """A hand-written record and the range its prediction must fall in."""
 
     name: str
@@ -34,14 +34,14 @@ class MinimumCase(_Section):
     max: float | None = None
 
 
-class BehaviourConfig(_Section):
+class BehaviourConfig(StrictModel):
     rows: int = Field(500, ge=10, description="Held-out rows the invariance and directional checks perturb.")
     invariance: list[InvarianceCheck] = Field(default_factory=list)
     directional: list[DirectionalCheck] = Field(default_factory=list)
     minimum: list[MinimumCase] = Field(default_factory=list)
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(StrictModel):
     slices: list[str] = Field(default_factory=lambda: ["carrier", "origin"], description="Metrics per value.")
     min_slice_rows: int = Field(100, ge=1, description="Smaller slices are reported as too small, not scored.")
     calibration_bins: int = Field(15, ge=2, le=100)

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 
 
-class NumericFeature(_Section):
+class NumericFeature(StrictModel):
     """A numeric column: clip -> signed log1p -> scale; missing values get the mean and an indicator column."""
 
     column: str
@@ -25,7 +25,7 @@ class NumericFeature(_Section):
         return self
 
 
-class CategoricalFeature(_Section):
+class CategoricalFeature(StrictModel):
     """A string column: a top-k vocabulary with an out-of-vocabulary bucket, or hashing for high cardinality."""
 
     column: str
@@ -34,7 +34,7 @@ class CategoricalFeature(_Section):
     max_categories: int | None = Field(None, ge=1, description="None: features.max_categories.")
 
 
-class CrossFeature(_Section):
+class CrossFeature(StrictModel):
     """Values of several columns combined, hashed into buckets (e.g. origin x dest = the route)."""
 
     columns: list[str] = Field(..., min_length=2)
@@ -52,7 +52,7 @@ def _shorthand(value: Any) -> Any:
     return value
 
 
-class FeaturesConfig(_Section):
+class FeaturesConfig(StrictModel):
     numeric: list[NumericFeature] = Field(
         default_factory=lambda: [
             NumericFeature(column=name) for name in

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 
 
-class LabelsConfig(_Section):
+class LabelsConfig(StrictModel):
     """Where labels that arrive after the predictions are (for flights: the arrival delay, hours later)."""
 
     path: str = Field(..., description="A parquet file or folder (local or a pyarrow filesystem URI), or a .csv.")
@@ -19,7 +19,7 @@ class LabelsConfig(_Section):
     column: str | None = Field(None, description="The label column; None: data.label.")
 
 
-class RetrainConfig(_Section):
+class RetrainConfig(StrictModel):
     """The retraining loop: what the monitor does when the newest judged window drifts or decays."""
 
     enabled: bool = Field(False, description="Off: the monitor reports and logs the decision it would take.")
@@ -44,7 +44,7 @@ class RetrainConfig(_Section):
                              "sampler, this many trials) instead of one training run; its winner is judged.")
 
 
-class MonitorConfig(_Section):
+class MonitorConfig(StrictModel):
     """Drift and decay of live traffic (the prediction log) against the serving model (`mlscale monitor`), and the
     retraining they trigger."""
 
@@ -81,7 +81,7 @@ class MonitorConfig(_Section):
         return self
 
 
-class ReplayConfig(_Section):
+class ReplayConfig(StrictModel):
     """`mlscale replay`: later windows of the source (e.g. months) sent through the HTTP service as live traffic,
     one window after another, labels arriving `label_lag` windows late, the monitor run after each window."""
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 from mlscale.config.data import DataConfig, SplitConfig, ValidationConfig
 from mlscale.config.evaluate import EvaluateConfig
 from mlscale.config.features import FeaturesConfig
@@ -18,9 +18,10 @@ from mlscale.config.serve import ScoreConfig, ServeConfig
 from mlscale.config.train import TrainConfig
 from mlscale.config.tune import TuneSettings
 from mlscale.direction import mode_of
+from mlscale.uris import alias_uri
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(StrictModel):
     name: str = Field(
         "flights", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
         description="The pipeline's name: folders under storage.root are named by it, so it is a plain identifier "
@@ -64,7 +65,7 @@ class PipelineConfig(_Section):
     @property
     def serving_uri(self) -> str:
         """The model serving loads by default: models:/<tracking.registered_model>@<tracking.alias>."""
-        return f"models:/{self.tracking.registered_model}@{self.tracking.alias}"
+        return alias_uri(self.tracking.registered_model, self.tracking.alias)
 
     @property
     def metric(self) -> tuple[str, Literal["max", "min"]]:

@@ -7,13 +7,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 
 PromotionPolicy = Literal["always", "if_better", "manual", "canary"]
 """How a trained model reaches the alias; `promotion.decide` acts on it."""
 
 
-class RayConfig(_Section):
+class RayConfig(StrictModel):
     address: str | None = Field(None, description="Cluster address; None starts an embedded local Ray.")
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of the embedded Ray (None: Ray decides).")
     object_store_memory: int | None = Field(None, ge=78_643_200)
@@ -30,7 +30,7 @@ class RayConfig(_Section):
     )
 
 
-class StorageConfig(_Section):
+class StorageConfig(StrictModel):
     root: str = Field(".mlscale", description="Where prepared data, checkpoints and caches live.")
     prepared_uri: str | None = Field(
         None, description="The prepared splits and their manifest: a path, or s3://bucket/prefix (data.object_store "
@@ -45,7 +45,7 @@ class StorageConfig(_Section):
         return Path(self.root).expanduser().resolve()
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(StrictModel):
     uri: str | None = Field(None, description="MLflow tracking URI; None means a sqlite store under storage.root.")
     experiment: str = "mlscale"
     registered_model: str = "flights-late-arrival"

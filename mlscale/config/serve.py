@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 
 
-class ServeAutoscaling(_Section):
+class ServeAutoscaling(StrictModel):
     """Ray Serve's autoscaler for the model deployment: replicas follow ongoing requests per replica."""
 
     min_replicas: int = Field(1, ge=1)
@@ -29,7 +29,7 @@ class ServeAutoscaling(_Section):
         return self
 
 
-class CanaryConfig(_Section):
+class CanaryConfig(StrictModel):
     """A challenger served beside the champion on a share of live traffic, judged on it, then promoted or rolled
     back automatically (`mlscale canary`)."""
 
@@ -67,7 +67,7 @@ class CanaryConfig(_Section):
         return self
 
 
-class PredictionCacheConfig(_Section):
+class PredictionCacheConfig(StrictModel):
     """Answers remembered per replica, keyed on the validated record and the version that predicted it."""
 
     max_entries: int = Field(100_000, ge=1)
@@ -77,7 +77,7 @@ class PredictionCacheConfig(_Section):
     ttl_s: float = Field(300.0, gt=0, description="An answer older than this is predicted again.")
 
 
-class PredictionLogConfig(_Section):
+class PredictionLogConfig(StrictModel):
     """What the service was asked and answered, sampled, written to parquet in batches off the request path."""
 
     path: str | None = Field(None, description="A folder or object-storage URI (s3://...); None: "
@@ -95,7 +95,7 @@ class PredictionLogConfig(_Section):
                                 "within this time (below Serve's graceful_shutdown_timeout_s of 20 s).")
 
 
-class GraphConfig(_Section):
+class GraphConfig(StrictModel):
     """More than one model behind one endpoint, each its own deployment (own replicas, own autoscaling)."""
 
     mode: Literal["fallback", "ensemble"]
@@ -121,7 +121,7 @@ class GraphConfig(_Section):
         return self
 
 
-class ServeConfig(_Section):
+class ServeConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "mlscale"
@@ -190,7 +190,7 @@ class ServeConfig(_Section):
                                 "(1 for probabilities, the label's standard deviation for regression).")
 
 
-class ScoreConfig(_Section):
+class ScoreConfig(StrictModel):
     """Batch inference over the data section's source (`mlscale score`)."""
 
     model: str | None = Field(None, description="models:/name@alias or models:/name/<version>; None: the serving "

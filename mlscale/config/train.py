@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 
 Norm = Literal["none", "layer", "batch"]
 Family = Literal["mlp", "resmlp", "ft_transformer"]
 
 
-class ModelConfig(_Section):
+class ModelConfig(StrictModel):
     """The network: a family and its own parameters (what architecture search varies)."""
 
     family: Family = "mlp"
@@ -41,14 +41,14 @@ class ModelConfig(_Section):
         return self
 
 
-class OptimizerConfig(_Section):
+class OptimizerConfig(StrictModel):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only.")
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(StrictModel):
     """The learning rate over the run: linear warmup, then constant, cosine decay, or steps."""
 
     name: Literal["constant", "cosine", "step"] = "cosine"
@@ -58,7 +58,7 @@ class ScheduleConfig(_Section):
     gamma: float = Field(0.5, gt=0, le=1, description="step: ... by this factor.")
 
 
-class EarlyStoppingConfig(_Section):
+class EarlyStoppingConfig(StrictModel):
     """Stop when the validation metric has not improved by min_delta for `patience` evaluations in a row."""
 
     enabled: bool = True
@@ -66,14 +66,14 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
-class CheckpointSettings(_Section):
+class CheckpointSettings(StrictModel):
     every_n_steps: int | None = Field(
         None, ge=1, description="Evaluate and checkpoint every this many steps; None: at the end of every epoch."
     )
     keep: int = Field(2, ge=1, description="Checkpoints kept: the best by the validation metric.")
 
 
-class TrainConfig(_Section):
+class TrainConfig(StrictModel):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -6,11 +6,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mlscale.config.base import _Section
+from mlscale.config.base import StrictModel
 from mlscale.config.train import Family, Norm
 
 
-class Distribution(_Section):
+class Distribution(StrictModel):
     """One searched value: `choices` (categorical), or low/high (int when both are integers; `log` for scales)."""
 
     choices: list[Any] | None = Field(None, min_length=1)
@@ -56,7 +56,7 @@ def _default_families() -> list[Family]:
     return ["mlp", "resmlp"]
 
 
-class MlpSpace(_Section):
+class MlpSpace(StrictModel):
     layers: Distribution = Field(default_factory=lambda: Distribution(low=1, high=3))
     width: Distribution = Field(default_factory=lambda: Distribution(low=16, high=256, log=True),
                                 description="Each layer's width, searched per layer that exists.")
@@ -65,14 +65,14 @@ class MlpSpace(_Section):
     _ranges = field_validator("layers", "width", mode="before")(lambda value: _int_range(value))
 
 
-class ResMlpSpace(_Section):
+class ResMlpSpace(StrictModel):
     blocks: Distribution = Field(default_factory=lambda: Distribution(low=1, high=4))
     width: Distribution = Field(default_factory=lambda: Distribution(low=32, high=256, log=True))
 
     _ranges = field_validator("blocks", "width", mode="before")(lambda value: _int_range(value))
 
 
-class FtTransformerSpace(_Section):
+class FtTransformerSpace(StrictModel):
     layers: Distribution = Field(default_factory=lambda: Distribution(low=1, high=3))
     d_token: list[int] = Field(default_factory=lambda: [8, 16, 32], min_length=1)
     heads: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1,
@@ -88,7 +88,7 @@ class FtTransformerSpace(_Section):
         return self
 
 
-class ArchitectureSpace(_Section):
+class ArchitectureSpace(StrictModel):
     """Neural architecture search: the family, then only that family's own choices (conditional parameters)."""
 
     families: list[Family] = Field(default_factory=_default_families, min_length=1)
@@ -106,20 +106,20 @@ def _default_params() -> dict[str, Distribution]:
     }
 
 
-class SearchSpace(_Section):
+class SearchSpace(StrictModel):
     params: dict[str, Distribution] = Field(
         default_factory=_default_params, description="Dotted config field -> distribution (hyperparameters).")
     architecture: ArchitectureSpace | None = Field(
         default_factory=ArchitectureSpace, description="None: keep train.model as configured.")
 
 
-class SchedulerSettings(_Section):
+class SchedulerSettings(StrictModel):
     name: Literal["asha", "none"] = Field("asha", description="asha: stop trials behind their peers early.")
     grace_period: float = Field(1.0, gt=0, description="Epochs every trial gets before it can be stopped.")
     reduction_factor: float = Field(3.0, gt=1, description="Only 1/reduction_factor of trials go on at each rung.")
 
 
-class TuneSettings(_Section):
+class TuneSettings(StrictModel):
     num_trials: int = Field(12, ge=1, description="Trial budget.")
     time_budget_s: float | None = Field(None, gt=0, description="Time budget: no new trials after this, "
                                                                 "running ones are stopped.")

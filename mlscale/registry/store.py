@@ -21,6 +21,7 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from mlscale.errors import NothingToServe
 from mlscale.registry.bundle import BUNDLE_FILE, Bundle
 from mlscale.tracking import tracking_client
+from mlscale.uris import alias_uri, parse_models_uri, version_uri
 
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_model.py")
 log = logging.getLogger(__name__)
@@ -37,10 +38,10 @@ class RegisteredBundle:
 
     @property
     def version_uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return version_uri(self.name, self.version)
 
     def alias_uri(self, alias: str) -> str:
-        return f"models:/{self.name}@{alias}"
+        return alias_uri(self.name, alias)
 
 
 @dataclass
@@ -194,7 +195,7 @@ def version_of(model_name: str, alias: str, tracking_uri: str | None = None) -> 
 
 def is_version_uri(model_uri: str) -> bool:
     """models:/name/<version>: a registered version, which never changes."""
-    parsed = _parse_models_uri(model_uri)
+    parsed = parse_models_uri(model_uri)
     return parsed is not None and parsed[1].isdigit()
 
 
@@ -204,7 +205,7 @@ def pinned_uri(model_uri: str, tracking_uri: str | None = None) -> str:
     Raises:
         NothingToServe: the alias points at no version.
     """
-    parsed = _parse_models_uri(model_uri)
+    parsed = parse_models_uri(model_uri)
     if parsed is None or parsed[1].isdigit():
         return model_uri
     name, alias = parsed
@@ -212,12 +213,12 @@ def pinned_uri(model_uri: str, tracking_uri: str | None = None) -> str:
     if version is None:
         raise NothingToServe(f"{name}@{alias} points at no version: train and promote a model first "
                              f"(mlscale train, or mlscale registry promote)")
-    return f"models:/{name}/{version}"
+    return version_uri(name, version)
 
 
 def version_tags(model_uri: str, tracking_uri: str | None = None) -> dict[str, str]:
     """The tags of the registered version a models:/ URI names (empty for other URIs or an unknown version)."""
-    parsed = _parse_models_uri(model_uri)
+    parsed = parse_models_uri(model_uri)
     if parsed is None:
         return {}
     name, reference = parsed
@@ -240,7 +241,7 @@ def label_of(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
 
 def set_version_tag(model_uri: str, key: str, value: str, tracking_uri: str | None = None) -> None:
     """Tag the version a pinned URI (models:/name/3) names; an alias or a URI outside the registry is refused."""
-    parsed = _parse_models_uri(model_uri)
+    parsed = parse_models_uri(model_uri)
     if not parsed or not parsed[1].isdigit():
         raise ValueError(f"not a pinned registry version: {model_uri!r} (expected models:/<name>/<version>)")
     _client(tracking_uri).set_model_version_tag(parsed[0], parsed[1], key, value)
@@ -248,20 +249,8 @@ def set_version_tag(model_uri: str, key: str, value: str, tracking_uri: str | No
 
 def uri_version(model_uri: str) -> str:
     """The version a pinned URI names: models:/name/3 -> "3"; "" for an alias or a URI outside the registry."""
-    parsed = _parse_models_uri(model_uri)
+    parsed = parse_models_uri(model_uri)
     return parsed[1] if parsed and parsed[1].isdigit() else ""
-
-
-def _parse_models_uri(model_uri: str) -> tuple[str, str] | None:
-    """models:/name/3 -> (name, "3"); models:/name@alias -> (name, alias); anything else -> None."""
-    if not model_uri.startswith("models:/"):
-        return None
-    rest = model_uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        return name, alias
-    name, _, version = rest.rpartition("/")
-    return (name, version) if name and version.isdigit() else None
 
 
 def list_versions(model_name: str) -> list[VersionInfo]:
@@ -324,7 +313,7 @@ def load_pinned_bundle(model_uri: str, tracking_uri: str | None, cache: str | No
     Raises:
         whatever the download raises, when the version is not cached yet and the registry cannot be reached.
     """
-    parsed = _parse_models_uri(model_uri)
+    parsed = parse_models_uri(model_uri)
     if cache is None or parsed is None or not parsed[1].isdigit():
         return load_bundle(model_uri, tracking_uri)
     registry = hashlib.sha256((tracking_uri or mlflow.get_tracking_uri()).encode()).hexdigest()[:12]

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mlscale.config import PredictionCacheConfig, ServeConfig
+from mlscale.config.base import StrictModel
 from mlscale.serve.requests import UnknownFields
 
 
-class Canary(BaseModel):
+class Canary(StrictModel):
     """A challenger served beside the champion on a share of the traffic, while a release watcher judges it."""
 
-    model_config = ConfigDict(extra="forbid")
     uri: str
     served_uri: str
     fraction: float = Field(..., gt=0, lt=1)
@@ -30,10 +30,9 @@ class Canary(BaseModel):
 _SERVE, _CACHE = ServeConfig.model_fields, PredictionCacheConfig.model_fields
 
 
-class Rollout(BaseModel):
+class Rollout(StrictModel):
     """The deployment's user_config: what the replicas serve and how. Changing it updates running replicas."""
 
-    model_config = ConfigDict(extra="forbid")
     uri: str = Field(..., description="What was asked for (an alias URI is kept for the record).")
     served_uri: str = Field(..., description="The exact version resolved from it at deploy time.")
     tracking_uri: str | None = None

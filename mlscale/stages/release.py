@@ -20,7 +20,7 @@ from pathlib import Path
 from mlscale.config import PipelineConfig
 from mlscale.errors import ConfigError, PromotionError
 from mlscale.features.label import label_scale
-from mlscale.promotion import apply_decision, judged_elsewhere, model_uri, who
+from mlscale.promotion import apply_decision, judged_elsewhere, stamp
 from mlscale.registry.store import label_of, pinned_uri, uri_version
 from mlscale.serve.deploy import deploy
 from mlscale.serve.ledger import end_leases, read_live, renew_lease
@@ -28,6 +28,7 @@ from mlscale.serve.live import LiveStats
 from mlscale.serve.release import ReleaseDecision, decide_release
 from mlscale.serve.rollout import Canary
 from mlscale.tracking import tracking_client
+from mlscale.uris import model_uri
 
 log = logging.getLogger(__name__)
 RELEASE_TAG = "mlscale.release"
@@ -178,7 +179,7 @@ def record_release(config: PipelineConfig, decision: ReleaseDecision, note: str 
                    best_effort: bool = False) -> Path:
     """A line in the release log, then the decision as tags on the challenger version and the registered model
     (best_effort: a registry that cannot be written is logged, not raised: the log line is the record then)."""
-    record = {**decision.to_dict(), "note": note, "by": who(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {**decision.to_dict(), "note": note, **stamp()}
     path = _log_line(config, decision, record, note)
     text = json.dumps(record, sort_keys=True, default=str)
     model = config.tracking.registered_model

@@ -250,125 +250,156 @@ def train_loop_per_worker(train_loop_config: dict[str, LoopConfig]) -> None:
 def run_loop(config: LoopConfig, session: Session) -> None:
     """The training loop wherever it runs; `config.extra_metrics` (e.g. a trial's model cost) joins each report."""
     configure_logging()  # a worker process: its lines reach the driver's (or the job's) log through Ray
-    rank, device = session.rank, session.device
-    use_bf16 = config.use_bf16
-    target = Target(config)
-    epochs, steps_per_epoch = config.epochs, config.steps_per_epoch
-    every = config.every_n_steps
-    metric, mode = config.metric, config.mode
+    TrainingLoop(config, session).run()
 
-    torch.manual_seed(config.seed)
-    network = build_network(config.network_spec)
-    history: list[dict[str, float]] = []
-    position = {"step": 0, "epoch": 0, "step_in_epoch": 0}
-    stopper = EarlyStopping(mode, **config.early_stopping.model_dump())
-    state = None
-    checkpoint = session.checkpoint()
-    if checkpoint is not None:
-        state, history = read_checkpoint(checkpoint)
-        network.load_state_dict(state["model"])
-        position = state["position"]
-        stopper = EarlyStopping(mode, **config.early_stopping.model_dump(), **state["early_stopping"])
-    model = session.prepare_model(network)
-    optimizer = build_optimizer(model.parameters(), config.optimizer)
-    scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, steps_per_epoch, config.schedule)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    _reseed(config.seed, rank, position["step"])
 
-    progress = ProgressLog(config.filesystem, config.run_dir).start(position["step"]) if rank == 0 else None
-    logger = _MlflowLogger(config.mlflow if rank == 0 else None)
-    train_batches = (InMemoryShard(session.shard("train"), config.batch_size, device, config.seed, rank)
-                     if config.train_in_memory else
-                     StreamedShard(session.shard("train"), config.batch_size, device, config.seed))
-    val_batches = ValidationBatches(session.shard("val"), config.batch_size * 4, device,
-                                    config.cache_val_bytes)
-    totals = np.zeros(2)  # loss sum, rows since the last evaluation
-    timing = {"wait": 0.0, "compute": 0.0, "since": time.perf_counter()}
+class TrainingLoop:
+    """One worker's training: restore from the session's checkpoint (or start), then epochs of steps with an
+    evaluation and a checkpoint at every `every_n_steps` and at each epoch's end, until the epochs are done or early
+    stopping says so. The order of seeding, batches and steps is what makes a resumed run bit-identical."""
 
-    def evaluate_and_checkpoint(epoch_done: bool) -> bool:
-        """Validation metrics, a checkpoint (rank 0 writes it), and the early-stopping verdict (same on all ranks)."""
-        wall = time.perf_counter() - timing["since"]
-        reduced = _all_reduce(np.array([*totals, timing["wait"], timing["compute"], wall]))
-        workers = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        metrics: dict[str, float] = {
-            "step": position["step"],
-            "epoch": position["epoch"] + (1.0 if epoch_done else position["step_in_epoch"] / steps_per_epoch),
-            "lr": float(scheduler.get_last_lr()[0]),
-            "train_loss": float(reduced[0] / max(reduced[1], 1)),
-            "train_samples_per_s": float(reduced[1] / max(reduced[4] / workers, 1e-9)),
-            "data_wait_fraction": float(reduced[2] / max(reduced[2] + reduced[3], 1e-9)),
-        }
-        metrics.update(evaluate_shard(model, val_batches, target, device, use_bf16))
-        metrics.update(config.extra_metrics)
-        stop = stopper.update(metrics[metric])
-        metrics["early_stopped"] = float(stop)
-        history.append(metrics)
-        totals[:] = 0
-        if epoch_done:
-            position.update(epoch=position["epoch"] + 1, step_in_epoch=0)
-        with tempfile.TemporaryDirectory() as directory:
-            saved = None
-            if rank == 0:
-                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "position": dict(position),
-                            "early_stopping": stopper.state()}, Path(directory) / STATE_FILE)
-                (Path(directory) / HISTORY_FILE).write_text(json.dumps(history))
-                saved = ray.train.Checkpoint.from_directory(directory)
-            session.report(metrics, saved)
-        reported[0] = True
-        if rank == 0:
-            log.info("step %d, epoch %.2f: train_loss %.4f, %s %.5f, %.0f samples/s%s", position["step"],
-                     metrics["epoch"], metrics["train_loss"], metric, metrics[metric], metrics["train_samples_per_s"],
-                     " (early stop)" if stop else "")
-        logger.log(metrics, position["step"])
-        if progress is not None:
-            progress.step(position["step"])
-        _reseed(config.seed, rank, position["step"])
-        timing.update(wait=0.0, compute=0.0, since=time.perf_counter())
-        return stop
+    def __init__(self, config: LoopConfig, session: Session) -> None:
+        self.config, self.session = config, session
+        self.rank, self.device = session.rank, session.device
+        self.target = Target(config)
+        self.steps_per_epoch = config.steps_per_epoch
+        torch.manual_seed(config.seed)
+        network = build_network(config.network_spec)
+        self.history: list[dict[str, float]] = []
+        self.position = {"step": 0, "epoch": 0, "step_in_epoch": 0}
+        self.stopper = EarlyStopping(config.mode, **config.early_stopping.model_dump())
+        state = None
+        checkpoint = session.checkpoint()
+        if checkpoint is not None:
+            state, self.history = read_checkpoint(checkpoint)
+            network.load_state_dict(state["model"])
+            self.position = state["position"]
+            self.stopper = EarlyStopping(config.mode, **config.early_stopping.model_dump(), **state["early_stopping"])
+        self.model = session.prepare_model(network)
+        self.optimizer = build_optimizer(self.model.parameters(), config.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, config.epochs * self.steps_per_epoch, self.steps_per_epoch,
+                                         config.schedule)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        _reseed(config.seed, self.rank, self.position["step"])
 
-    reported = [False]
-    stopped = history[-1]["early_stopped"] > 0 if history else False
-    while position["epoch"] < epochs and not stopped:
-        skip = position["step_in_epoch"]  # resuming mid-epoch: the same seeded order, minus what was done
-        batches = train_batches.epoch(position["epoch"])
+        self.progress = (ProgressLog(config.filesystem, config.run_dir).start(self.position["step"])
+                         if self.rank == 0 else None)
+        self.logger = _MlflowLogger(config.mlflow if self.rank == 0 else None)
+        self.train_batches = (
+            InMemoryShard(session.shard("train"), config.batch_size, self.device, config.seed, self.rank)
+            if config.train_in_memory else
+            StreamedShard(session.shard("train"), config.batch_size, self.device, config.seed))
+        self.val_batches = ValidationBatches(session.shard("val"), config.batch_size * 4, self.device,
+                                             config.cache_val_bytes)
+        self.totals = np.zeros(2)  # loss sum, rows since the last evaluation
+        self.timing = {"wait": 0.0, "compute": 0.0, "since": time.perf_counter()}
+        self.reported = False  # this attempt reported at least once
+
+    def run(self) -> None:
+        stopped = self.history[-1]["early_stopped"] > 0 if self.history else False
+        while self.position["epoch"] < self.config.epochs and not stopped:
+            stopped = self.epoch()
+            if not stopped:
+                stopped = self.evaluate_and_checkpoint(epoch_done=True)
+        if not self.reported and self.history:  # restored after it had already finished: say where it ended
+            self.session.report(self.history[-1], None)
+        self.logger.flush()
+        if self.progress is not None:
+            self.progress.step(self.position["step"], finished=True)
+
+    def epoch(self) -> bool:
+        """The current epoch's remaining steps (resuming mid-epoch: the same seeded order, minus what was done);
+        True when early stopping ended it at a mid-epoch evaluation."""
+        skip = self.position["step_in_epoch"]
+        batches = self.train_batches.epoch(self.position["epoch"])
         index = 0
+        every = self.config.every_n_steps
         while True:
             began = time.perf_counter()
             batch = next(batches, None)
             if batch is None:
-                break
+                return False
             index += 1
             if index <= skip:
                 continue
             computing = time.perf_counter()
-            timing["wait"] += computing - began
-            with _autocast(device, use_bf16):
-                output = model(batch["x_num"], batch["x_cat"])
-            loss = target.training_loss(output, batch["label"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-            optimizer.step()
-            scheduler.step()
-            totals += [float(loss.detach()) * len(batch["label"]), len(batch["label"])]
-            position["step"] += 1
-            position["step_in_epoch"] += 1
-            timing["compute"] += time.perf_counter() - computing
-            if (progress is not None and position["step"] % PROGRESS_EVERY_STEPS == 0
+            self.timing["wait"] += computing - began
+            self.step(batch)
+            self.timing["compute"] += time.perf_counter() - computing
+            progress = self.progress
+            if (progress is not None and self.position["step"] % PROGRESS_EVERY_STEPS == 0
                     and time.monotonic() - progress.written_at >= PROGRESS_MIN_INTERVAL_S):
-                progress.step(position["step"])
-            if every and position["step"] % every == 0:
-                stopped = evaluate_and_checkpoint(epoch_done=False)
-                if stopped:
-                    break
-        if not stopped:
-            stopped = evaluate_and_checkpoint(epoch_done=True)
-    if not reported[0] and history:  # restored after it had already finished: say where it ended
-        session.report(history[-1], None)
-    logger.flush()
-    if progress is not None:
-        progress.step(position["step"], finished=True)
+                progress.step(self.position["step"])
+            if every and self.position["step"] % every == 0 and self.evaluate_and_checkpoint(epoch_done=False):
+                return True
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        """One optimizer step on one batch."""
+        with _autocast(self.device, self.config.use_bf16):
+            output = self.model(batch["x_num"], batch["x_cat"])
+        loss = self.target.training_loss(output, batch["label"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.totals += [float(loss.detach()) * len(batch["label"]), len(batch["label"])]
+        self.position["step"] += 1
+        self.position["step_in_epoch"] += 1
+
+    def metrics(self, epoch_done: bool) -> dict[str, float]:
+        """Training throughput and loss since the last evaluation, then validation, all reduced across workers."""
+        timing, position = self.timing, self.position
+        wall = time.perf_counter() - timing["since"]
+        reduced = _all_reduce(np.array([*self.totals, timing["wait"], timing["compute"], wall]))
+        workers = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        metrics: dict[str, float] = {
+            "step": position["step"],
+            "epoch": position["epoch"] + (1.0 if epoch_done else position["step_in_epoch"] / self.steps_per_epoch),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "train_loss": float(reduced[0] / max(reduced[1], 1)),
+            "train_samples_per_s": float(reduced[1] / max(reduced[4] / workers, 1e-9)),
+            "data_wait_fraction": float(reduced[2] / max(reduced[2] + reduced[3], 1e-9)),
+        }
+        metrics.update(evaluate_shard(self.model, self.val_batches, self.target, self.device, self.config.use_bf16))
+        metrics.update(self.config.extra_metrics)
+        return metrics
+
+    def evaluate_and_checkpoint(self, epoch_done: bool) -> bool:
+        """Validation metrics, a checkpoint (rank 0 writes it), and the early-stopping verdict (same on all ranks)."""
+        config, position = self.config, self.position
+        metrics = self.metrics(epoch_done)
+        stop = self.stopper.update(metrics[config.metric])
+        metrics["early_stopped"] = float(stop)
+        self.history.append(metrics)
+        self.totals[:] = 0
+        if epoch_done:
+            position.update(epoch=position["epoch"] + 1, step_in_epoch=0)
+        self.report(metrics)
+        if self.rank == 0:
+            log.info("step %d, epoch %.2f: train_loss %.4f, %s %.5f, %.0f samples/s%s", position["step"],
+                     metrics["epoch"], metrics["train_loss"], config.metric, metrics[config.metric],
+                     metrics["train_samples_per_s"], " (early stop)" if stop else "")
+        self.logger.log(metrics, position["step"])
+        if self.progress is not None:
+            self.progress.step(position["step"])
+        _reseed(config.seed, self.rank, position["step"])
+        self.timing.update(wait=0.0, compute=0.0, since=time.perf_counter())
+        return stop
+
+    def report(self, metrics: dict[str, float]) -> None:
+        """The evaluation to Ray Train (or Tune), with the checkpoint rank 0 writes: weights, optimizer, schedule,
+        position and early-stopping state, and the history so far."""
+        with tempfile.TemporaryDirectory() as directory:
+            saved = None
+            if self.rank == 0:
+                torch.save({"model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict(), "position": dict(self.position),
+                            "early_stopping": self.stopper.state()}, Path(directory) / STATE_FILE)
+                (Path(directory) / HISTORY_FILE).write_text(json.dumps(self.history))
+                saved = ray.train.Checkpoint.from_directory(directory)
+            self.session.report(metrics, saved)
+        self.reported = True

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mlscale"
 # Lower number = earlier. A module may import its own layer or lower ones, never a higher one.
 LAYERS: list[tuple[str, int]] = [
     # shared foundations: declarations and plumbing every layer may use
-    ("mlscale.version", 0), ("mlscale.errors", 0), ("mlscale.direction", 0), ("mlscale.config", 0),
+    ("mlscale.version", 0), ("mlscale.errors", 0), ("mlscale.uris", 0), ("mlscale.direction", 0), ("mlscale.config", 0),
     ("mlscale.schema", 0),
     ("mlscale.caching", 0), ("mlscale.hashing", 0), ("mlscale.cluster", 0), ("mlscale.tracking", 0),
     ("mlscale.plots", 0), ("mlscale.logs", 0), ("mlscale.cost", 0), ("mlscale.submit", 0),
