@@ -249,3 +249,15 @@ def test_a_retrain_stopped_at_its_timeout_ends_its_canary_and_says_what_serves(m
     monkeypatch.setattr(ledger, "end_leases", unreachable)
     submit_retrain(config, decision)
     assert f"within {config.serve.canary.lease_s:g} s" in decision.outcome
+
+
+def test_the_monitor_with_no_prediction_log_says_what_to_turn_on(tmp_path):
+    """Before any traffic was logged there is nothing to judge: a SourceError (exit 3) naming the setting and the
+    path it looked in, before any model is downloaded (a pinned URI: no registry lookup either)."""
+    from mlscale.errors import SourceError
+    from mlscale.stages.monitor import log_path_of, monitor_stage
+
+    config = load_config("flights-small", {"storage.root": str(tmp_path)})
+    with pytest.raises(SourceError, match="serve.prediction_log") as raised:
+        monitor_stage(config, "models:/flights-small-late-arrival/1")
+    assert log_path_of(config) in str(raised.value) and raised.value.exit_code == 3
