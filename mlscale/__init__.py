@@ -81,6 +81,7 @@ _EXPORTS: dict[str, str] = {
     "SearchError": "mlscale.errors",
     "NoWinner": "mlscale.errors",
     "ServingError": "mlscale.errors",
+    "TrainingFailed": "mlscale.errors",
     "EXIT_CODES": "mlscale.errors",
 }
 
@@ -88,8 +89,8 @@ __all__ = [
     "__version__", "Bundle", "ConfigError", "EXIT_CODES", "ExpressionError", "Measurement", "MlscaleError",
     "NoWinner", "NothingToServe", "PipelineConfig", "PipelineResult", "PreparedData", "PreparedDataMissing",
     "PromotionConflict", "PromotionDecision", "PromotionError", "ReleaseDecision", "SchemaError", "SearchError",
-    "ServingError", "SourceError", "TrainedModel", "ValidationFailed", "apply_decision", "canary_stage",
-    "config_from_dict", "decide", "decide_release", "deploy_stage", "held_out_records", "json_value",
+    "ServingError", "SourceError", "TrainedModel", "TrainingFailed", "ValidationFailed", "apply_decision",
+    "canary_stage", "config_from_dict", "decide", "decide_release", "deploy_stage", "held_out_records", "json_value",
     "judge_against_champion", "list_versions", "load_bundle", "load_config", "load_prepared", "prepare_stage",
     "register_bundle", "register_path", "run_pipeline", "score_stage", "served_vs_batch", "set_alias", "start",
     "train_stage", "tune_stage", "version_of", "monitor_stage", "retrain_stage", "replay_stage", "decide_retrain",
@@ -128,6 +129,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         SearchError,
         ServingError,
         SourceError,
+        TrainingFailed,
         ValidationFailed,
     )
     from mlscale.monitor.retrain import decide_retrain, decision_log

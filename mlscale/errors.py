@@ -13,6 +13,7 @@ scheduler or a shell script can tell a bad config from bad data from a refused p
 | 6 | PromotionError / NothingToServe / PromotionConflict: the registry refused or had nothing to serve |
 | 7 | SearchError / NoWinner: a search produced no usable model |
 | 8 | ServingError: the deployed service failed its checks |
+| 9 | TrainingFailed: training failed more often than train.max_failures allows (nothing registered) |
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ class NoWinner(SearchError):
     """Every trial failed or reported nothing: there is no model to register."""
 
 
+class TrainingFailed(MlscaleError, RuntimeError):
+    """Ray Train gave up: the workers failed more often than train.max_failures allows. Nothing was registered; the
+    run's checkpoints stay, so a rerun with the same run name resumes from the last one."""
+
+    exit_code = 9
+
+
 class ServingError(MlscaleError, RuntimeError):
     """The service answered wrongly: an HTTP error, or predictions that differ from batch scoring."""
 
@@ -115,5 +123,5 @@ EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (MlscaleError, ConfigError, SourceError, SchemaError, PreparedDataMissing, ValidationFailed,
                 ExpressionError, PromotionError, NothingToServe, PromotionConflict, SearchError, NoWinner,
-                ServingError)
+                ServingError, TrainingFailed)
 }

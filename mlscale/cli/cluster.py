@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -13,6 +14,7 @@ from mlscale.errors import MlscaleError
 cluster_app = typer.Typer(help="The one cluster definition (cluster/definition.yaml) and the files made from it.",
                           no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+T = TypeVar("T")
 DefinitionOption = Annotated[Path, typer.Option("--definition", help="The cluster definition YAML.")]
 
 
@@ -93,6 +95,14 @@ def _jobs_client(command: str, address: str | None) -> Any:
         raise fail(command, error) from None
 
 
+def _answer(command: str, call: Callable[[], T]) -> T:
+    """A Jobs API call; what the API refuses (an unknown job id, an unreachable dashboard) as a readable error."""
+    try:
+        return call()
+    except (RuntimeError, ConnectionError) as error:  # the client raises RuntimeError with the API's own message
+        raise fail(command, MlscaleError(str(error))) from None
+
+
 def _follow(client: Any, job_id: str) -> str:
     """Print a job's logs as they arrive (not once it has ended); what was printed."""
     import asyncio
@@ -110,7 +120,8 @@ def _follow(client: Any, job_id: str) -> str:
 @cluster_app.command("logs")
 def cluster_logs(job_id: str, address: AddressOption = None) -> None:
     """A job's logs so far."""
-    typer.echo(_jobs_client("cluster logs", address).get_job_logs(job_id), nl=False)
+    client = _jobs_client("cluster logs", address)
+    typer.echo(_answer("cluster logs", lambda: client.get_job_logs(job_id)), nl=False)
 
 
 @cluster_app.command("status")
@@ -118,9 +129,9 @@ def cluster_status(job_id: Annotated[str | None, typer.Argument()] = None, addre
     """One job's status, or every job's (id, status, stage, entrypoint)."""
     client = _jobs_client("cluster status", address)
     if job_id:
-        typer.echo(client.get_job_status(job_id).value)
+        typer.echo(_answer("cluster status", lambda: client.get_job_status(job_id)).value)
         return
-    for job in client.list_jobs():
+    for job in _answer("cluster status", client.list_jobs):
         typer.echo(f"{job.submission_id or job.job_id}\t{job.status.value}\t"
                    f"{(job.metadata or {}).get('mlscale.stage', '-')}\t{job.entrypoint}")
 
@@ -128,5 +139,6 @@ def cluster_status(job_id: Annotated[str | None, typer.Argument()] = None, addre
 @cluster_app.command("stop")
 def cluster_stop(job_id: str, address: AddressOption = None) -> None:
     """Stop a running job (a train job resumes from its checkpoint when submitted again)."""
-    stopped = _jobs_client("cluster stop", address).stop_job(job_id)
+    client = _jobs_client("cluster stop", address)
+    stopped = _answer("cluster stop", lambda: client.stop_job(job_id))
     typer.echo(f"{job_id}: {'stopping' if stopped else 'not running'}")

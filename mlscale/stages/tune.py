@@ -47,14 +47,15 @@ class TunedModel:
     def summary(self) -> dict:
         sweep, best = self.sweep, self.sweep.best
         assert best is not None, "a TunedModel exists only for a sweep with a winner"
-        return {
+        searched = {
             "sweep": sweep.name, "resumed": sweep.resumed, "mlflow_run_id": self.run_id,
             "trials": len(sweep.trials), **{f"trials_{k}": v for k, v in sweep.counts().items()},
             "max_concurrent_trials": sweep.plan.max_concurrent,
             f"best_{sweep.metric}": best.value, "best_trial": best.trial_id, "architecture": self.architecture,
             "pareto_front": [{"trial": r.trial_id, sweep.metric: r.value, **r.cost} for r in sweep.pareto],
-            **self.trained.summary(),
         }
+        # the winner's own summary beside it; the run named is the sweep's (the trials are its children)
+        return {**searched, **{k: v for k, v in self.trained.summary().items() if k not in searched}}
 
 
 def _sweep_run(config: PipelineConfig, name: str) -> mlflow.ActiveRun:

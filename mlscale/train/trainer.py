@@ -26,6 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from mlscale.caching import cache_key
 from mlscale.config import PipelineConfig
 from mlscale.data.sources import resolve
+from mlscale.errors import TrainingFailed
 from mlscale.train.batches import fits_in_memory
 from mlscale.train.loop import LOOP_KEY, LoopConfig, MlflowTarget, read_checkpoint, train_loop_per_worker
 from mlscale.train.progress import Attempt, ProgressLog, repeated_steps
@@ -168,7 +169,14 @@ def run_training(config: PipelineConfig, train: ray.data.Dataset, val: ray.data.
     filesystem, storage_path = checkpoint_storage(config)
     progress = ProgressLog(filesystem, f"{storage_path}/{run_name}")
     metric, mode = config.metric
-    result = make_trainer(config, train, val, network_spec, run_name, target_stats, mlflow_run).fit()
+    try:
+        result = make_trainer(config, train, val, network_spec, run_name, target_stats, mlflow_run).fit()
+    except ray.train.TrainingFailedError as error:
+        attempts = len(progress.attempts())
+        raise TrainingFailed(
+            f"training run {run_name} failed after {attempts} attempt(s), more than train.max_failures="
+            f"{config.train.max_failures} allows; its checkpoints stay under {storage_path}/{run_name} and a rerun "
+            f"with train.run_name={run_name} resumes from the last one. Cause: {error}") from error
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} reported no checkpoint")
     best = result.get_best_checkpoint(metric=metric, mode=mode) or result.checkpoint

@@ -41,3 +41,36 @@ def test_bad_config_fails_the_job_with_a_readable_message(local_cluster, tmp_pat
                     {"MLSCALE_STORAGE": str(tmp_path)})
     assert wait(client, job_id, 120) == JobStatus.FAILED
     assert "train.epochs" in client.get_job_logs(job_id)
+
+
+def test_cluster_status_logs_and_stop_follow_a_running_job(local_cluster):
+    """`mlscale cluster status/logs/stop` against the Jobs API: a job that is running is listed with its stage,
+    its log so far is printed, and stopping it ends it as STOPPED (a job id the cluster does not know is an error,
+    not a traceback)."""
+    from typer.testing import CliRunner
+
+    from mlscale.cli import app
+
+    client = JobSubmissionClient(local_cluster.dashboard_url)
+    job_id = client.submit_job(entrypoint="python -u -c \"import time; print('warming up', flush=True); "
+                                          "time.sleep(300)\"", metadata={"mlscale.stage": "prepare"})
+    address = ["--address", local_cluster.dashboard_url]
+    runner = CliRunner()
+    deadline = time.time() + 120
+    while time.time() < deadline and "warming up" not in client.get_job_logs(job_id):
+        time.sleep(0.5)
+    status = runner.invoke(app, ["cluster", "status", job_id, *address])
+    assert status.exit_code == 0 and status.output.strip() == "RUNNING", status.output
+    listed = runner.invoke(app, ["cluster", "status", *address])
+    row = next(line.split("\t") for line in listed.output.splitlines() if line.startswith(job_id))
+    assert row[1:3] == ["RUNNING", "prepare"], row
+    logs = runner.invoke(app, ["cluster", "logs", job_id, *address])
+    assert logs.exit_code == 0 and "warming up" in logs.output
+    stopped = runner.invoke(app, ["cluster", "stop", job_id, *address])
+    assert stopped.exit_code == 0 and stopped.output.strip() == f"{job_id}: stopping"
+    assert wait(client, job_id, 60) == JobStatus.STOPPED
+    again = runner.invoke(app, ["cluster", "stop", job_id, *address])
+    assert again.output.strip() == f"{job_id}: not running"
+    unknown = runner.invoke(app, ["cluster", "status", "no-such-job", *address])
+    assert unknown.exit_code == 1 and "no-such-job" in unknown.output
+    assert "Traceback" not in unknown.output

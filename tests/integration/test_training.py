@@ -145,6 +145,32 @@ def test_checkpoints_on_object_storage_and_a_rerun_resumes(setup, s3_endpoint):
     assert second.history[1]["val_auc"] > 0.8  # the streamed shard trains too
 
 
+def test_a_failure_beyond_max_failures_fails_cleanly_and_registers_nothing(setup, pipeline_result):
+    """With train.max_failures=0 one lost worker ends the run: the train stage raises TrainingFailed (exit 9)
+    naming the setting and the run to resume, and no version of the model is registered."""
+    from mlscale.errors import TrainingFailed
+    from mlscale.tracking import tracking_client
+
+    config, _, _ = setup
+    _, result = pipeline_result
+    model = "flights-small-never-registered"
+    fragile = config.model_copy(update={
+        "train": config.train.model_copy(update={"epochs": 1, "max_failures": 0}),
+        "tracking": config.tracking.model_copy(update={"registered_model": model})})
+    run_name = f"fragile-{uuid.uuid4().hex[:6]}"
+    filesystem, root = checkpoint_storage(fragile)
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after,
+                              args=(ProgressLog(filesystem, f"{root}/{run_name}"), EVERY, killed))
+    killer.start()
+    with pytest.raises(TrainingFailed, match="train.max_failures=0") as raised:
+        train_stage(fragile, result.prepared, run_name=run_name)
+    killer.join()
+    assert killed, "no worker was killed: the run ended before the chaos thread found one"
+    assert raised.value.exit_code == 9 and f"train.run_name={run_name}" in str(raised.value)
+    assert tracking_client(fragile.tracking_uri).search_model_versions(f"name = '{model}'") == []
+
+
 def test_regression_task_end_to_end(pipeline_result):
     config, result = pipeline_result
     regression = config.model_copy(update={

@@ -49,7 +49,7 @@ def test_registry_list_of_an_unknown_model_is_a_readable_error(tmp_path, monkeyp
 ERROR_KINDS = [
     ("ConfigError", 2), ("SourceError", 3), ("SchemaError", 3), ("PreparedDataMissing", 3),
     ("ExpressionError", 5), ("PromotionError", 6), ("PromotionConflict", 6), ("NothingToServe", 6),
-    ("SearchError", 7), ("NoWinner", 7), ("ServingError", 8), ("MlscaleError", 1),
+    ("SearchError", 7), ("NoWinner", 7), ("ServingError", 8), ("TrainingFailed", 9), ("MlscaleError", 1),
 ]
 
 
