@@ -30,6 +30,10 @@ PROCESS_ENV = {
     # The dashboard agent samples every process with psutil each 5 s for the dashboard's node view; on a small node
     # that is 1-2% of a core taken from training (benchmarks/train_throughput.py). 10 s is fresh enough to look at.
     "REPORTER_UPDATE_INTERVAL_MS": "10000",
+    # Ray Train's controller polls its workers every 2 s and only then sees that training has finished: on a laptop,
+    # where a run trains for seconds, that is up to 2 s of every run. A poll is one tiny task per worker; a missed
+    # one is waited on, not counted as a failure (worker_group.poll_status), so polling faster loses nothing.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
 
 

@@ -123,6 +123,12 @@ class FittedFeatures:
         return sizes + [spec["hash_buckets"] + 1 for spec in self.state["crosses"]]
 
     @property
+    def hashed(self) -> list[bool]:
+        """Per column of x_cat: is it a hashed id (no vocabulary, so no minimum count behind each id)?"""
+        flags = [bool(spec["hash_buckets"]) for spec in self.state["categorical"]]
+        return flags + [False] * len(self.state["buckets"]) + [True] * len(self.state["crosses"])
+
+    @property
     def input_columns(self) -> list[str]:
         names = [spec["name"] for spec in self.state["numeric"] + self.state["categorical"]]
         names += [column for spec in self.state["crosses"] for column in spec["columns"]]

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from mlscale.config import load_config
+from mlscale.config import ModelConfig, load_config
 from mlscale.errors import ConfigError
-from mlscale.models.networks import FAMILIES, build_network, network_spec
+from mlscale.models.networks import FAMILIES, build_network, network_spec, spec_for_features
 from mlscale.registry.bundle import Bundle
 from tests.unit.test_bundle import make_bundle
-from tests.unit.test_featureset import sample_table
+from tests.unit.test_featureset import RICH, fitted, sample_table
 
 PARAMS = {"mlp": {"hidden": [16, 8], "dropout": 0.1}, "resmlp": {"width": 16, "blocks": 2, "dropout": 0.1},
           "ft_transformer": {"d_token": 8, "heads": 2, "layers": 1, "dropout": 0.1}}
@@ -46,3 +46,21 @@ def test_config_refuses_heads_that_do_not_divide_the_token():
         load_config(None, {"train.model": {"family": "ft_transformer", "d_token": 10, "heads": 3}})
     with pytest.raises(ConfigError, match="train.model.family"):
         load_config(None, {"train.model.family": "xgboost"})
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hashed_ids_start_near_zero_and_vocabulary_ids_at_unit_scale(family):
+    """A hashed bucket seen in a few rows must not carry a random unit-scale vector into the prediction (the tailnum
+    invariance check failed on short retrains); a vocabulary column keeps PyTorch's default."""
+    features = fitted(config=RICH)
+    hashed = [name in ("tailnum", "origin_x_carrier") for name in features.categorical_names]
+    assert features.hashed == hashed and sum(hashed) == 2, features.categorical_names
+    model = ModelConfig.model_validate({"family": family, **PARAMS[family]})
+    torch.manual_seed(0)
+    network = build_network(spec_for_features(model, features))
+    tables = network.embeddings if family == "ft_transformer" else network.inputs.embeddings
+    stds = [float(table.weight.std()) for table in tables]
+    assert all(std < 0.02 if near_zero else std > 0.5 for std, near_zero in zip(stds, hashed, strict=True)), stds
+    old_spec = {key: value for key, value in spec_for_features(model, features).items() if key != "hashed"}
+    torch.manual_seed(0)
+    assert build_network(old_spec)  # a bundle saved before the key still builds
