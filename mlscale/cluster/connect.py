@@ -52,6 +52,7 @@ def ensure_ray(config: RayConfig) -> dict[str, float]:
             ray.init(address=address, log_to_driver=True)
         else:
             ray.init(
+                address="local",  # a Ray of its own: never the cluster some other `ray start` left on this machine
                 num_cpus=config.num_cpus,
                 object_store_memory=config.object_store_memory,
                 include_dashboard=config.include_dashboard,

@@ -99,9 +99,11 @@ def test_training_survives_a_killed_worker(setup, uninterrupted):
     # the workers, so a worker killed right after reporting one can restart from the one before.
     assert restarted_from > 0 and restarted_from % EVERY == 0 and restarted_from <= killed["at_step"]
     # repeated work, bounded from what the chaos thread saw (not only from the records the code sums): the first
-    # attempt had reached killed["at_step"] when it was killed, and may have recorded one more progress point
+    # attempt had reached killed["at_step"] when it was killed, and may have recorded one more progress point.
+    # Zero is possible: the controller polls every 0.5 s (cluster/connect.PROCESS_ENV), so a worker killed just
+    # after the checkpoint at its last recorded step resumes from that very step
     lower = killed["at_step"] - restarted_from
-    assert 0 < lower <= outcome.repeated_steps <= lower + 2 * PROGRESS_EVERY_STEPS
+    assert 0 <= lower <= outcome.repeated_steps <= lower + 2 * PROGRESS_EVERY_STEPS
     # the loop resumes bit for bit (same shard order, shuffles, dropout reseeded per step): the same history
     assert curve(outcome) == curve(uninterrupted)
     final, reference = outcome.history[-1]["val_auc"], uninterrupted.history[-1]["val_auc"]
