@@ -26,6 +26,7 @@ import ray.data
 from mlscale.caching import cache_key, code_hash
 from mlscale.config import PipelineConfig, ValidationConfig
 from mlscale.data.expressions import columns_of
+from mlscale.data.parquet import read_parquet
 from mlscale.data.prepare import REPORT_FILE, count_rows, judge_output, schema_for, source_rules
 from mlscale.data.sources import read_source
 from mlscale.data.storage import atomic_directory, refuse_foreign, set_aside
@@ -59,7 +60,7 @@ class ScoredData:
     cached: bool = False
 
     def read(self, part: str = "scored") -> ray.data.Dataset:
-        return ray.data.read_parquet(str(Path(self.path) / f"{PART_COLUMN}={part}"))
+        return read_parquet(str(Path(self.path) / f"{PART_COLUMN}={part}"))
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "cached"}, indent=2)

@@ -62,11 +62,15 @@ def ensure_ray(config: RayConfig) -> dict[str, float]:
     return ray.cluster_resources()
 
 
+READ_UNIT_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"  # Ray's v2 reader's; mlscale.data.parquet sizes v1 reads by it
+
+
 def configure_data(config: RayConfig) -> None:
     """Ray Data settings that keep memory flat as data grows: small read units and blocks, so a reader never holds
     more than a few tens of MB whatever the dataset size (Ray's default packs 128 MiB of parquet per read task)."""
-    os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(config.read_unit_bytes)  # read when a read is planned
+    os.environ[READ_UNIT_ENV] = str(config.read_unit_bytes)  # read when a read is planned
     context = ray.data.DataContext.get_current()
+    context.use_datasource_v2 = config.parquet_reader == "v2"
     context.target_max_block_size = config.target_max_block_size
     context.raise_original_map_exception = True  # a SchemaError from a batch stays a SchemaError for the caller
     context.enable_progress_bars = progress_bars_wanted()

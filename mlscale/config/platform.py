@@ -18,8 +18,14 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of the embedded Ray (None: Ray decides).")
     object_store_memory: int | None = Field(None, ge=78_643_200)
     include_dashboard: bool = Field(True, description="Ray Train's placement-group cleanup needs the state API.")
+    parquet_reader: Literal["v1", "v2"] = Field(
+        "v1", description="Ray Data's parquet reader. v1 plans a read on the driver; v2 (Ray's default) footer-reads "
+                          "every file on a pool of actors it starts and kills for each read: ~1.4 s more per read "
+                          "on a 2-core node (benchmarks/README.md), for row-group pushdown that pays on many large "
+                          "files on object storage.")
     read_unit_bytes: int = Field(
-        8 * 2**20, ge=2**20, description="Parquet bytes one Ray Data read task takes: bounds each reader's memory."
+        8 * 2**20, ge=2**20, description="v2 reader: parquet bytes one Ray Data read task takes (bounds each reader's "
+                                         "memory; v1 streams each file in batches)."
     )
     target_max_block_size: int = Field(16 * 2**20, ge=2**20, description="Ray Data's cap on one block's size.")
     data_poll_s: float = Field(

@@ -35,6 +35,7 @@ import ray.data
 from mlscale.caching import cache_key, code_hash
 from mlscale.config import ObjectStoreConfig, PipelineConfig, SplitConfig, ValidationConfig
 from mlscale.data.flights import FLIGHTS_SCHEMA
+from mlscale.data.parquet import read_parquet
 from mlscale.data.sink import SummarizingParquetSink, TrainSummary
 from mlscale.data.sources import Source, infer_schema, read_source, resolve
 from mlscale.data.split import assign_splits, split_column
@@ -103,7 +104,7 @@ class PreparedData:
 
     def read(self, name: str) -> ray.data.Dataset:
         filesystem, path = self.resolve(self.split_path(name))
-        return ray.data.read_parquet(path, filesystem=filesystem)
+        return read_parquet(path, filesystem=filesystem)
 
     @property
     def valid_rows(self) -> int:
@@ -207,7 +208,7 @@ def rule_counts(quarantine: Path | str, examples: int, filesystem: pafs.FileSyst
     """Per-rule counts and examples over the quarantined rows, as a streaming Ray Data aggregation."""
     if not exists(filesystem, str(quarantine)):
         return []
-    partials = ray.data.read_parquet(str(quarantine), columns=[RULES_COLUMN, REASON_COLUMN],
+    partials = read_parquet(str(quarantine), columns=[RULES_COLUMN, REASON_COLUMN],
                                      filesystem=filesystem).map_batches(
         partial(rule_partials, examples=examples), batch_format="pyarrow", batch_size=None
     )

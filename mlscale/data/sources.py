@@ -23,6 +23,7 @@ import ray.data
 
 from mlscale.config import DataConfig, ObjectStoreConfig
 from mlscale.data.flights import NULL_VALUES, read_flights, source_fingerprint
+from mlscale.data.parquet import read_parquet
 from mlscale.data.synthetic import read_synthetic, synthetic_fingerprint
 from mlscale.errors import SchemaError, SourceError
 from mlscale.schema import ColumnSpec, DType
@@ -174,7 +175,7 @@ def read_files(config: DataConfig, schema: list[ColumnSpec]) -> Source:
     description = f"{config.source} source {config.path}"
     if config.source == "parquet":
         with diagnosed(paths, filesystem, config.source, description):  # the schema is read when planning
-            dataset = ray.data.read_parquet(paths, filesystem=filesystem, include_paths=True)
+            dataset = read_parquet(paths, filesystem=filesystem, include_paths=True)
     else:  # every declared column read as text: a bad value becomes a quarantined row, not a failed file
         dataset = ray.data.read_csv(
             paths, filesystem=filesystem, include_paths=True,

@@ -17,6 +17,7 @@ from ray.data.extensions import ArrowTensorArray
 
 from mlscale.caching import cache_key, code_hash
 from mlscale.config import PipelineConfig
+from mlscale.data.parquet import read_parquet
 from mlscale.data.prepare import PreparedData
 from mlscale.data.storage import atomic_directory
 from mlscale.features.featureset import FeatureSet, FitStatistics, FittedFeatures, transform_batch
@@ -64,7 +65,7 @@ class FeatureCache:
             with atomic_directory(target) as staging:
                 featurize(prepared.read(split), features, config).write_parquet(str(staging))
                 (staging / DONE_FILE).write_text("")
-        return ray.data.read_parquet(str(target)), cached
+        return read_parquet(str(target)), cached
 
     def split_bytes(self, split: str) -> int:
         """Size of a transformed split's parquet files on disk."""

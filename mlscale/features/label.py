@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import ray.data
+from ray.data.aggregate import Mean, Std
 
 from mlscale.config import DataConfig
 
@@ -17,16 +18,10 @@ def label_spec(data: DataConfig, train: ray.data.Dataset) -> dict[str, Any]:
         threshold = data.label_threshold
         return {"task": "classification", "column": column, "threshold": threshold,
                 "meaning": f"{column} >= {threshold:g}"}
-    mean, std = _number(train.mean(column)), _number(train.std(column))
+    stats = train.aggregate(Mean(column, alias_name="mean"), Std(column, alias_name="std"))  # one pass, not two
+    mean, std = float(stats["mean"]), float(stats["std"])
     return {"task": "regression", "column": column, "mean": mean, "std": std if std > 0 else 1.0,
             "meaning": f"{column} (predicted value)"}
-
-
-def _number(value: Any) -> float:
-    """Ray Data's mean/std of one column: a number (a dict only when asked for several columns)."""
-    if isinstance(value, dict):
-        raise TypeError(f"expected one statistic, got {value}")
-    return float(value)
 
 
 def target_stats(label: dict[str, Any]) -> tuple[float, float] | None:
