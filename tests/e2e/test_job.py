@@ -18,7 +18,7 @@ def wait(client: JobSubmissionClient, job_id: str, timeout: float = 600) -> JobS
         status = client.get_job_status(job_id)
         if status.is_terminal():
             return status
-        time.sleep(2)
+        time.sleep(0.5)
     client.stop_job(job_id)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s:\n{client.get_job_logs(job_id)[-3000:]}")
 
