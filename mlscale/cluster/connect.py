@@ -34,6 +34,11 @@ PROCESS_ENV = {
     # where a run trains for seconds, that is up to 2 s of every run. A poll is one tiny task per worker; a missed
     # one is waited on, not counted as a failure (worker_group.poll_status), so polling faster loses nothing.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # A raylet kills a worker idle for 1 s once the node's workers outnumber its CPUs, which long-lived actors
+    # (Serve replicas, Train's controller and workers) alone do: every Ray Data execution after a pause of a second
+    # then starts fresh worker processes, each paying Python, Ray and pyarrow imports again (a full test session
+    # started 471, 193 of them killed idle). 30 s keeps a driver's workers warm from one stage to the next.
+    "RAY_idle_worker_killing_time_threshold_ms": "30000",
 }
 
 

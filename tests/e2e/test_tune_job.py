@@ -50,7 +50,9 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(pipeline_resu
     env = {"MLSCALE_STORAGE": str(root), "MLFLOW_TRACKING_URI": tracking_uri}
     entrypoint = (f"python jobs/tune.py --config jobs/configs/flights-small.yaml --set tune.name={name} "
                   f"--set tune.num_trials={TRIALS} --set tune.max_concurrent_trials=2 "
-                  "--set tracking.registered_model=flights-small-swept")
+                  "--set tracking.registered_model=flights-small-swept --set tracking.promotion=always")
+    # promotion forced: which trial wins depends on the order ASHA saw them finish, and a 2-epoch winner may fail the
+    # behavioural checks (exit 6; seen once: tailnum invariance); their verdict is not this test's claim
     client = JobSubmissionClient(local_cluster.dashboard_url)
     first = submit(client, entrypoint, env)
     deadline = time.time() + 480
