@@ -374,7 +374,8 @@ def test_a_sweep_and_batch_scoring_are_cluster_jobs_too(multinode):
     """The remaining data and training stages through the same `mlscale cluster submit`: a sweep (its trial a Ray
     Train run) on the prepared data on object storage, then batch scoring of the source with the champion, on the
     capacity left after the spot node's loss. One trial: what a sweep of several proves (trials told to Optuna,
-    pruned, resumed) is tests/e2e/test_tune_job.py's; a second trial here cost 25 s and proved nothing more."""
+    pruned, resumed) is tests/e2e/test_tune_job.py's; a second trial here cost 18 s (124 -> 107 s) and proved
+    nothing more."""
     # the on-demand node's CPUs left beside the serve replicas and this job's driver cannot hold a trial and its
     # Ray Data tasks (the sweep refuses to start, saying so): a spot node joins, as the autoscaler brings one
     multinode.start_worker(f"spot-{len(multinode.nodes)}", tmp=multinode.nodes["head"].temp_dir.parent, **SPOT_NODE)

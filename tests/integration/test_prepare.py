@@ -93,7 +93,7 @@ def test_the_counts_the_writer_reported_are_the_rows_in_its_files(full):
 @pytest.fixture(scope="module")
 def summarized(pipeline_result):
     """The session pipeline's own prepare pass, on fresh storage: prepare_stage gathers the train split's fit
-    statistics as it writes (a forced prepare of the same sample here cost 16 s for nothing more)."""
+    statistics as it writes (a forced prepare of the same sample here cost 3.6-16.5 s for nothing more)."""
     config, result = pipeline_result
     assert not result.prepared.cached
     return config, result.prepared
